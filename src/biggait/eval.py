@@ -1,0 +1,43 @@
+"""Evaluation entry point: `python -m biggait.eval ckpt_path=... [experiment=...]` (Hydra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+from biggait.errors import ConfigError
+from biggait.lit_module import BigGaitModule
+from biggait.train import instantiate_callbacks, instantiate_loggers
+
+__all__ = ["evaluate_checkpoint"]
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
+    """Test the checkpoint `cfg.ckpt_path` on `cfg.data` with that dataset's protocol (cross-domain works)."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt is None or not Path(ckpt).is_file():
+        raise ConfigError(
+            f"ckpt_path={ckpt!r} is not a file: pass a Lightning checkpoint (outputs/.../checkpoints/last.ckpt, "
+            "or one converted with `python -m biggait.compat.opengait IN OUT`)"
+        )
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    # The protocol follows the evaluation data, not the training data (cross-dataset tables).
+    module = BigGaitModule.load_from_checkpoint(ckpt, map_location="cpu", protocol=cfg.data.protocol)
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer.test(module, datamodule=datamodule)
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    evaluate_checkpoint(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""LightningModule: BigGait's losses, optimisation and retrieval evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from lightning import LightningModule
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from torchmetrics import MeanMetric
+
+from biggait.evaluation import EvaluationResult
+from biggait.evaluation.metric import GaitRetrievalMetric
+from biggait.losses import cross_entropy_loss, triplet_loss
+from biggait.models import BigGait
+
+__all__ = ["BigGaitModule"]
+
+
+class BigGaitModule(LightningModule):
+    """Trains a `BigGait` with triplet + CE + GRE losses and evaluates it with a gait protocol."""
+
+    def __init__(
+        self,
+        *,
+        model: dict[str, Any],
+        protocol: str = "ccpg",
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        lr_milestones: Sequence[int] = (15_000, 25_000, 30_000, 35_000),
+        lr_gamma: float = 0.1,
+        triplet_margin: float = 0.2,
+        triplet_weight: float = 1.0,
+        ce_weight: float = 1.0,
+        ce_scale: float = 16.0,
+        label_smoothing: float = 0.1,
+        black_da_rate: float = 0.2,
+        seed: int = 0,
+        compile_backbone: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        if model.get("num_classes") is None:
+            raise ValueError(
+                "model.num_classes is unset: train.py fills it from the train manifest; "
+                "pass it explicitly when building BigGaitModule by hand"
+            )
+        self.model = BigGait(**model)
+        self.val_metric = GaitRetrievalMetric(protocol)
+        self.test_metric = GaitRetrievalMetric(protocol)
+        self.val_foreground_iou = MeanMetric()
+        self.test_foreground_iou = MeanMetric()
+        # The result of the last evaluation (matrices for heatmaps), read by the EvaluationReport callback.
+        self.last_evaluation: dict[str, EvaluationResult] = {}
+        self._black_da_generator: torch.Generator | None = None
+
+    # -- setup ---------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.hparams.compile_backbone and stage == "fit":
+            # Only the frozen backbone has static shapes; the GRE's masked selection breaks graphs
+            # (engineering notes §G).
+            self.model.backbone = torch.compile(self.model.backbone)
+
+    def _generator(self) -> torch.Generator:
+        # Black DA draws from its own seeded generator (per rank) so runs and resumes are reproducible,
+        # unlike the official code's global `random` (spec §4.4, engineering notes A3.6).
+        if self._black_da_generator is None:
+            self._black_da_generator = torch.Generator().manual_seed(self.hparams.seed + 7919 * self.global_rank)
+        return self._black_da_generator
+
+    # -- training ------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        frames, ratios, labels = batch["frames"], batch["ratios"], batch["labels"]
+        features = self.model.forward_features(frames, ratios)
+        gre_losses = self.model.gre_losses(features)
+        features = self.model.black_da(features, rate=self.hparams.black_da_rate, generator=self._generator())
+        out = self.model.forward_head(features)
+
+        embeddings, all_labels = out["embeddings"], labels
+        if self.trainer.world_size > 1:
+            # Gather with gradients; DDP's averaging then yields the full-batch gradient, so no extra
+            # world-size factor (engineering notes §G; tests/test_ddp_gradients.py proves it).
+            embeddings = self.all_gather(embeddings, sync_grads=True).flatten(0, 1)
+            all_labels = self.all_gather(labels).flatten(0, 1)
+        triplet, triplet_stats = triplet_loss(embeddings, all_labels, margin=self.hparams.triplet_margin)
+        ce, accuracy = cross_entropy_loss(
+            out["logits"], labels, scale=self.hparams.ce_scale, label_smoothing=self.hparams.label_smoothing
+        )
+        loss = self.hparams.triplet_weight * triplet + self.hparams.ce_weight * ce + sum(gre_losses.values())
+
+        n = labels.shape[0]
+        log = {"train/loss": loss, "train/triplet": triplet, "train/ce": ce, "train/accuracy": accuracy}
+        log.update({f"train/{k}": v for k, v in gre_losses.items()})
+        log.update({f"train/{k}": v for k, v in triplet_stats.items()})
+        log["train/foreground_fraction"] = features["foreground"].float().mean()
+        self.log_dict(log, batch_size=n, prog_bar=False)
+        self.log("loss", loss, batch_size=n, prog_bar=True, logger=False)
+        if "n_skipped" in batch:
+            self.log("data/skipped", batch["n_skipped"].float().sum(), batch_size=n, reduce_fx="sum")
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        # Only trainable parameters; a frozen mask branch (restored from a checkpoint) stays out, so it is
+        # never touched by weight decay (spec §11 pitfall 1).
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(
+            params, lr=self.hparams.lr, momentum=self.hparams.momentum, weight_decay=self.hparams.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=list(self.hparams.lr_milestones), gamma=self.hparams.lr_gamma
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def _eval_step(self, batch: dict[str, Any], metric: GaitRetrievalMetric, iou: MeanMetric) -> None:
+        features = self.model.forward_features(batch["frames"], batch["ratios"])
+        out = self.model.forward_head(features, lengths=batch.get("lengths"))
+        metric.update(out["embeddings"].float(), batch["subjects"], batch["types"], batch["views"])
+        if "silhouettes" in batch:
+            from biggait.viz import foreground_iou
+
+            lengths = batch.get("lengths")
+            for i in range(out["embeddings"].shape[0]):
+                t = int(lengths[i]) if lengths is not None else features["foreground"].shape[1]
+                iou.update(foreground_iou(features["foreground"][i, :t], batch["silhouettes"][i, :t]))
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metric, self.val_foreground_iou)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metric, self.test_foreground_iou)
+
+    def _eval_epoch_end(self, stage: str, metric: GaitRetrievalMetric, iou: MeanMetric) -> None:
+        result = metric.compute_detailed()
+        metric.reset()
+        values = {f"{stage}/{k}": v for k, v in result.metrics.items()}
+        if iou.update_count > 0:
+            values[f"{stage}/foreground_iou"] = float(iou.compute()) * 100.0
+            iou.reset()
+        self.last_evaluation[stage] = result
+        # compute() already gathered every rank's embeddings: the values are identical on all ranks.
+        self.log_dict(values, sync_dist=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val", self.val_metric, self.val_foreground_iou)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test", self.test_metric, self.test_foreground_iou)
+
+    # -- checkpoint state beyond weights ---------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["biggait"] = {
+            "mask_branch_frozen": self.model.mask_branch_frozen,
+            "black_da_generator": self._generator().get_state(),
+            "rng_states": _collect_rng_states(include_cuda=torch.cuda.is_available()),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("biggait", {})
+        if state.get("mask_branch_frozen") and not self.model.mask_branch_frozen:
+            # Restored before configure_optimizers runs, so the frozen branch stays out of the optimizer.
+            self.model.freeze_mask_branch()
+        if "black_da_generator" in state:
+            self._generator().set_state(state["black_da_generator"])
+        if "rng_states" in state:
+            _set_rng_states(state["rng_states"])

@@ -1,0 +1,80 @@
+"""Training entry point: `python -m biggait.train [experiment=...] [overrides]` (Hydra)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from biggait.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["train", "build_shards_if_missing", "instantiate_callbacks", "instantiate_loggers"]
+
+
+def build_shards_if_missing(cfg: DictConfig) -> None:
+    """Run the configured shard builder (synthetic only) when the dataset root has no manifests yet."""
+    root = Path(cfg.data.root)
+    complete = all((root / split / "manifest.json").is_file() for split in ("train", "test"))
+    if complete or not cfg.get("data_prep"):
+        return  # a real dataset that is missing gets its error (with the build command) from the DataModule
+    log.info("building the shards of %s (first use)", root)
+    hydra.utils.instantiate(cfg.data_prep)()
+
+
+def instantiate_callbacks(cfg: DictConfig | None) -> list[L.Callback]:
+    """Every entry of the `callbacks` group that is not null."""
+    return [hydra.utils.instantiate(c) for c in (cfg or {}).values() if c is not None]
+
+
+def instantiate_loggers(cfg: DictConfig | None) -> list[Any]:
+    """Every entry of the `logger` group that is not null."""
+    return [hydra.utils.instantiate(c) for c in (cfg or {}).values() if c is not None]
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Build data, model, callbacks, loggers and trainer from `cfg`; fit, then test; return the metrics."""
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
+    build_shards_if_missing(cfg)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    num_classes = datamodule.num_classes
+    with open_dict(cfg):
+        configured = cfg.model.model.get("num_classes")
+        if configured is not None and configured != num_classes:
+            raise ConfigError(
+                f"model.model.num_classes={configured} but the train split of {cfg.data.root} has "
+                f"{num_classes} identities: drop the override or fix the dataset"
+            )
+        cfg.model.model.num_classes = num_classes
+    module = hydra.utils.instantiate(cfg.model, _convert_="all")
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None and not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path} does not exist: give the .ckpt to resume from, or drop it")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("test_after_fit", True):
+        trainer.test(module, datamodule=datamodule)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
