@@ -130,6 +130,44 @@ def _load_checked(
     return record, ""
 
 
+def _write_samples(
+    writer: wds.TarWriter, items: list, load: Callable, options: dict[str, Any]
+) -> dict[str, Any]:
+    subjects: Counter[str] = Counter()
+    sizes: set[tuple[int, int]] = set()
+    skipped, n_samples, n_frames, n_sils = [], 0, 0, 0
+    for index, spec in items:
+        record, reason = _load_checked(load, spec)
+        if record is not None and options["frame_size"] and record.frame_size != tuple(options["frame_size"]):
+            record, reason = (
+                None,
+                f"frame size {list(record.frame_size)} != frame_size {options['frame_size']}",
+            )
+        if record is None:
+            skipped.append({"spec": repr(spec), "reason": reason})
+            continue
+        sample = encode_record(
+            record,
+            sample_key(index, record),
+            image_format=options["image_format"],
+            jpeg_quality=options["jpeg_quality"],
+        )
+        writer.write(sample)
+        subjects[record.subject] += 1
+        sizes.add(record.frame_size)
+        n_samples += 1
+        n_frames += record.n_frames
+        n_sils += record.silhouettes is not None
+    return {
+        "n_samples": n_samples,
+        "n_frames": n_frames,
+        "n_silhouettes": n_sils,
+        "subjects": dict(sorted(subjects.items())),
+        "frame_sizes": sorted(list(s) for s in sizes),
+        "skipped": skipped,
+    }
+
+
 def _write_one_shard(task: dict[str, Any]) -> dict[str, Any]:
     """Write (or reuse) one shard; returns its index entry, also stored in a sidecar JSON."""
     path, sidecar = Path(task["path"]), Path(task["sidecar"])
@@ -140,52 +178,21 @@ def _write_one_shard(task: dict[str, Any]) -> dict[str, Any]:
                 return entry | {"reused": True}
         except (OSError, json.JSONDecodeError):
             pass  # unreadable sidecar: rebuild the shard
-    load, options = task["load"], task["options"]
-    subjects: Counter[str] = Counter()
-    sizes: set[tuple[int, int]] = set()
-    skipped, n_samples, n_frames, n_sils = [], 0, 0, 0
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as stream:
-        writer = wds.TarWriter(stream, encoder=False, mtime=0)  # mtime 0: byte-identical re-runs
-        for index, spec in task["items"]:
-            record, reason = _load_checked(load, spec)
-            if (
-                record is not None
-                and options["frame_size"]
-                and record.frame_size != tuple(options["frame_size"])
-            ):
-                record, reason = (
-                    None,
-                    f"frame size {list(record.frame_size)} != frame_size {options['frame_size']}",
-                )
-            if record is None:
-                skipped.append({"spec": repr(spec), "reason": reason})
-                continue
-            key = sample_key(index, record)
-            writer.write(
-                encode_record(
-                    record, key, image_format=options["image_format"], jpeg_quality=options["jpeg_quality"]
-                )
-            )
-            subjects[record.subject] += 1
-            sizes.add(record.frame_size)
-            n_samples += 1
-            n_frames += record.n_frames
-            n_sils += record.silhouettes is not None
-        writer.close()
-        stream.flush()
-        os.fsync(stream.fileno())
+    try:
+        with open(tmp, "wb") as stream:
+            writer = wds.TarWriter(stream, encoder=False, mtime=0)  # mtime 0: byte-identical re-runs
+            try:
+                stats = _write_samples(writer, task["items"], task["load"], task["options"])
+            finally:
+                writer.close()
+            stream.flush()
+            os.fsync(stream.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a partial shard behind, even on Ctrl-C
+        raise
     os.replace(tmp, path)
-    entry = {
-        "name": path.name,
-        "n_samples": n_samples,
-        "n_frames": n_frames,
-        "n_silhouettes": n_sils,
-        "subjects": dict(sorted(subjects.items())),
-        "frame_sizes": sorted(list(s) for s in sizes),
-        "skipped": skipped,
-        "fingerprint": task["fingerprint"],
-    }
+    entry = {"name": path.name, **stats, "fingerprint": task["fingerprint"]}
     _atomic_write_json(sidecar, entry)  # written last: tar + matching sidecar = complete shard
     return entry | {"reused": False}
 
