@@ -317,3 +317,47 @@ def test_missing_data_and_bad_options_are_clear_errors(tmp_path) -> None:
         datamodule(tmp_path / "ok", ids_per_batch=7).setup("fit")
     with pytest.raises(ConfigError, match="protocol"):
         datamodule(tmp_path / "ok", protocol="")
+
+
+class _Probe(__import__("lightning").LightningModule):
+    """Minimal module recording what reaches the steps after the DataModule's device hook."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.seen: dict[str, list] = {"train": [], "val": []}
+
+    def training_step(self, batch, batch_idx):
+        self.seen["train"].append(
+            (batch["frames"].dtype, tuple(batch["frames"].shape), batch["labels"].tolist())
+        )
+        self.log("data/skipped", batch["n_skipped"].float(), reduce_fx="sum")
+        return (self.weight * batch["frames"].mean()).sum()
+
+    def validation_step(self, batch, batch_idx):
+        self.seen["val"].append((batch["frames"].dtype, batch["subjects"][0], int(batch["lengths"][0])))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_lightning_fit_runs_the_streams_with_the_device_hook(tmp_path) -> None:
+    import lightning as L
+
+    _, test = build(tmp_path)
+    dm = datamodule(tmp_path, steps_per_epoch=3)
+    probe = _Probe()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(probe, datamodule=dm)
+    assert len(probe.seen["train"]) == 6  # steps_per_epoch batches per epoch
+    assert all(d == torch.float32 and s == (6, 6, 3, H, W) for d, s, _ in probe.seen["train"])
+    assert sorted(sub for _, sub, _ in probe.seen["val"]) == sorted([s[0] for s in test] * 2)  # two validations
