@@ -75,7 +75,9 @@ def bench(images: np.ndarray, colour: bool) -> None:
             rate = len(bufs) / (time.perf_counter() - t0)
             mse = float(np.mean((np.stack(out).astype(np.float64) - images) ** 2))
             psnr = "lossless" if mse == 0 else f"{10 * np.log10(255**2 / mse):.1f}"
-            print(f"{name:<22}{dec_name:<8}{kb:>8.1f}{raw / 1024 / kb:>7.1f}{enc_rate:>8.0f}{rate:>8.0f}{psnr:>9}")
+            print(
+                f"{name:<22}{dec_name:<8}{kb:>8.1f}{raw / 1024 / kb:>7.1f}{enc_rate:>8.0f}{rate:>8.0f}{psnr:>9}"
+            )
 
 
 def main() -> None:

@@ -282,6 +282,10 @@ def test_bad_arguments_and_missing_data_are_clear_errors(tmp_path) -> None:
     kw = dict(split="train", shard_size=2, shuffle_seed=None, workers=1, frame_size=None, progress=False)
     with pytest.raises(ConfigError, match="no sequences"):
         write_shards([], make_record, tmp_path, dataset="toy", **kw)
+    with pytest.raises(ConfigError, match="cannot be pickled"):
+        write_shards(
+            specs_for(), lambda spec: make_record(spec), tmp_path, dataset="toy", **(kw | {"workers": 2})
+        )
     with pytest.raises(ConfigError, match="dataset"):
         write_shards(specs_for(), make_record, tmp_path, dataset="to.y", **kw)
     with pytest.raises(DatasetNotFoundError, match="does not exist.*make data DATASET=ccpg"):

@@ -410,7 +410,7 @@ class EvalStream(_ShardStream):
         mine, keep, consumer = consumer_split(
             self.shards, rank=self.rank, world_size=self.world_size, worker=worker, num_workers=num_workers
         )
-        offsets, pending = self._offsets(), []
+        offsets, pending, ready = self._offsets(), [], None
         for index in mine:
             for sample in self._read_shard(index, keep, consumer, offsets[index]):
                 limit = len(sample.frames) if self.frames_limit is None else self.frames_limit
@@ -423,10 +423,17 @@ class EvalStream(_ShardStream):
                     continue
                 pending.append((sample, frames, sils))
                 if len(pending) == self.batch_size:
-                    yield self._collate(pending)
-                    pending = []
+                    if ready is not None:
+                        yield ready
+                    ready, pending = self._collate(pending), []
         if pending:
-            yield self._collate(pending)
+            if ready is not None:
+                yield ready
+            ready = self._collate(pending)
+        if ready is not None:
+            # One batch is held back so skips found after it (a truncated last shard) are still counted.
+            ready["n_skipped"] += self._take_skipped()
+            yield ready
 
     def _collate(self, items: list[tuple[RawSample, np.ndarray, np.ndarray | None]]) -> dict[str, Any]:
         n, longest = len(items), max(len(f) for _, f, _ in items)

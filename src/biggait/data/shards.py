@@ -6,6 +6,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import pickle
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -230,6 +231,14 @@ def write_shards(
         raise ConfigError(f"image_format={image_format!r}: choose one of {IMAGE_FORMATS}")
     if len(specs) == 0:
         raise ConfigError(f"write_shards({dataset}/{split}): no sequences to write (the spec list is empty)")
+    if workers > 1:
+        try:
+            pickle.dumps(load)
+        except Exception as exc:
+            raise ConfigError(
+                f"load={load!r} cannot be pickled for workers={workers}; use a module-level function or "
+                f"functools.partial ({type(exc).__name__}: {exc})"
+            ) from exc
     order = list(range(len(specs)))
     if shuffle_seed is not None:
         order = np.random.default_rng(shuffle_seed).permutation(len(specs)).tolist()
