@@ -43,7 +43,7 @@ def encoders() -> dict[str, callable]:
 
     return {
         "png (cv2, level 1)": cv2_enc(".png", [cv2.IMWRITE_PNG_COMPRESSION, 1]),
-        "png (cv2, level 6)": cv2_enc(".png", [cv2.IMWRITE_PNG_COMPRESSION, 6]),
+        "png (cv2, level 3)": cv2_enc(".png", [cv2.IMWRITE_PNG_COMPRESSION, 3]),
         "jpeg q95 (cv2)": cv2_enc(".jpg", [cv2.IMWRITE_JPEG_QUALITY, 95]),
         "webp lossless (cv2)": cv2_enc(".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]),
     }
