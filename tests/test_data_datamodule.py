@@ -363,3 +363,59 @@ def test_lightning_fit_runs_the_streams_with_the_device_hook(tmp_path) -> None:
     assert sorted(sub for _, sub, _ in probe.seen["val"]) == sorted(
         [s[0] for s in test] * 2
     )  # two validations
+
+
+class _KeyRecorder(_Probe):
+    """Writes the sequences each rank trained on to `<out>/rank<r>.json`."""
+
+    def __init__(self, out: str) -> None:
+        super().__init__()
+        self.out = out
+
+    def training_step(self, batch, batch_idx):
+        self.seen["train"].append([batch["subjects"][0], batch["types"][0], batch["views"][0]])
+        return (self.weight * batch["frames"].mean()).sum()
+
+    def on_train_end(self) -> None:
+        import json
+        from pathlib import Path
+
+        rank = self.trainer.datamodule.rank
+        Path(self.out, f"rank{self.global_rank}.json").write_text(
+            json.dumps({"dm_rank": rank, "keys": self.seen["train"]})
+        )
+
+
+@pytest.mark.slow
+def test_ddp_spawn_ranks_take_their_rank_from_the_trainer(tmp_path) -> None:
+    import json
+
+    import lightning as L
+
+    train, _ = build(tmp_path / "data", shard_size=2)
+    torch.set_num_threads(1)
+    dm = datamodule(
+        tmp_path / "data",
+        ids_per_batch=1,
+        seqs_per_id=1,
+        shuffle_buffer=1,
+        frames_per_sequence=2,
+        steps_per_epoch=len(train) // 2 + 1,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(_KeyRecorder(str(tmp_path)), datamodule=dm)
+    runs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["dm_rank"] for r in runs] == [0, 1]
+    passes = [_first_pass([tuple(k) for k in r["keys"]]) for r in runs]
+    assert not set(passes[0]) & set(passes[1])
+    assert set(passes[0]) | set(passes[1]) == {seq_id(s) for s in train}
