@@ -99,7 +99,7 @@ def main() -> None:
                 image_format=args.image_format,
             )
         print(f"{'stream':<7}{'workers':>8}{'seq/s':>9}{'frames/s':>10}{'start-up s':>12}")
-        for workers in (1, 2):
+        for workers in args.workers:
             dm = GaitDataModule(
                 root=str(root),
                 protocol="ccpg",
