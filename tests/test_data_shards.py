@@ -214,6 +214,13 @@ def test_rerun_reuses_complete_shards_and_rebuilds_missing_ones(tmp_path) -> Non
     write_shards(specs_for(per_subject=4), make_record, tmp_path, **kw)
     assert read_manifest(split_dir)["n_sequences"] == 20
     assert len(read_split(split_dir)) == 20
+    # A smaller rebuild removes the shards it no longer lists.
+    write_shards(specs_for(per_subject=1), make_record, tmp_path, **kw)
+    assert sorted(p.name for p in split_dir.glob("*.tar")) == ["toy-train-000000.tar", "toy-train-000001.tar"]
+    assert sorted(p.name for p in split_dir.glob("toy-*.json")) == [
+        "toy-train-000000.json",
+        "toy-train-000001.json",
+    ]
 
 
 def test_interrupted_run_leaves_no_whole_looking_shard(tmp_path) -> None:

@@ -277,6 +277,7 @@ def write_shards(
                 bar.update()
     bar.close()
     entries.sort(key=lambda e: e["name"])
+    _remove_stale_shards(split_dir, dataset, split, keep={e["name"] for e in entries})
     return _write_manifest(
         split_dir,
         entries,
@@ -286,6 +287,14 @@ def write_shards(
         shuffle_seed=shuffle_seed,
         options=options,
     )
+
+
+def _remove_stale_shards(split_dir: Path, dataset: str, split: str, keep: set[str]) -> None:
+    """Shards of an earlier, larger build of this split would otherwise sit next to the manifest unused."""
+    for tar in split_dir.glob(f"{dataset}-{split}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
+        if tar.name not in keep:
+            tar.unlink(missing_ok=True)
+            tar.with_suffix(".json").unlink(missing_ok=True)
 
 
 def _write_manifest(split_dir: Path, entries: list[dict[str, Any]], **info: Any) -> dict[str, Any]:
