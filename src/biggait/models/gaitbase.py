@@ -61,6 +61,8 @@ class AttentionFusion(nn.Module):
     def __init__(self, channels: int, *, squeeze_ratio: int = 16, num_inputs: int = 2) -> None:
         super().__init__()
         hidden = int(channels / squeeze_ratio)
+        if hidden < 1:
+            raise ValueError(f"fusion_squeeze {squeeze_ratio} leaves no hidden channel for {channels} channels")
         self.num_inputs = num_inputs
         self.score = nn.Sequential(
             nn.Conv2d(channels * num_inputs, hidden, 1, bias=False),
