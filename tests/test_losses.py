@@ -17,7 +17,9 @@ def reference_dir() -> Path:
     env = os.environ.get("BIGGAIT_REFERENCE_DIR")
     path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "reference"
     if not (path / "official_tiny" / "losses.pt").is_file():
-        pytest.fail(f"reference files not found in {path}: put shared/ beside the repo or set BIGGAIT_REFERENCE_DIR")
+        pytest.fail(
+            f"reference files not found in {path}: put shared/ beside the repo or set BIGGAIT_REFERENCE_DIR"
+        )
     return path
 
 

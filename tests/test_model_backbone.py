@@ -19,7 +19,9 @@ from biggait.models import BigGait, DinoV2Backbone, interpolate_pos_embed, mid4_
 def _cubic(t: np.ndarray, a: float = -0.75) -> np.ndarray:
     t = np.abs(t)
     return np.where(
-        t <= 1, ((a + 2) * t - (a + 3)) * t * t + 1, np.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0.0)
+        t <= 1,
+        ((a + 2) * t - (a + 3)) * t * t + 1,
+        np.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0.0),
     )
 
 
@@ -79,7 +81,9 @@ def test_features_equal_manual_recomputation() -> None:
     assert f_last.shape == (2, 64, 8, 4) and f_mid4.shape == (2, 256, 8, 4)
     # manual: patch embed + cls + officially interpolated table, blocks, final norm / joint non-affine LN
     tokens = bb.vit.patch_embed.proj(x).flatten(2).transpose(1, 2)
-    tokens = torch.cat([bb.vit.cls_token.expand(2, -1, -1), tokens], 1) + interpolate_pos_embed(bb.pos_embed, (8, 4))
+    tokens = torch.cat([bb.vit.cls_token.expand(2, -1, -1), tokens], 1) + interpolate_pos_embed(
+        bb.pos_embed, (8, 4)
+    )
     outs = []
     for blk in bb.vit.blocks:
         tokens = blk(tokens)
@@ -130,7 +134,15 @@ def test_missing_weights_file_is_clear_error(tmp_path: Path) -> None:
 def test_frozen_backbone_gets_no_gradient_and_stays_eval() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = BigGait("tiny", 5, image_size=(112, 56), map_size=(32, 16), channels=(8, 8, 16, 16), fusion_squeeze=4, embed_dim=8)
+        model = BigGait(
+            "tiny",
+            5,
+            image_size=(112, 56),
+            map_size=(32, 16),
+            channels=(8, 8, 16, 16),
+            fusion_squeeze=4,
+            embed_dim=8,
+        )
     model.train()
     assert not model.backbone.training
     assert all(not p.requires_grad for p in model.backbone.parameters())
@@ -145,7 +157,13 @@ def test_trainable_backbone_option_trains() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = BigGait(
-            "tiny", 5, image_size=(112, 56), map_size=(32, 16), channels=(8, 8, 16, 16), fusion_squeeze=4, embed_dim=8,
+            "tiny",
+            5,
+            image_size=(112, 56),
+            map_size=(32, 16),
+            channels=(8, 8, 16, 16),
+            fusion_squeeze=4,
+            embed_dim=8,
             backbone_trainable=True,
         )
     model.train()
@@ -161,5 +179,7 @@ def test_bicubic_reference_helper_is_not_trivial() -> None:
     table = np.random.default_rng(0).normal(size=(1 + 37 * 37, 2))
     ref = official_interpolation_from_scratch(table, (32, 16))
     patches = torch.from_numpy(table[1:].reshape(1, 37, 37, 2)).permute(0, 3, 1, 2)
-    bilinear = F.interpolate(patches, size=(32, 16), mode="bilinear").permute(0, 2, 3, 1).reshape(-1, 2).numpy()
+    bilinear = (
+        F.interpolate(patches, size=(32, 16), mode="bilinear").permute(0, 2, 3, 1).reshape(-1, 2).numpy()
+    )
     assert np.abs(ref[1:] - bilinear).max() > 1e-3

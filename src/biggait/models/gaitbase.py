@@ -62,7 +62,9 @@ class AttentionFusion(nn.Module):
         super().__init__()
         hidden = int(channels / squeeze_ratio)
         if hidden < 1:
-            raise ValueError(f"fusion_squeeze {squeeze_ratio} leaves no hidden channel for {channels} channels")
+            raise ValueError(
+                f"fusion_squeeze {squeeze_ratio} leaves no hidden channel for {channels} channels"
+            )
         self.num_inputs = num_inputs
         self.score = nn.Sequential(
             nn.Conv2d(channels * num_inputs, hidden, 1, bias=False),
