@@ -60,7 +60,9 @@ def padding_resize(
     col_mat = torch.zeros(b, tw, w_in, dtype=torch.float64, device=x.device)
     col_mat.scatter_add_(2, c0[..., None], (cw0 * inside)[..., None])
     col_mat.scatter_add_(2, c1[..., None], (cw1 * inside)[..., None])
-    return torch.einsum("hH,bcHW,bwW->bchw", row_mat.to(x.dtype), x, col_mat.to(x.dtype))
+    # fp32 like the official F.interpolate path, even under autocast
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return torch.einsum("hH,bcHW,bwW->bchw", row_mat.to(x.dtype), x, col_mat.to(x.dtype))
 
 
 def prepare_images(
