@@ -108,7 +108,7 @@ def test_unknown_preset_and_bad_size_are_clear_errors() -> None:
 
 
 def test_custom_width_refuses_pretrained_weights(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="custom width"):
+    with pytest.raises(ValueError, match="custom width/depth"):
         DinoV2Backbone(preset="tiny", image_size=(112, 56), pretrained=str(tmp_path / "x.pth"))
 
 

@@ -126,10 +126,11 @@ class DinoV2Backbone(nn.Module):
 
     def load_pretrained(self, source: str | Path) -> None:
         """Load DINOv2 weights: "hub" (timm hub id) or a local official `dinov2_vitX14_pretrain.pth`."""
-        if self.embed_dim != BACKBONE_PRESETS_BY_NAME_DIM.get((self.timm_name, self.embed_dim)):
+        released = {(p.timm_name, p.embed_dim, p.depth) for k, p in BACKBONE_PRESETS.items() if k != "tiny"}
+        if (self.timm_name, self.embed_dim, self.depth) not in released:
             raise ValueError(
-                f"pretrained DINOv2 weights exist only for the vits14/vitb14/vitl14/vitg14 presets, "
-                f"not for a custom width {self.embed_dim}; use pretrained=None"
+                f"pretrained DINOv2 weights exist only for the vits14/vitb14/vitl14/vitg14 presets, not for a "
+                f"custom width/depth {self.embed_dim}/{self.depth}; use pretrained=None"
             )
         kwargs: dict = {}
         mask_token = None
@@ -177,8 +178,3 @@ class DinoV2Backbone(nn.Module):
     def _to_map(self, tokens: torch.Tensor) -> torch.Tensor:
         b, _, c = tokens.shape
         return tokens.transpose(1, 2).reshape(b, c, *self.grid)
-
-
-BACKBONE_PRESETS_BY_NAME_DIM = {
-    (p.timm_name, p.embed_dim): p.embed_dim for k, p in BACKBONE_PRESETS.items() if k != "tiny"
-}
