@@ -146,7 +146,7 @@ class BigGaitModule(LightningModule):
         self._eval_step(batch, self.test_metric, self.test_foreground_iou)
 
     def _eval_epoch_end(self, stage: str, metric: GaitRetrievalMetric, iou: MeanMetric) -> None:
-        result = metric.compute_detailed()
+        result = metric.compute()
         metric.reset()
         values = {f"{stage}/{k}": v for k, v in result.metrics.items()}
         if iou.update_count > 0:

@@ -1,0 +1,74 @@
+"""A torchmetrics Metric that gathers embeddings (and their string labels) across ranks for `evaluate`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from .protocols import PROTOCOLS, EvaluationResult, ProtocolError, evaluate_detailed
+
+__all__ = ["GaitRetrievalMetric"]
+
+_STR_BYTES = 64  # subjects, types and views travel as fixed-width UTF-8 byte rows
+
+
+def _encode(strings: Sequence[str], device: torch.device) -> torch.Tensor:
+    rows = torch.zeros(len(strings), _STR_BYTES, dtype=torch.uint8)
+    for i, s in enumerate(strings):
+        data = str(s).encode()
+        if len(data) > _STR_BYTES:
+            raise ProtocolError(f"label {s!r} is longer than {_STR_BYTES} bytes; shorten the dataset's names")
+        rows[i, : len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return rows.to(device)
+
+
+def _decode(rows: torch.Tensor) -> list[str]:
+    return [bytes(r[r > 0].tolist()).decode() for r in rows.cpu()]
+
+
+class GaitRetrievalMetric(Metric):
+    """Collects [n, C, P] embeddings with subjects/types/views on every rank; `compute` runs the protocol.
+
+    Strings are stored as byte tensors (states must be tensors, and per-rank vocabularies would not
+    agree after the gather), concatenated across ranks by torchmetrics (`dist_reduce_fx="cat"`).
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, protocol: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if protocol not in PROTOCOLS:
+            raise ProtocolError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")
+        self.protocol = protocol
+        for name in ("embeddings", "subjects", "types", "views"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(
+        self, embeddings: torch.Tensor, subjects: Sequence[str], types: Sequence[str], views: Sequence[str]
+    ) -> None:
+        n = embeddings.shape[0]
+        if not (len(subjects) == len(types) == len(views) == n):
+            raise ProtocolError(
+                f"update got {n} embeddings but {len(subjects)} subjects, {len(types)} types, {len(views)} views"
+            )
+        self.embeddings.append(embeddings.detach().float())
+        self.subjects.append(_encode(subjects, embeddings.device))
+        self.types.append(_encode(types, embeddings.device))
+        self.views.append(_encode(views, embeddings.device))
+
+    def compute(self) -> EvaluationResult:
+        if isinstance(self.embeddings, list) and not self.embeddings:
+            raise ProtocolError(
+                "GaitRetrievalMetric.compute() before any update: the evaluation set was empty"
+            )
+        return evaluate_detailed(
+            self.protocol,
+            dim_zero_cat(self.embeddings),
+            _decode(dim_zero_cat(self.subjects)),
+            _decode(dim_zero_cat(self.types)),
+            _decode(dim_zero_cat(self.views)),
+        )

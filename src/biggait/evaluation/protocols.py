@@ -1,0 +1,250 @@
+"""The gait evaluation protocols of OpenGait's evaluator (spec §8), vectorised and memory-bounded."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from biggait.errors import BiggaitError
+
+from .distance import iter_distance_rows
+
+__all__ = ["PROTOCOLS", "EvaluationResult", "Protocol", "ProtocolError", "evaluate", "evaluate_detailed"]
+
+
+class ProtocolError(BiggaitError, ValueError):
+    """Evaluation inputs that a protocol cannot score (unknown protocol, empty condition, bad shapes)."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Probe/gallery conditions of one dataset's test protocol."""
+
+    name: str
+    conditions: dict[
+        str, tuple[tuple[str, ...], tuple[str, ...]]
+    ]  # condition -> (probe types, gallery types)
+    substring_types: bool = False  # SUSTech1K matches types by substring (spec §8.3)
+    view_prefix: bool = False  # CCPG: view = folder name before the first "_" (spec §8.1)
+    ranks: int = 1  # cumulative ranks reported (SUSTech1K: rank-1 and rank-5)
+    reid: bool = False  # CCPG also reports the ReID protocol (spec §8.1)
+
+
+_CCPG = Protocol(
+    name="ccpg",
+    conditions={
+        "CL": (("U0_D0_BG", "U0_D0"), ("U1_D1", "U2_D2", "U3_D3")),
+        "UP": (("U3_D3",), ("U0_D3",)),
+        "DN": (("U1_D0",), ("U1_D1",)),
+        "BG": (("U0_D0_BG",), ("U0_D0",)),
+    },
+    view_prefix=True,
+    reid=True,
+)
+_CASIAB_GALLERY = ("nm-01", "nm-02", "nm-03", "nm-04")
+_SUSTECH_GALLERY = ("00-nm",)
+PROTOCOLS: dict[str, Protocol] = {
+    "ccpg": _CCPG,
+    "synthetic": _CCPG,  # the synthetic world follows CCPG's naming and protocol
+    "casiab": Protocol(
+        name="casiab",
+        conditions={
+            "NM": (("nm-05", "nm-06"), _CASIAB_GALLERY),
+            "BG": (("bg-01", "bg-02"), _CASIAB_GALLERY),
+            "CL": (("cl-01", "cl-02"), _CASIAB_GALLERY),
+        },
+    ),
+    "sustech1k": Protocol(
+        name="sustech1k",
+        conditions={
+            "Normal": (("01-nm",), _SUSTECH_GALLERY),
+            "Bag": (("bg",), _SUSTECH_GALLERY),
+            "Clothing": (("cl",), _SUSTECH_GALLERY),
+            "Carrying": (("cr",), _SUSTECH_GALLERY),
+            "Umbrella": (("ub",), _SUSTECH_GALLERY),
+            "Uniform": (("uf",), _SUSTECH_GALLERY),
+            "Occlusion": (("oc",), _SUSTECH_GALLERY),
+            "Night": (("nt",), _SUSTECH_GALLERY),
+            "Overall": (("01", "02", "03", "04"), _SUSTECH_GALLERY),
+        },
+        substring_types=True,
+        ranks=5,
+    ),
+}
+
+
+@dataclass
+class EvaluationResult:
+    """Flat metrics (percent) plus the per-condition rank-1 view-by-view matrices."""
+
+    metrics: dict[str, float]
+    # condition -> (probe views, gallery views, rank-1 matrix in percent, NaN where a cell is empty)
+    matrices: dict[str, tuple[list[str], list[str], np.ndarray]] = field(default_factory=dict)
+
+
+def _type_mask(types: np.ndarray, wanted: Sequence[str], substring: bool) -> np.ndarray:
+    if substring:
+        return np.any([np.char.find(types, w) >= 0 for w in wanted], axis=0)
+    return np.isin(types, list(wanted))
+
+
+def _de_diag(acc: np.ndarray, filled: np.ndarray) -> float:
+    # OpenGait's de_diag: per probe view (row_sum - diag) / (V - 1), then the mean over probe views.
+    # Empty cells (no probe or no gallery of that view) are left out; with none empty this is exact.
+    off = filled & ~np.eye(acc.shape[0], dtype=bool)
+    rows = [acc[i, off[i]].mean() for i in range(acc.shape[0]) if off[i].any()]
+    return float(np.mean(rows))
+
+
+def _gait_protocol(
+    feats: torch.Tensor,
+    subj: np.ndarray,
+    views: np.ndarray,
+    probe: np.ndarray,
+    gallery: np.ndarray,
+    ranks: int,
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Rank-k accuracy per (probe view, gallery view): [V, V, ranks] in percent, and the filled-cell mask."""
+    view_list = sorted(set(views.tolist()))
+    v_index = {v: i for i, v in enumerate(view_list)}
+    V = len(view_list)
+    p_idx, g_idx = np.flatnonzero(probe), np.flatnonzero(gallery)
+    p_view = np.array([v_index[v] for v in views[p_idx]])
+    g_view = np.array([v_index[v] for v in views[g_idx]])
+    _, codes = np.unique(subj, return_inverse=True)
+    p_subj = torch.as_tensor(codes[p_idx], device=feats.device)
+    g_subj = torch.as_tensor(codes[g_idx], device=feats.device)
+    hits = np.zeros((V, V, ranks))
+    totals = np.zeros(V)
+    np.add.at(totals, p_view, 1)
+    g_counts = np.bincount(g_view, minlength=V)
+    g_view_t = torch.as_tensor(g_view, device=feats.device)
+    for sl, dist in iter_distance_rows(feats[p_idx], feats[g_idx]):
+        pv = p_view[sl]
+        for gv in range(V):
+            if g_counts[gv] == 0:
+                continue
+            k = min(ranks, int(g_counts[gv]))
+            masked = dist.masked_fill(g_view_t != gv, float("inf"))
+            nearest = masked.topk(k, dim=1, largest=False).indices  # [q, k]
+            correct = (g_subj[nearest] == p_subj[sl, None]).cpu().numpy()
+            found = np.cumsum(correct, axis=1) > 0  # hit within the first r+1
+            if k < ranks:
+                found = np.concatenate([found, np.repeat(found[:, -1:], ranks - k, axis=1)], axis=1)
+            np.add.at(hits[:, gv], pv, found)
+    filled = (totals[:, None] > 0) & (g_counts[None, :] > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.round(hits * 100 / totals[:, None, None], 2)  # OpenGait rounds every cell to 2 decimals
+    acc[~filled] = np.nan
+    return view_list, acc, filled
+
+
+def _reid_protocol(
+    feats: torch.Tensor, subj: np.ndarray, views: np.ndarray, probe: np.ndarray, gallery: np.ndarray
+) -> dict[str, float]:
+    """OpenGait's evaluate_many: gallery items of the query's id AND view removed; rank-1, mAP, mINP."""
+    p_idx, g_idx = np.flatnonzero(probe), np.flatnonzero(gallery)
+    _, s_codes = np.unique(subj, return_inverse=True)
+    _, v_codes = np.unique(views, return_inverse=True)
+    dev = feats.device
+    g_subj = torch.as_tensor(s_codes[g_idx], device=dev)
+    g_view = torch.as_tensor(v_codes[g_idx], device=dev)
+    rank1, ap, inp = [], [], []
+    for sl, dist in iter_distance_rows(feats[p_idx], feats[g_idx]):
+        q_subj = torch.as_tensor(s_codes[p_idx[sl]], device=dev)[:, None]
+        q_view = torch.as_tensor(v_codes[p_idx[sl]], device=dev)[:, None]
+        order = dist.argsort(dim=1)
+        match = g_subj[order] == q_subj
+        keep = ~(match & (g_view[order] == q_view))
+        rel = (match & keep).double()
+        # 1-based rank among the kept gallery items (clamped: removed leading items would give 0/0)
+        kept_rank = keep.double().cumsum(1).clamp(min=1)
+        n_rel = rel.sum(1)
+        valid = n_rel > 0  # queries without any match are skipped
+        cum = rel.cumsum(1)
+        first = torch.where(rel > 0, kept_rank, torch.full_like(kept_rank, float("inf"))).min(1).values
+        last = (rel * kept_rank).max(1).values
+        rank1.append((first[valid] == 1).double())
+        ap.append(((cum / kept_rank) * rel).sum(1)[valid] / n_rel[valid])
+        inp.append(n_rel[valid] / last[valid])
+    r1, mean_ap, minp = (torch.cat(v) for v in (rank1, ap, inp))
+    if r1.numel() == 0:
+        raise ProtocolError("ReID protocol: no query has a valid match in the gallery")
+    return {
+        "rank1": float(r1.mean()) * 100,
+        "mAP": float(mean_ap.mean()) * 100,
+        "mINP": float(minp.mean()) * 100,
+    }
+
+
+def evaluate_detailed(
+    protocol: str,
+    embeddings: torch.Tensor | np.ndarray,
+    labels: Sequence[str],
+    types: Sequence[str],
+    views: Sequence[str],
+) -> EvaluationResult:
+    """Score embeddings [N, C, P] with `protocol`; metrics are percentages, matrices are rank-1 per view pair."""
+    if protocol not in PROTOCOLS:
+        raise ProtocolError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")
+    spec = PROTOCOLS[protocol]
+    feats = torch.as_tensor(embeddings)
+    n = feats.shape[0] if feats.dim() else 0
+    if feats.dim() != 3:
+        raise ProtocolError(f"embeddings must be [N, C, parts], got shape {tuple(feats.shape)}")
+    if not (len(labels) == len(types) == len(views) == n):
+        raise ProtocolError(
+            f"lengths differ: {n} embeddings, {len(labels)} labels, {len(types)} types, {len(views)} views"
+        )
+    if not torch.isfinite(feats).all():
+        raise ProtocolError("embeddings contain NaN or inf: the model diverged or the input is corrupt")
+    subj = np.asarray([str(x) for x in labels])
+    seq_types = np.asarray([str(x) for x in types])
+    view_arr = np.asarray([str(v).split("_")[0] if spec.view_prefix else str(v) for v in views])
+
+    result = EvaluationResult(metrics={})
+    for condition, (probe_types, gallery_types) in spec.conditions.items():
+        probe = _type_mask(seq_types, probe_types, spec.substring_types)
+        gallery = _type_mask(seq_types, gallery_types, spec.substring_types)
+        if not probe.any() or not gallery.any():
+            which = "probe" if not probe.any() else "gallery"
+            wanted = probe_types if which == "probe" else gallery_types
+            raise ProtocolError(
+                f"{protocol} condition {condition}: the {which} set is empty (no sequence of type "
+                f"{' / '.join(wanted)} among the {n} evaluated); types present: {sorted(set(seq_types))[:12]}"
+            )
+        view_list, acc, filled = _gait_protocol(feats, subj, view_arr, probe, gallery, spec.ranks)
+        if len(view_list) < 2:
+            raise ProtocolError(
+                f"{protocol}: identical-view exclusion needs at least 2 views, got {view_list}"
+            )
+        if not filled.all():
+            warnings.warn(
+                f"{protocol} {condition}: {int((~filled).sum())} of {filled.size} view pairs have no probe or "
+                "gallery sequence and are left out of the average",
+                stacklevel=2,
+            )
+        result.matrices[condition] = (view_list, view_list, acc[:, :, 0])
+        result.metrics[condition] = _de_diag(acc[:, :, 0], filled)
+        if spec.ranks >= 5:
+            result.metrics[f"rank5/{condition}"] = _de_diag(acc[:, :, 4], filled)
+        if spec.reid:
+            result.metrics[f"include/{condition}"] = float(np.nanmean(acc[:, :, 0]))
+            for key, value in _reid_protocol(feats, subj, view_arr, probe, gallery).items():
+                result.metrics[f"reid/{condition}/{key}"] = value
+    return result
+
+
+def evaluate(
+    protocol: str,
+    embeddings: torch.Tensor | np.ndarray,
+    labels: Sequence[str],
+    types: Sequence[str],
+    views: Sequence[str],
+) -> dict[str, float]:
+    """Flat dict of percentages, e.g. {"CL": .., "UP": .., "reid/CL/mAP": ..} for CCPG (spec §8)."""
+    return evaluate_detailed(protocol, embeddings, labels, types, views).metrics

@@ -1,0 +1,100 @@
+"""Evaluation outputs: a markdown table, results.json and rank-1 heatmaps (pure figure builders)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are written to files or logged, never shown
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+__all__ = ["atomic_write_bytes", "rank1_heatmap", "results_markdown", "save_figure", "write_results_json"]
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` through a temp file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_results_json(
+    path: str | Path, metrics: dict[str, float], extra: dict[str, Any] | None = None
+) -> None:
+    """results.json = {"metrics": {...}, **extra}, written atomically."""
+    payload = {**(extra or {}), "metrics": {k: float(v) for k, v in metrics.items()}}
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+
+
+def results_markdown(metrics: dict[str, float], protocol: str) -> str:
+    """A markdown table: conditions as columns; rows rank-1 (and rank-5 / include / ReID when present)."""
+    conditions = [k for k in metrics if "/" not in k]
+    rows: list[tuple[str, list[str]]] = [("rank-1 (%)", conditions)]
+    if any(k.startswith("rank5/") for k in metrics):
+        rows.append(("rank-5 (%)", [f"rank5/{c}" for c in conditions]))
+    if any(k.startswith("include/") for k in metrics):
+        rows.append(("rank-1 incl. same view", [f"include/{c}" for c in conditions]))
+    for name in ("rank1", "mAP", "mINP"):
+        if any(k.endswith(f"/{name}") and k.startswith("reid/") for k in metrics):
+            rows.append((f"ReID {name}", [f"reid/{c}/{name}" for c in conditions]))
+    mean = float(np.mean([metrics[c] for c in conditions])) if conditions else float("nan")
+    header = f"| {protocol} | " + " | ".join(conditions) + " | mean |"
+    lines = [header, "|" + "---|" * (len(conditions) + 2)]
+    for label, keys in rows:
+        values = [metrics.get(k) for k in keys]
+        cells = ["-" if v is None else f"{v:.2f}" for v in values]
+        row_mean = f"{mean:.2f}" if label == "rank-1 (%)" else ""
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {row_mean} |")
+    return "\n".join(lines)
+
+
+def rank1_heatmap(
+    matrix: np.ndarray, probe_views: Sequence[str], gallery_views: Sequence[str], *, title: str
+) -> Figure:
+    """View-by-view rank-1 heatmap (probe views as rows), annotated; the diagonal is framed (excluded)."""
+    matrix = np.asarray(matrix, dtype=float)
+    size = max(3.0, 0.55 * len(gallery_views) + 1.5)
+    fig, ax = plt.subplots(figsize=(size + 1.0, max(2.5, 0.5 * len(probe_views) + 1.5)))
+    im = ax.imshow(matrix, vmin=0, vmax=100, cmap="viridis")
+    ax.set_xticks(range(len(gallery_views)), labels=list(gallery_views), rotation=45, ha="right")
+    ax.set_yticks(range(len(probe_views)), labels=list(probe_views))
+    ax.set_xlabel("gallery view")
+    ax.set_ylabel("probe view")
+    ax.set_title(title)
+    small = len(gallery_views) <= 14
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            if small and np.isfinite(matrix[i, j]):
+                color = "white" if matrix[i, j] < 60 else "black"
+                ax.text(j, i, f"{matrix[i, j]:.0f}", ha="center", va="center", fontsize=7, color=color)
+            if probe_views[i] == gallery_views[j]:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=1))
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path, *, dpi: int = 110) -> None:
+    """Render `fig` to PNG atomically and close it."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
