@@ -29,8 +29,24 @@ def gather_for_triplet(
     """
     if module.trainer.world_size == 1:
         return embeddings, labels
-    gathered = module.all_gather(embeddings, sync_grads=True).flatten(0, 1)
-    return gathered, module.all_gather(labels).flatten(0, 1)
+    gathered = _ContiguousGrad.apply(module.all_gather(embeddings, sync_grads=True))
+    return gathered.flatten(0, 1), module.all_gather(labels).flatten(0, 1)
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the gradient contiguous.
+
+    torch.distributed.nn's all_gather backward on gloo (all_to_all) silently mixes up a non-contiguous
+    gradient, which the triplet loss's permuted matmul produces (found by tests/test_ddp_gradients.py).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
 
 
 class BigGaitModule(LightningModule):
