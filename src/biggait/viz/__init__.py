@@ -1,0 +1,34 @@
+"""Look inside BigGait: PCA / part colourings of the feature maps, foreground IoU and figure panels."""
+
+from .maps import (
+    PART_PALETTE,
+    PCABasis,
+    VizInputError,
+    denormalize_frames,
+    fit_pca,
+    foreground_iou,
+    part_colors,
+    pca_rgb,
+    resize_mask,
+    silhouettes_to_map,
+)
+from .panels import MAP_KEYS, PanelSequence, comparison_panel, frame_indices, select_sequence, sequence_panel
+
+__all__ = [
+    "MAP_KEYS",
+    "PART_PALETTE",
+    "PCABasis",
+    "PanelSequence",
+    "VizInputError",
+    "comparison_panel",
+    "denormalize_frames",
+    "fit_pca",
+    "foreground_iou",
+    "frame_indices",
+    "part_colors",
+    "pca_rgb",
+    "resize_mask",
+    "select_sequence",
+    "sequence_panel",
+    "silhouettes_to_map",
+]
