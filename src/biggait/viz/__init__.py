@@ -1,5 +1,6 @@
 """Look inside BigGait: PCA / part colourings of the feature maps, foreground IoU and figure panels."""
 
+from .io import save_png
 from .maps import (
     PART_PALETTE,
     PCABasis,
@@ -12,7 +13,15 @@ from .maps import (
     resize_mask,
     silhouettes_to_map,
 )
-from .panels import MAP_KEYS, PanelSequence, comparison_panel, frame_indices, select_sequence, sequence_panel
+from .panels import (
+    MAP_KEYS,
+    PanelSequence,
+    comparison_indices,
+    comparison_panel,
+    frame_indices,
+    select_sequence,
+    sequence_panel,
+)
 
 __all__ = [
     "MAP_KEYS",
@@ -20,6 +29,7 @@ __all__ = [
     "PCABasis",
     "PanelSequence",
     "VizInputError",
+    "comparison_indices",
     "comparison_panel",
     "denormalize_frames",
     "fit_pca",
@@ -28,6 +38,7 @@ __all__ = [
     "part_colors",
     "pca_rgb",
     "resize_mask",
+    "save_png",
     "select_sequence",
     "sequence_panel",
     "silhouettes_to_map",

@@ -216,3 +216,17 @@ def comparison_panel(
         axes[r, 0].set_ylabel(SEQUENCE_ROWS[name], fontsize=8)
     fig.suptitle(title or "Same person, two outfits vs a different person (shared PCA colours)", fontsize=9)
     return fig
+
+
+def comparison_indices(subjects: Sequence[str], types: Sequence[str]) -> list[int]:
+    """Pick [person A outfit 1, person A outfit 2, person B] from a batch's labels, as far as it allows.
+
+    Falls back to the first (up to) three sequences when no subject appears with two different types.
+    """
+    first_of: dict[str, int] = {}
+    for i, (subject, seq_type) in enumerate(zip(subjects, types)):
+        j = first_of.setdefault(subject, i)
+        if j != i and types[j] != seq_type:
+            other = next((k for k, s in enumerate(subjects) if s != subject), None)
+            return [j, i] + ([] if other is None else [other])
+    return list(range(min(3, len(subjects))))
