@@ -1,0 +1,179 @@
+"""`GaitDataModule`: streams the tar shards written by `write_shards` into training and evaluation batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from biggait.data.pipeline import EvalStream, ShardInfo, TrainStream
+from biggait.data.shards import read_manifest
+from biggait.errors import ConfigError, DatasetNotFoundError
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "GaitDataModule"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # spec §3.2 BaseRgbTransform
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class GaitDataModule(L.LightningDataModule):
+    """Identity-balanced P x K training stream and exactly-once ordered evaluation over `<root>/{train,test}`."""
+
+    def __init__(
+        self,
+        *,
+        root: str,
+        protocol: str,
+        dataset: str | None = None,
+        frames_per_sequence: int = 30,
+        ids_per_batch: int = 8,
+        seqs_per_id: int = 8,
+        steps_per_epoch: int = 1000,
+        eval_frames_limit: int | None = 250,
+        eval_batch_size: int = 1,
+        num_workers: int = 2,
+        shuffle_buffer: int = 256,
+        flip_prob: float = 0.5,
+        seed: int = 0,
+        load_silhouettes: bool = False,
+        pin_memory: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(protocol, str) or not protocol:
+            raise ConfigError(f"protocol must be a non-empty str such as 'ccpg', got {protocol!r}")
+        if num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
+        self.save_hyperparameters(logger=False)
+        self.root = Path(root)
+        self._protocol = protocol
+        self.dataset = dataset or self.root.name
+        self.rank, self.world_size = 0, 1
+        self._manifests: dict[str, dict[str, Any]] = {}
+
+    # --- manifests ---------------------------------------------------------------------------------------
+    @property
+    def protocol(self) -> str:
+        return self._protocol
+
+    def manifest(self, split: str) -> dict[str, Any]:
+        """The split's manifest; a missing root, split or manifest is a `DatasetNotFoundError` naming the fix."""
+        if split not in self._manifests:
+            if not self.root.is_dir():
+                raise DatasetNotFoundError(
+                    f"dataset root {self.root} does not exist; build it with "
+                    f"`make data DATASET={self.dataset} OUT={self.root}`"
+                )
+            self._manifests[split] = read_manifest(self.root / split, dataset=self.dataset)
+        return self._manifests[split]
+
+    @property
+    def train_subjects(self) -> list[str]:
+        return sorted(self.manifest("train")["sequences_per_subject"])
+
+    @property
+    def test_subjects(self) -> list[str]:
+        return sorted(self.manifest("test")["sequences_per_subject"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train_subjects)
+
+    def _shards(self, split: str) -> list[ShardInfo]:
+        manifest = self.manifest(split)
+        return [
+            ShardInfo(str(self.root / split / s["name"]), int(s["n_samples"]))
+            for s in manifest["shards"]
+            if s["n_samples"] > 0
+        ]
+
+    # --- Lightning hooks ---------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        # Rank from the trainer, never from environment guessing (engineering notes §B).
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            self.rank, self.world_size = int(trainer.global_rank), int(trainer.world_size)
+        if stage in (None, "fit"):
+            hp = self.hparams
+            if hp.ids_per_batch > self.num_classes:
+                raise ConfigError(
+                    f"ids_per_batch={hp.ids_per_batch} > {self.num_classes} training identities in {self.root / 'train'}"
+                )
+        # The test split is read when val/test loaders are built, which Lightning also does before training.
+
+    def set_rank(self, rank: int, world_size: int) -> None:
+        """Explicit rank for use without a Trainer (tests, scripts)."""
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} is outside world size {world_size}")
+        self.rank, self.world_size = rank, world_size
+
+    def train_dataset(self) -> TrainStream:
+        hp = self.hparams
+        return TrainStream(
+            self._shards("train"),
+            labels={s: i for i, s in enumerate(self.train_subjects)},
+            frames_per_sequence=hp.frames_per_sequence,
+            ids_per_batch=hp.ids_per_batch,
+            seqs_per_id=hp.seqs_per_id,
+            steps_per_epoch=hp.steps_per_epoch,
+            shuffle_buffer=hp.shuffle_buffer,
+            flip_prob=hp.flip_prob,
+            rank=self.rank,
+            world_size=self.world_size,
+            seed=hp.seed,
+        )
+
+    def eval_dataset(self) -> EvalStream:
+        hp = self.hparams
+        if hp.load_silhouettes and not self.manifest("test")["has_silhouettes"]:
+            raise ConfigError(
+                f"load_silhouettes=True but {self.root / 'test'} was written without silhouettes"
+            )
+        return EvalStream(
+            self._shards("test"),
+            labels={s: i for i, s in enumerate(self.test_subjects)},  # eval labels index the test subjects
+            batch_size=hp.eval_batch_size,
+            frames_limit=hp.eval_frames_limit,
+            silhouettes=hp.load_silhouettes,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
+
+    def _loader(self, dataset: TrainStream | EvalStream, *, persistent: bool) -> DataLoader:
+        nw = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=None,  # the streams batch themselves
+            num_workers=nw,
+            # Persistent workers keep the training stream alive, so an epoch continues it (no replay).
+            persistent_workers=persistent and nw > 0,
+            pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset(), persistent=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_dataset(), persistent=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_dataset(), persistent=False)
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        frames = batch["frames"]
+        if frames.dtype == torch.uint8:
+            batch["frames"] = normalize_frames(frames, batch.get("lengths"))
+        return batch
+
+
+def normalize_frames(frames: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 [n, s, 3, H, W] -> float32 `(x/255 - mean) / std` (spec §3.2); padded frames stay exactly 0."""
+    mean = torch.tensor(IMAGENET_MEAN, device=frames.device).view(1, 1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=frames.device).view(1, 1, 3, 1, 1)
+    out = (frames.float() / 255.0 - mean) / std
+    if lengths is not None:
+        valid = torch.arange(frames.shape[1], device=frames.device)[None] < lengths.to(frames.device)[:, None]
+        out = out * valid[:, :, None, None, None]
+    return out

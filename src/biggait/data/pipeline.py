@@ -1,0 +1,464 @@
+"""Streaming readers over the tar shards: identity-balanced P x K training batches and ordered evaluation."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+from webdataset.tariterators import base_plus_ext
+
+from biggait.data.shards import decode_image, frame_field, silhouette_field
+from biggait.errors import ConfigError, CorruptDataError
+
+__all__ = ["BadDataWarning", "EvalStream", "RawSample", "ShardInfo", "TrainStream", "consumer_split"]
+
+
+class BadDataWarning(UserWarning):
+    """A shard, sample or frame was unreadable and skipped."""
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard file and the sample count its manifest promises."""
+
+    path: str
+    n_samples: int
+
+
+@dataclass
+class RawSample:
+    """An undecoded sequence: metadata plus the encoded bytes of the frames kept so far."""
+
+    key: str
+    shard: str
+    subject: str
+    seq_type: str
+    view: str
+    frame_size: tuple[int, int]
+    ratios: np.ndarray  # float32 [t], for the kept frames
+    frames: list[bytes]  # kept frames, in the order they will be stacked
+    silhouettes: list[bytes] | None = None
+
+
+def consumer_split(
+    shards: Sequence[ShardInfo], *, rank: int, world_size: int, worker: int, num_workers: int
+) -> tuple[list[int], int | None, int]:
+    """Which shards (indices) this rank's worker reads, and which samples of them it keeps.
+
+    Consumer c = rank * num_workers + worker of n = world_size * num_workers. With at least n shards each
+    consumer reads shards c, c + n, ... whole (returned modulus None). With fewer shards every consumer reads
+    all of them and keeps the samples whose global position (manifest order) is c mod n, so no sample is
+    duplicated or dropped and no consumer starves.
+    """
+    n, c = world_size * num_workers, rank * num_workers + worker
+    if len(shards) >= n:
+        return list(range(c, len(shards), n)), None, c
+    return list(range(len(shards))), n, c
+
+
+def iter_tar(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Stream (key, {field: bytes}) groups from a webdataset tar; raises on a corrupt or truncated tar.
+
+    A group is yielded only once the next key starts, so a truncated last sample is never yielded.
+    """
+    with tarfile.open(path, mode="r|") as tar:
+        key, fields = None, {}
+        for member in tar:
+            if not member.isfile():
+                continue
+            prefix, field = base_plus_ext(member.name)
+            if prefix is None:
+                continue
+            data = tar.extractfile(member).read()
+            if prefix != key:
+                if key is not None:
+                    yield key, fields
+                key, fields = prefix, {}
+            fields[field] = data
+        if key is not None:
+            yield key, fields
+
+
+def parse_sample(key: str, fields: dict[str, bytes], shard: str, *, silhouettes: bool) -> RawSample:
+    """Check the fields of one tar sample; raises `CorruptDataError` naming what is missing."""
+    if "meta.json" not in fields:
+        raise CorruptDataError(f"sample {key} in {shard} has no meta.json")
+    try:
+        meta = json.loads(fields["meta.json"])
+        n, fmt = int(meta["n_frames"]), meta["image_format"]
+        ratios = np.asarray(meta["ratios"], np.float32)
+        frame_size = (int(meta["frame_size"][0]), int(meta["frame_size"][1]))
+        subject, seq_type, view = str(meta["subject"]), str(meta["type"]), str(meta["view"])
+        has_sils = bool(meta["silhouettes"])
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise CorruptDataError(
+            f"sample {key} in {shard}: bad meta.json ({type(exc).__name__}: {exc})"
+        ) from exc
+    if n < 1 or ratios.shape != (n,):
+        raise CorruptDataError(f"sample {key} in {shard}: n_frames={n} but {ratios.size} ratios")
+    names = [frame_field(t, fmt) for t in range(n)]
+    missing = [name for name in names if name not in fields]
+    sil_names = [silhouette_field(t) for t in range(n)] if silhouettes and has_sils else []
+    missing += [name for name in sil_names if name not in fields]
+    if missing:
+        raise CorruptDataError(
+            f"sample {key} in {shard}: missing fields {missing[:3]} ({len(missing)} in all)"
+        )
+    return RawSample(
+        key=key,
+        shard=shard,
+        subject=subject,
+        seq_type=seq_type,
+        view=view,
+        frame_size=frame_size,
+        ratios=ratios,
+        frames=[fields[name] for name in names],
+        silhouettes=[fields[name] for name in sil_names] if sil_names else None,
+    )
+
+
+def select_frames(sample: RawSample, indices: np.ndarray) -> RawSample:
+    """Keep only the chosen frames (still encoded): only what is sampled is ever decoded."""
+    sample.frames = [sample.frames[i] for i in indices]
+    sample.ratios = sample.ratios[indices]
+    if sample.silhouettes is not None:
+        sample.silhouettes = [sample.silhouettes[i] for i in indices]
+    return sample
+
+
+def decode_frames(sample: RawSample) -> np.ndarray:
+    """uint8 [t, H, W, 3] RGB; raises `CorruptDataError` for an undecodable or mis-sized frame."""
+    frames = []
+    for t, buf in enumerate(sample.frames):
+        try:
+            image = decode_image(buf, colour=True)
+        except CorruptDataError as exc:
+            raise CorruptDataError(f"sample {sample.key} in {sample.shard}: frame {t}: {exc}") from exc
+        if image.shape[:2] != sample.frame_size:
+            raise CorruptDataError(
+                f"sample {sample.key} in {sample.shard}: frame {t} is {image.shape[:2]}, meta says {sample.frame_size}"
+            )
+        frames.append(image)
+    return np.stack(frames)
+
+
+def decode_silhouettes(sample: RawSample) -> np.ndarray:
+    try:
+        return np.stack([decode_image(buf, colour=False) for buf in sample.silhouettes])
+    except CorruptDataError as exc:
+        raise CorruptDataError(f"sample {sample.key} in {sample.shard}: silhouette: {exc}") from exc
+
+
+class _ShardStream(IterableDataset):
+    """Shared plumbing: consumer split, bad-data accounting and the shard reader."""
+
+    def __init__(
+        self, shards: Sequence[ShardInfo], *, rank: int = 0, world_size: int = 1, seed: int = 0
+    ) -> None:
+        super().__init__()
+        if not shards:
+            raise ConfigError("a shard stream needs at least one shard")
+        self.shards = list(shards)
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.silhouettes = False
+        self._skipped = 0
+
+    def set_rank(self, rank: int, world_size: int) -> None:
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} is outside world size {world_size}")
+        self.rank, self.world_size = rank, world_size
+
+    @staticmethod
+    def _worker() -> tuple[int, int]:
+        info = get_worker_info()
+        return (0, 1) if info is None else (info.id, info.num_workers)
+
+    def _skip(self, message: str) -> None:
+        self._skipped += 1
+        warnings.warn(f"skipped bad data: {message}", BadDataWarning, stacklevel=2)
+
+    def _take_skipped(self) -> torch.Tensor:
+        count, self._skipped = self._skipped, 0
+        return torch.tensor(count, dtype=torch.int64)
+
+    def _read_shard(self, index: int, keep: int | None, consumer: int, offset: int) -> Iterator[RawSample]:
+        """Parsed samples of one shard (those of this consumer); bad ones are skipped and counted."""
+        shard = self.shards[index]
+        name, seen = Path(shard.path).name, 0
+        try:
+            for position, (key, fields) in enumerate(iter_tar(shard.path)):
+                seen += 1
+                if keep is not None and (offset + position) % keep != consumer:
+                    continue
+                try:
+                    yield parse_sample(key, fields, name, silhouettes=self.silhouettes)
+                except CorruptDataError as exc:
+                    self._skip(str(exc))
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            self._skip(
+                f"shard {name} is corrupt or truncated after {seen} samples ({type(exc).__name__}: {exc})"
+            )
+            return
+        if seen < shard.n_samples:
+            self._skip(f"shard {name} holds {seen} samples, its manifest says {shard.n_samples} (truncated?)")
+
+    def _offsets(self) -> list[int]:
+        return np.concatenate([[0], np.cumsum([s.n_samples for s in self.shards])[:-1]]).astype(int).tolist()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_stream", None)  # live generators stay in their process
+        return state
+
+
+class TrainStream(_ShardStream):
+    """Endless identity-balanced P x K batches of `frames_per_sequence` unordered frames (spec §7.1).
+
+    Each consumer (rank x worker) reads its shards in a fresh seeded order every pass, keeps only the sampled
+    frames (still encoded) in a buffer grouped by identity, and emits a batch of P identities x K sequences
+    (identities with >= K buffered sequences first; K drawn with replacement from an identity with fewer).
+    The stream persists across epochs inside its worker, so each epoch continues it rather than replaying it.
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[ShardInfo],
+        *,
+        labels: dict[str, int],
+        frames_per_sequence: int = 30,
+        ids_per_batch: int = 8,
+        seqs_per_id: int = 8,
+        steps_per_epoch: int = 1000,
+        shuffle_buffer: int = 256,
+        flip_prob: float = 0.5,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(shards, rank=rank, world_size=world_size, seed=seed)
+        for name, value in (
+            ("frames_per_sequence", frames_per_sequence),
+            ("ids_per_batch", ids_per_batch),
+            ("seqs_per_id", seqs_per_id),
+            ("steps_per_epoch", steps_per_epoch),
+        ):
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        if not 0.0 <= flip_prob <= 1.0:
+            raise ConfigError(f"flip_prob must be in [0, 1], got {flip_prob}")
+        self.labels = dict(labels)
+        self.frames_per_sequence, self.P, self.K = frames_per_sequence, ids_per_batch, seqs_per_id
+        self.steps_per_epoch, self.flip_prob = steps_per_epoch, flip_prob
+        self.shuffle_buffer = max(shuffle_buffer, ids_per_batch * seqs_per_id)
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch  # batches per rank per epoch, whatever the worker count
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, num_workers = self._worker()
+        # Workers share the rank's epoch: worker w yields its round-robin share, so the DataLoader sees exactly
+        # steps_per_epoch batches on every rank and DDP never waits on a rank that ran dry.
+        n_batches = self.steps_per_epoch // num_workers + (worker < self.steps_per_epoch % num_workers)
+        ident = (self.rank, self.world_size, worker, num_workers)
+        if getattr(self, "_stream", (None,))[0] != ident:
+            self._stream = (ident, self._batches(worker, num_workers))
+        for _ in range(n_batches):
+            yield next(self._stream[1])
+
+    def _seed_sequence(self, worker: int, num_workers: int) -> np.random.SeedSequence:
+        return np.random.SeedSequence([self.seed, self.rank, self.world_size, worker, num_workers])
+
+    def _samples(self, worker: int, num_workers: int, rng: np.random.Generator) -> Iterator[RawSample]:
+        mine, keep, consumer = consumer_split(
+            self.shards, rank=self.rank, world_size=self.world_size, worker=worker, num_workers=num_workers
+        )
+        offsets, seen_subjects = self._offsets(), set()
+        for epoch in range(2**62):  # endless: a new seeded shard order every pass
+            n_read = 0
+            for index in rng.permutation(mine):
+                for sample in self._read_shard(int(index), keep, consumer, offsets[index]):
+                    if sample.subject not in self.labels:
+                        self._skip(
+                            f"sample {sample.key} in {sample.shard}: subject {sample.subject} not in the manifest"
+                        )
+                        continue
+                    n_read += 1
+                    seen_subjects.add(sample.subject)
+                    t, s = len(sample.frames), self.frames_per_sequence
+                    yield select_frames(sample, rng.choice(t, s, replace=t < s))  # fixed_unordered, spec §7.1
+            if n_read == 0:
+                names = [Path(self.shards[i].path).name for i in mine]
+                raise CorruptDataError(
+                    f"rank {self.rank} worker {worker}: no readable training sample in {names}"
+                )
+            if epoch == 0 and len(seen_subjects) < self.P:
+                raise ConfigError(
+                    f"rank {self.rank} worker {worker} sees {len(seen_subjects)} identities, fewer than "
+                    f"ids_per_batch={self.P}; lower ids_per_batch or write more shards (smaller --shard-size)"
+                )
+
+    def _batches(self, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
+        seq = self._seed_sequence(worker, num_workers)
+        rng = np.random.default_rng(seq)
+        flip = A.Compose([A.HorizontalFlip(p=self.flip_prob)], seed=int(seq.generate_state(1)[0]))
+        samples = self._samples(worker, num_workers, rng)
+        buffer: dict[str, list[RawSample]] = {}
+        size = 0
+        while True:
+            while size < self.shuffle_buffer or len(buffer) < self.P:
+                sample = next(samples)
+                buffer.setdefault(sample.subject, []).append(sample)
+                size += 1
+            batch: list[tuple[RawSample, np.ndarray]] = []
+            used: set[str] = set()
+            while len(batch) < self.P * self.K:
+                candidates = [s for s in buffer if s not in used]
+                if not candidates:  # every decodable identity used: read more (only after bad data)
+                    sample = next(samples)
+                    buffer.setdefault(sample.subject, []).append(sample)
+                    size += 1
+                    continue
+                full = [s for s in candidates if len(buffer[s]) >= self.K]
+                subject = full[rng.integers(len(full))] if full else candidates[rng.integers(len(candidates))]
+                used.add(subject)
+                group = self._take(buffer, subject, rng)
+                size = sum(len(v) for v in buffer.values())
+                batch.extend(self._decode_group(group, rng, flip))
+            yield self._collate(batch)
+
+    def _take(
+        self, buffer: dict[str, list[RawSample]], subject: str, rng: np.random.Generator
+    ) -> list[RawSample]:
+        items = buffer[subject]
+        if len(items) >= self.K:
+            pick = rng.choice(len(items), self.K, replace=False)
+            chosen, taken = [items[i] for i in pick], set(pick.tolist())
+            rest = [x for i, x in enumerate(items) if i not in taken]
+        else:  # fewer than K: take them all, K with replacement (spec §7.1 TripletSampler)
+            chosen, rest = items, []
+        if rest:
+            buffer[subject] = rest
+        else:
+            del buffer[subject]
+        return chosen
+
+    def _decode_group(
+        self, group: list[RawSample], rng: np.random.Generator, flip: A.Compose
+    ) -> list[tuple[RawSample, np.ndarray]]:
+        decoded = []
+        for sample in group:
+            try:
+                decoded.append((sample, decode_frames(sample)))
+            except CorruptDataError as exc:
+                self._skip(str(exc))
+        if not decoded:
+            return []
+        picks = list(range(len(decoded)))
+        if len(picks) < self.K:
+            picks += rng.choice(len(decoded), self.K - len(picks), replace=True).tolist()
+        # One flip decision per sequence, the same for all its frames (spec §3.2).
+        return [(decoded[i][0], flip(images=decoded[i][1])["images"]) for i in picks]
+
+    def _collate(self, batch: list[tuple[RawSample, np.ndarray]]) -> dict[str, Any]:
+        frames = torch.from_numpy(
+            np.ascontiguousarray(np.stack([f for _, f in batch]).transpose(0, 1, 4, 2, 3))
+        )
+        return {
+            "frames": frames,  # uint8 [P*K, S, 3, H, W]; normalised on the device
+            "ratios": torch.from_numpy(np.stack([s.ratios for s, _ in batch]).astype(np.float32)),
+            "labels": torch.tensor([self.labels[s.subject] for s, _ in batch], dtype=torch.int64),
+            "subjects": [s.subject for s, _ in batch],
+            "types": [s.seq_type for s, _ in batch],
+            "views": [s.view for s, _ in batch],
+            "n_skipped": self._take_skipped(),
+        }
+
+
+class EvalStream(_ShardStream):
+    """Every sequence of the consumer's shards exactly once, frames in order, truncated to `frames_limit` (spec §8)."""
+
+    def __init__(
+        self,
+        shards: Sequence[ShardInfo],
+        *,
+        labels: dict[str, int],
+        batch_size: int = 1,
+        frames_limit: int | None = 250,
+        silhouettes: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        super().__init__(shards, rank=rank, world_size=world_size)
+        if batch_size < 1 or (frames_limit is not None and frames_limit < 1):
+            raise ConfigError(
+                f"eval batch_size ({batch_size}) and frames_limit ({frames_limit}) must be >= 1"
+            )
+        self.labels, self.batch_size, self.frames_limit = dict(labels), batch_size, frames_limit
+        self.silhouettes = silhouettes
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, num_workers = self._worker()
+        mine, keep, consumer = consumer_split(
+            self.shards, rank=self.rank, world_size=self.world_size, worker=worker, num_workers=num_workers
+        )
+        offsets, pending, ready = self._offsets(), [], None
+        for index in mine:
+            for sample in self._read_shard(index, keep, consumer, offsets[index]):
+                limit = len(sample.frames) if self.frames_limit is None else self.frames_limit
+                sample = select_frames(sample, np.arange(min(len(sample.frames), limit)))
+                try:
+                    frames = decode_frames(sample)
+                    sils = decode_silhouettes(sample) if self.silhouettes and sample.silhouettes else None
+                except CorruptDataError as exc:
+                    self._skip(str(exc))
+                    continue
+                pending.append((sample, frames, sils))
+                if len(pending) == self.batch_size:
+                    if ready is not None:
+                        yield ready
+                    ready, pending = self._collate(pending), []
+        if pending:
+            if ready is not None:
+                yield ready
+            ready = self._collate(pending)
+        if ready is not None:
+            # One batch is held back so skips found after it (a truncated last shard) are still counted.
+            ready["n_skipped"] += self._take_skipped()
+            yield ready
+
+    def _collate(self, items: list[tuple[RawSample, np.ndarray, np.ndarray | None]]) -> dict[str, Any]:
+        n, longest = len(items), max(len(f) for _, f, _ in items)
+        h, w = items[0][1].shape[1:3]
+        frames = torch.zeros(n, longest, 3, h, w, dtype=torch.uint8)
+        ratios = torch.zeros(n, longest, dtype=torch.float32)
+        for i, (sample, f, _) in enumerate(items):
+            frames[i, : len(f)] = torch.from_numpy(f).permute(0, 3, 1, 2)
+            # Padding repeats the last ratio so a padded frame is still a valid input to padding_resize (§3.3).
+            ratios[i] = float(sample.ratios[-1])
+            ratios[i, : len(f)] = torch.from_numpy(sample.ratios)
+        batch = {
+            "frames": frames,
+            "ratios": ratios,
+            "lengths": torch.tensor([len(f) for _, f, _ in items], dtype=torch.int64),
+            "labels": torch.tensor([self.labels.get(s.subject, -1) for s, _, _ in items], dtype=torch.int64),
+            "subjects": [s.subject for s, _, _ in items],
+            "types": [s.seq_type for s, _, _ in items],
+            "views": [s.view for s, _, _ in items],
+            "n_skipped": self._take_skipped(),
+        }
+        if self.silhouettes:
+            sils = torch.zeros(n, longest, h, w, dtype=torch.uint8)
+            for i, (_, _, s) in enumerate(items):
+                if s is not None:
+                    sils[i, : len(s)] = torch.from_numpy(s)
+            batch["silhouettes"] = sils
+        return batch

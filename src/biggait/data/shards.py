@@ -1,0 +1,392 @@
+"""Shard writer and manifest reader: one webdataset tar sample per gait sequence (engineering notes §B)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import pickle
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import webdataset as wds
+from tqdm.auto import tqdm
+
+from biggait.data.records import SequenceRecord
+from biggait.errors import ConfigError, CorruptDataError, DatasetNotFoundError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "IMAGE_FORMATS",
+    "encode_record",
+    "frame_field",
+    "read_manifest",
+    "sample_key",
+    "shard_name",
+    "silhouette_field",
+    "write_shards",
+]
+
+FORMAT_VERSION = 1
+# Chosen by bench/bench_image_formats.py (docs/readme/data.md): PNG is lossless (bit-exact with the official
+# uint8 pickles, spec §3.1) and decodes fast enough; JPEG q95 is 3x smaller and 2x faster to decode.
+IMAGE_FORMATS = ("png", "jpg")
+MANIFEST = "manifest.json"
+SKIP_REPORT = "skipped.json"
+_PNG_LEVEL = 3
+
+
+def shard_name(dataset: str, split: str, index: int) -> str:
+    return f"{dataset}-{split}-{index:06d}.tar"
+
+
+def frame_field(index: int, image_format: str) -> str:
+    return f"f{index:04d}.{image_format}"
+
+
+def silhouette_field(index: int) -> str:
+    return f"s{index:04d}.png"
+
+
+def sample_key(index: int, record: SequenceRecord) -> str:
+    """Tar key without dots (webdataset splits the key at the first dot, engineering notes §B)."""
+    raw = f"{index:08d}_{record.subject}_{record.seq_type}_{record.view}"
+    return re.sub(r"[^A-Za-z0-9_-]", "-", raw)
+
+
+def _encode_image(image: np.ndarray, image_format: str, jpeg_quality: int) -> bytes:
+    if image.ndim == 3:
+        image = image[..., ::-1]  # RGB -> BGR for cv2
+    if image_format == "png":
+        ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, _PNG_LEVEL])
+    else:
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    if not ok:
+        raise CorruptDataError(f"cv2 could not encode a {image.shape} image as {image_format}")
+    return buf.tobytes()
+
+
+def encode_record(
+    record: SequenceRecord, key: str, *, image_format: str = "png", jpeg_quality: int = 95
+) -> dict[str, Any]:
+    """A webdataset sample: `meta.json`, frames `fNNNN.<fmt>`, silhouettes `sNNNN.png` (always lossless)."""
+    meta = {
+        "subject": record.subject,
+        "type": record.seq_type,
+        "view": record.view,
+        "n_frames": record.n_frames,
+        "ratios": [float(r) for r in record.ratios],
+        "frame_size": list(record.frame_size),
+        "image_format": image_format,
+        "silhouettes": record.silhouettes is not None,
+    }
+    sample: dict[str, Any] = {"__key__": key, "meta.json": json.dumps(meta).encode()}
+    for t in range(record.n_frames):
+        sample[frame_field(t, image_format)] = _encode_image(record.frames[t], image_format, jpeg_quality)
+        if record.silhouettes is not None:
+            sample[silhouette_field(t)] = _encode_image(record.silhouettes[t], "png", jpeg_quality)
+    return sample
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_json(path: Path, obj: Any) -> None:
+    _atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+
+
+def _fingerprint(items: Sequence[tuple[int, Any]], options: dict[str, Any]) -> str:
+    # repr of the specs: a descriptor with an address in its repr just makes the shard rebuild every time.
+    text = repr((sorted(options.items()), [(i, repr(spec)) for i, spec in items]))
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def _load_checked(
+    load: Callable[[Any], SequenceRecord | None], spec: Any
+) -> tuple[SequenceRecord | None, str]:
+    try:
+        record = load(spec)
+    except Exception as exc:  # one bad sequence must not kill a multi-hour conversion
+        return None, f"load raised {type(exc).__name__}: {exc}"
+    if record is None:
+        return None, "load returned None"
+    if not isinstance(record, SequenceRecord):
+        return None, f"load returned {type(record).__name__}, expected SequenceRecord"
+    try:
+        record.validate()
+    except CorruptDataError as exc:
+        return None, str(exc)
+    return record, ""
+
+
+def _write_samples(
+    writer: wds.TarWriter, items: list, load: Callable, options: dict[str, Any]
+) -> dict[str, Any]:
+    subjects: Counter[str] = Counter()
+    sizes: set[tuple[int, int]] = set()
+    skipped, n_samples, n_frames, n_sils = [], 0, 0, 0
+    for index, spec in items:
+        record, reason = _load_checked(load, spec)
+        if record is not None and options["frame_size"] and record.frame_size != tuple(options["frame_size"]):
+            record, reason = (
+                None,
+                f"frame size {list(record.frame_size)} != frame_size {options['frame_size']}",
+            )
+        if record is None:
+            skipped.append({"spec": repr(spec), "reason": reason})
+            continue
+        sample = encode_record(
+            record,
+            sample_key(index, record),
+            image_format=options["image_format"],
+            jpeg_quality=options["jpeg_quality"],
+        )
+        writer.write(sample)
+        subjects[record.subject] += 1
+        sizes.add(record.frame_size)
+        n_samples += 1
+        n_frames += record.n_frames
+        n_sils += record.silhouettes is not None
+    return {
+        "n_samples": n_samples,
+        "n_frames": n_frames,
+        "n_silhouettes": n_sils,
+        "subjects": dict(sorted(subjects.items())),
+        "frame_sizes": sorted(list(s) for s in sizes),
+        "skipped": skipped,
+    }
+
+
+def _write_one_shard(task: dict[str, Any]) -> dict[str, Any]:
+    """Write (or reuse) one shard; returns its index entry, also stored in a sidecar JSON."""
+    path, sidecar = Path(task["path"]), Path(task["sidecar"])
+    if path.exists() and sidecar.exists():
+        try:
+            entry = json.loads(sidecar.read_text())
+            if entry.get("fingerprint") == task["fingerprint"]:
+                return entry | {"reused": True}
+        except (OSError, json.JSONDecodeError):
+            pass  # unreadable sidecar: rebuild the shard
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as stream:
+            writer = wds.TarWriter(stream, encoder=False, mtime=0)  # mtime 0: byte-identical re-runs
+            try:
+                stats = _write_samples(writer, task["items"], task["load"], task["options"])
+            finally:
+                writer.close()
+            stream.flush()
+            os.fsync(stream.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a partial shard behind, even on Ctrl-C
+        raise
+    os.replace(tmp, path)
+    entry = {"name": path.name, **stats, "fingerprint": task["fingerprint"]}
+    _atomic_write_json(sidecar, entry)  # written last: tar + matching sidecar = complete shard
+    return entry | {"reused": False}
+
+
+def write_shards(
+    specs: Sequence[Any],
+    load: Callable[[Any], SequenceRecord | None],
+    out_dir: str | os.PathLike,
+    *,
+    dataset: str,
+    split: str,
+    shard_size: int = 64,
+    shuffle_seed: int | None = None,
+    workers: int = 1,
+    frame_size: tuple[int, int] | None = None,
+    progress: bool = True,
+    image_format: str = "png",
+    jpeg_quality: int = 95,
+) -> dict[str, Any]:
+    """Write `specs` as tar shards `<out_dir>/<split>/<dataset>-<split>-%06d.tar` plus `manifest.json`.
+
+    `load(spec)` materialises one `SequenceRecord` (None or an exception = skipped and reported in
+    `skipped.json`). Shard i holds `specs[i*shard_size:(i+1)*shard_size]` after an optional seeded shuffle, so
+    a re-run is deterministic and reuses every complete shard. `load` must be picklable when `workers > 1`.
+    Returns the manifest.
+    """
+    for name, value in (("dataset", dataset), ("split", split)):
+        if not value or not re.fullmatch(r"[A-Za-z0-9_-]+", value):
+            raise ConfigError(
+                f"{name}={value!r}: use letters, digits, '_' or '-' only (it names the shard files)"
+            )
+    if shard_size < 1 or workers < 1:
+        raise ConfigError(f"shard_size ({shard_size}) and workers ({workers}) must be >= 1")
+    if image_format not in IMAGE_FORMATS:
+        raise ConfigError(f"image_format={image_format!r}: choose one of {IMAGE_FORMATS}")
+    if len(specs) == 0:
+        raise ConfigError(f"write_shards({dataset}/{split}): no sequences to write (the spec list is empty)")
+    if workers > 1:
+        try:
+            pickle.dumps(load)
+        except Exception as exc:
+            raise ConfigError(
+                f"load={load!r} cannot be pickled for workers={workers}; use a module-level function or "
+                f"functools.partial ({type(exc).__name__}: {exc})"
+            ) from exc
+    order = list(range(len(specs)))
+    if shuffle_seed is not None:
+        order = np.random.default_rng(shuffle_seed).permutation(len(specs)).tolist()
+    split_dir = Path(out_dir) / split
+    split_dir.mkdir(parents=True, exist_ok=True)
+    options = {
+        "image_format": image_format,
+        "jpeg_quality": jpeg_quality if image_format == "jpg" else None,
+        "frame_size": list(frame_size) if frame_size else None,
+        "format_version": FORMAT_VERSION,
+    }
+    tasks = []
+    for i, start in enumerate(range(0, len(order), shard_size)):
+        items = [(j, specs[j]) for j in order[start : start + shard_size]]
+        name = shard_name(dataset, split, i)
+        tasks.append(
+            {
+                "path": str(split_dir / name),
+                "sidecar": str(split_dir / (name[: -len(".tar")] + ".json")),
+                "items": items,
+                "load": load,
+                "options": options,
+                "fingerprint": _fingerprint(items, options),
+            }
+        )
+    bar = tqdm(total=len(tasks), desc=f"{dataset}/{split} shards", unit="shard", disable=not progress)
+    entries: list[dict[str, Any]] = []
+    if workers == 1:
+        for task in tasks:
+            entries.append(_write_one_shard(task))
+            bar.update()
+    else:
+        with multiprocessing.Pool(min(workers, len(tasks))) as pool:
+            for entry in pool.imap_unordered(_write_one_shard, tasks):
+                entries.append(entry)
+                bar.update()
+    bar.close()
+    entries.sort(key=lambda e: e["name"])
+    _remove_stale_shards(split_dir, dataset, split, keep={e["name"] for e in entries})
+    return _write_manifest(
+        split_dir,
+        entries,
+        dataset=dataset,
+        split=split,
+        shard_size=shard_size,
+        shuffle_seed=shuffle_seed,
+        options=options,
+    )
+
+
+def _remove_stale_shards(split_dir: Path, dataset: str, split: str, keep: set[str]) -> None:
+    """Shards of an earlier, larger build of this split would otherwise sit next to the manifest unused."""
+    for tar in split_dir.glob(f"{dataset}-{split}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
+        if tar.name not in keep:
+            tar.unlink(missing_ok=True)
+            tar.with_suffix(".json").unlink(missing_ok=True)
+
+
+def _write_manifest(split_dir: Path, entries: list[dict[str, Any]], **info: Any) -> dict[str, Any]:
+    options = info.pop("options")
+    subjects: Counter[str] = Counter()
+    sizes = {tuple(s) for e in entries for s in e["frame_sizes"]}
+    for e in entries:
+        subjects.update(e["subjects"])
+    skipped = [s | {"shard": e["name"]} for e in entries for s in e["skipped"]]
+    _atomic_write_json(split_dir / SKIP_REPORT, {"n_skipped": len(skipped), "skipped": skipped})
+    if len(sizes) > 1:
+        raise CorruptDataError(
+            f"{split_dir}: sequences have different frame sizes {sorted(sizes)}; resize them in the builder "
+            "or pass frame_size=(H, W) to skip the odd ones"
+        )
+    if not subjects:
+        raise CorruptDataError(f"{split_dir}: every sequence was skipped; see {split_dir / SKIP_REPORT}")
+    n_samples = sum(e["n_samples"] for e in entries)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "dataset": info["dataset"],
+        "split": info["split"],
+        "image_format": options["image_format"],
+        "frame_size": list(sizes.pop()),
+        "n_sequences": n_samples,
+        "n_frames": sum(e["n_frames"] for e in entries),
+        "has_silhouettes": n_samples > 0 and all(e["n_silhouettes"] == e["n_samples"] for e in entries),
+        "n_subjects": len(subjects),
+        "sequences_per_subject": dict(sorted(subjects.items())),
+        "shard_size": info["shard_size"],
+        "shuffle_seed": info["shuffle_seed"],
+        "shards": [
+            {"name": e["name"], "n_samples": e["n_samples"], "n_frames": e["n_frames"]} for e in entries
+        ],
+        "n_skipped": len(skipped),
+        "skip_report": SKIP_REPORT,
+    }
+    _atomic_write_json(split_dir / MANIFEST, manifest)
+    return manifest
+
+
+_REQUIRED = (
+    "format_version",
+    "dataset",
+    "split",
+    "frame_size",
+    "sequences_per_subject",
+    "shards",
+    "image_format",
+)
+
+
+def read_manifest(split_dir: str | os.PathLike, *, dataset: str | None = None) -> dict[str, Any]:
+    """Read and check `<split_dir>/manifest.json`; a missing or broken one is one clear error naming the fix."""
+    split_dir = Path(split_dir)
+    fix = f"build it with `make data DATASET={dataset or '<name>'} OUT={split_dir.parent}`"
+    if not split_dir.is_dir():
+        raise DatasetNotFoundError(f"dataset split directory {split_dir} does not exist; {fix}")
+    path = split_dir / MANIFEST
+    if not path.is_file():
+        shards = sorted(p.name for p in split_dir.glob("*.tar"))
+        detail = (
+            f"holds {len(shards)} shard(s) but no {MANIFEST} (an interrupted build?)"
+            if shards
+            else "holds no shards"
+        )
+        raise DatasetNotFoundError(f"{split_dir} {detail}; {fix}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CorruptDataError(f"{path} is not valid JSON ({exc}); rebuild: {fix}") from exc
+    missing = [k for k in _REQUIRED if k not in manifest]
+    if missing:
+        raise CorruptDataError(f"{path} lacks {missing}; rebuild: {fix}")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise CorruptDataError(
+            f"{path} has shard format version {manifest['format_version']}, this code reads {FORMAT_VERSION}; "
+            f"rebuild: {fix}"
+        )
+    if not any(s["n_samples"] > 0 for s in manifest["shards"]):
+        raise DatasetNotFoundError(f"{split_dir} holds no sequences (every shard is empty); {fix}")
+    absent = [s["name"] for s in manifest["shards"] if not (split_dir / s["name"]).is_file()]
+    if absent:
+        raise DatasetNotFoundError(
+            f"{split_dir}: shards listed in {MANIFEST} are missing: {absent[:5]}; {fix}"
+        )
+    return manifest
+
+
+def decode_image(buf: bytes, *, colour: bool) -> np.ndarray:
+    """cv2 decode (faster than PIL for every format measured); RGB uint8 [H, W, 3] or grey [H, W]."""
+    image = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR if colour else cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise CorruptDataError("undecodable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if colour else image
