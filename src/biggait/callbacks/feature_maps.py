@@ -9,6 +9,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 
+from biggait.errors import ConfigError
 from biggait.viz import (
     PanelSequence,
     comparison_indices,
@@ -49,7 +50,7 @@ class FeatureMapLogger(Callback):
         output_dir: str | None = None,
     ) -> None:
         if every_n_steps < 0 or num_sequences < 1 or max_frames < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"FeatureMapLogger: every_n_steps must be >= 0 (0 = off), num_sequences and max_frames >= 1; "
                 f"got {every_n_steps}, {num_sequences}, {max_frames}"
             )

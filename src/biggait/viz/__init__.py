@@ -1,6 +1,6 @@
 """Look inside BigGait: PCA / part colourings of the feature maps, foreground IoU and figure panels."""
 
-from .io import save_png
+from .io import load_checkpoint_model, read_sequences, records_to_batch, save_png
 from .maps import (
     PART_PALETTE,
     PCABasis,
@@ -34,9 +34,12 @@ __all__ = [
     "denormalize_frames",
     "fit_pca",
     "foreground_iou",
+    "load_checkpoint_model",
     "frame_indices",
     "part_colors",
     "pca_rgb",
+    "read_sequences",
+    "records_to_batch",
     "resize_mask",
     "save_png",
     "select_sequence",

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from biggait.errors import BiggaitError
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -38,7 +40,7 @@ PART_PALETTE = np.array(
 ) / 255.0  # fmt: skip
 
 
-class VizInputError(ValueError):
+class VizInputError(BiggaitError, ValueError):
     """A tensor handed to a visualisation helper has the wrong shape or type."""
 
 
