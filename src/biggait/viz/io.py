@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -17,7 +18,14 @@ from biggait.data.pipeline import decode_frames, decode_silhouettes, iter_tar, p
 
 from .maps import VizInputError
 
-__all__ = ["load_checkpoint_model", "read_sequences", "records_to_batch", "save_png"]
+__all__ = ["figure_png", "load_checkpoint_model", "read_sequences", "records_to_batch", "save_png"]
+
+
+def figure_png(fig: Figure, *, dpi: int = 100) -> bytes:
+    """`fig` rendered as PNG bytes (for notebooks and loggers; nothing touches disk)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
 
 
 def save_png(fig: Figure, path: str | Path, *, dpi: int = 100) -> Path:
