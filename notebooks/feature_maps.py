@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.18.1
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -39,17 +41,8 @@ from pathlib import Path
 import torch
 from IPython.display import Image, display
 
-from biggait.viz import (
-    PanelSequence,
-    comparison_indices,
-    comparison_panel,
-    figure_png,
-    load_checkpoint_model,
-    read_sequences,
-    records_to_batch,
-    select_sequence,
-    sequence_panel,
-)
+from biggait.viz import comparison_panel, figure_png, load_checkpoint_model, sequence_panel
+from biggait.viz.demo import comparison_sequences, make_demo_shards, rank1_heatmaps, tiny_random_model
 
 
 def show(fig):
@@ -70,40 +63,21 @@ shards = Path(SHARDS) if Path(SHARDS).is_absolute() else repo_root() / SHARDS
 
 # %%
 if not (shards / SPLIT / "manifest.json").is_file():
-    from biggait.viz.demo import make_demo_shards
-
     shards = Path(tempfile.mkdtemp(prefix="biggait-demo-")) / "synthetic"
     print(
         f"No shards at {SHARDS!r}: generating a tiny synthetic set in {shards} (make data builds the full one)."
     )
     make_demo_shards(shards, seed=SEED)
 
-records = read_sequences(shards, split=SPLIT, limit=MAX_SEQUENCES, max_frames=MAX_FRAMES)
-trio = comparison_indices([r.subject for r in records], [r.seq_type for r in records])
-batch = records_to_batch([records[i] for i in trio])
-print("sequences:", [f"{s} {t} {v}" for s, t, v in zip(batch["subjects"], batch["types"], batch["views"])])
-
 if CHECKPOINT:
     model = load_checkpoint_model(CHECKPOINT)
     print(f"Loaded {CHECKPOINT}")
 else:
-    from biggait.viz.demo import tiny_random_model
-
     model = tiny_random_model(seed=SEED)
     print("No checkpoint given: using the tiny RANDOM BigGait (untrained, nothing is trained here).")
 
-with torch.no_grad():
-    features = model.eval().forward_features(batch["frames"], batch["ratios"])
-seqs = [
-    PanelSequence(
-        label=f"{batch['subjects'][i]} {batch['types'][i]}",
-        frames=batch["frames"][i, : batch["lengths"][i]],
-        features=select_sequence(features, i, length=int(batch["lengths"][i])),
-        silhouettes=batch["silhouettes"][i, : batch["lengths"][i]] if "silhouettes" in batch else None,
-        ratios=batch["ratios"][i, : batch["lengths"][i]],
-    )
-    for i in range(len(trio))
-]
+seqs = comparison_sequences(model, shards, split=SPLIT, max_sequences=MAX_SEQUENCES, max_frames=MAX_FRAMES)
+print("sequences:", [s.label for s in seqs])
 
 # %% [markdown]
 # ## One sequence, map by map
@@ -142,7 +116,5 @@ show(comparison_panel(seqs, frames_per_sequence=2))
 # above, which shows the format (its accuracy is chance level).
 
 # %% tags=["figure"]
-from biggait.viz.demo import rank1_heatmaps
-
 for fig in rank1_heatmaps(model, shards, split=SPLIT, checkpoint=CHECKPOINT, max_frames=MAX_FRAMES):
     show(fig)
