@@ -164,9 +164,7 @@ def sequence_panel(
         axes[r, 0].set_ylabel(SEQUENCE_ROWS[name], fontsize=8)
     heading = title or "BigGait feature maps"
     if iou is not None:
-        heading += (
-            f"   foreground IoU vs ground truth: {100 * iou:.1f}%  (white both, red model only, cyan GT only)"
-        )
+        heading += f"\nforeground IoU vs ground truth {100 * iou:.1f}%  (white: both, red: model only, cyan: GT only)"
     fig.suptitle(heading, fontsize=9)
     return fig
 
