@@ -8,7 +8,14 @@ import torch
 from matplotlib.figure import Figure
 
 from biggait.data import SequenceRecord, write_shards
-from biggait.viz import VizInputError, comparison_indices, read_sequences, records_to_batch, save_png
+from biggait.viz import (
+    VizInputError,
+    comparison_indices,
+    load_checkpoint_model,
+    read_sequences,
+    records_to_batch,
+    save_png,
+)
 
 
 def _record(spec: tuple[str, str, int]) -> SequenceRecord:
@@ -58,3 +65,35 @@ def test_save_png_is_atomic_and_leaves_no_temp_files(tmp_path):
     path = save_png(fig, tmp_path / "a" / "b.png")
     assert path.read_bytes().startswith(b"\x89PNG")
     assert [p.name for p in path.parent.iterdir()] == ["b.png"]
+
+
+def test_load_checkpoint_model_restores_weights_and_the_frozen_mask_branch(tmp_path):
+    from biggait.models import BigGait
+
+    kwargs = {"backbone": "tiny", "num_classes": 5, "image_size": (224, 112), "map_size": (32, 16)}
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning):  # random backbone: the model says so
+        model = BigGait(**kwargs)
+    model.freeze_mask_branch()
+    ckpt = {
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}
+        | {"val_metric.x": torch.zeros(1)},
+        "hyper_parameters": {"model": kwargs, "protocol": "ccpg"},
+        "biggait": {"mask_branch_frozen": True},
+    }
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    torch.manual_seed(1)  # a different init, so equal outputs prove the weights were loaded
+    with pytest.warns(UserWarning):
+        loaded = load_checkpoint_model(tmp_path / "last.ckpt")
+    assert not loaded.training and loaded.mask_branch_frozen
+    frames, ratios = torch.randn(1, 2, 3, 64, 32), torch.full((1, 2), 0.5)
+    with torch.no_grad():
+        a = model.eval().forward_features(frames, ratios)
+        b = loaded.forward_features(frames, ratios)
+    for key in ("f_last", "foreground", "denoising", "appearance"):
+        torch.testing.assert_close(a[key], b[key])
+    torch.save({"state_dict": ckpt["state_dict"]}, tmp_path / "bare.ckpt")
+    with pytest.raises(VizInputError, match="hyper_parameters"):
+        load_checkpoint_model(tmp_path / "bare.ckpt")
+    with pytest.raises(FileNotFoundError, match="make train"):
+        load_checkpoint_model(tmp_path / "missing.ckpt")
