@@ -149,3 +149,32 @@ def test_wandb_offline_receives_the_images(tmp_path, monkeypatch):
 def test_rejects_bad_options():
     with pytest.raises(ValueError, match="every_n_steps"):
         FeatureMapLogger(every_n_steps=-1)
+
+
+class _TinyBigGaitModule(_Module):
+    """The same loop around the real tiny BigGait, mask branch frozen as after spec §4.1's switch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from biggait.models import BigGait
+
+        with pytest.warns(UserWarning):  # random backbone: the model says so
+            self.model = BigGait(backbone="tiny", num_classes=2, image_size=(112, 56), map_size=(16, 8))
+        self.model.freeze_mask_branch()
+
+    def training_step(self, batch, batch_idx):
+        self.modes_seen.append((self.model.training, self.model.mask_branch.training))
+        features = self.model.forward_features(batch["frames"], batch["ratios"])
+        return sum(self.model.gre_losses(features).values())
+
+
+def test_real_tiny_biggait_keeps_its_frozen_mask_branch_in_eval(tmp_path):
+    module, callback = _TinyBigGaitModule(), FeatureMapLogger(every_n_steps=2, max_frames=2)
+    trainer = Trainer(
+        max_steps=3, limit_val_batches=1, num_sanity_val_steps=1, logger=False, callbacks=[callback],
+        default_root_dir=tmp_path, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(module, _loader(_batches(3, eval_mode=False)), _loader(_batches(1, eval_mode=True)))
+    assert (tmp_path / "feature_maps" / "step_000002" / "comparison.png").is_file()
+    assert len(module.modes_seen) == 3 and all(m == (True, False) for m in module.modes_seen)
