@@ -1,0 +1,1 @@
+"""Compatibility with the official OpenGait BigGait code and checkpoints."""

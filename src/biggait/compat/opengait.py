@@ -1,0 +1,243 @@
+"""Import / export of official OpenGait BigGait checkpoints (`{"model": state_dict, ...}`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from biggait.models import BACKBONE_PRESETS, BigGait
+
+__all__ = [
+    "OpenGaitCheckpointError",
+    "branch_key_to_ours",
+    "export_lightning_checkpoint",
+    "export_opengait_state_dict",
+    "infer_config",
+    "load_opengait_checkpoint",
+    "main",
+    "official_to_ours",
+]
+
+LIGHTNING_VERSION = "2.6.6"
+
+
+class OpenGaitCheckpointError(ValueError):
+    """An official checkpoint that does not map onto BigGait."""
+
+
+_BRANCH_PARTS = [
+    ("bn_s.", "bn_in."),
+    ("bn_t.", "bn_out."),
+    ("down_sampling.", "down."),
+    ("up_sampling.", "up."),
+]
+# (official prefix, our prefix), most specific first; the same table is used in both directions
+_PREFIXES: list[tuple[str, str]] = [
+    ("backbone.pos_embed", "backbone.pos_embed"),
+    ("backbone.mask_token", "backbone.mask_token"),
+    ("backbone.", "backbone.vit."),
+    *[
+        (f"{off}_Branch.{a}", f"{ours}_branch.{b}")
+        for off, ours in (("Mask", "mask"), ("Denoising", "denoising"), ("Appearance", "appearance"))
+        for a, b in _BRANCH_PARTS
+    ],
+    # pre_part is the denoising stem, pre_rgb the appearance stem
+    ("gait_net.pre_part.forward_block.conv1.conv.", "head.denoising_stem.conv1."),
+    ("gait_net.pre_part.forward_block.", "head.denoising_stem."),
+    ("gait_net.pre_rgb.forward_block.conv1.conv.", "head.appearance_stem.conv1."),
+    ("gait_net.pre_rgb.forward_block.", "head.appearance_stem."),
+    ("gait_net.post_backbone.forward_block.", "head.body."),
+    ("gait_net.fusion.conv.forward_block.", "head.fusion.score."),
+    ("gait_net.FCs.fc_bin", "head.fcs.weight"),
+    ("gait_net.BNNecks.fc_bin", "head.bnneck.weight"),
+    ("gait_net.BNNecks.bn1d.", "head.bnneck.bn."),
+]
+
+
+def _rename(key: str, table: list[tuple[str, str]]) -> str | None:
+    for src, dst in table:
+        if key.startswith(src):
+            return dst + key[len(src) :]
+    return None
+
+
+def official_to_ours(key: str) -> str | None:
+    """Official OpenGait name -> our BigGait state-dict name (None if unknown)."""
+    return _rename(key, _PREFIXES)
+
+
+def ours_to_official(key: str) -> str | None:
+    return _rename(key, [(b, a) for a, b in _PREFIXES])
+
+
+def branch_key_to_ours(key: str) -> str:
+    """Branch-local official name (`bn_s.running_mean`) -> ours (`bn_in.running_mean`)."""
+    return _rename(key, _BRANCH_PARTS) or key
+
+
+def _shape(state: dict[str, torch.Tensor], key: str) -> torch.Size:
+    if key not in state:
+        raise OpenGaitCheckpointError(f"checkpoint lacks {key!r}: not an OpenGait BigGait state dict")
+    return state[key].shape
+
+
+def infer_config(state: dict[str, torch.Tensor], *, num_heads: int | None = None) -> dict[str, Any]:
+    """BigGait constructor kwargs read from the tensor shapes of an official state dict.
+
+    The number of attention heads is not visible in the shapes: known (width, depth) pairs use their
+    preset, other widths assume 16-dim heads unless `num_heads` is given.
+    """
+    width = _shape(state, "backbone.cls_token")[-1]
+    depth = len({int(m.group(1)) for k in state if (m := re.match(r"backbone\.blocks\.(\d+)\.", k))})
+    hidden = _shape(state, "backbone.blocks.0.mlp.fc1.weight")[0]
+    preset = next((n for n, p in BACKBONE_PRESETS.items() if (p.embed_dim, p.depth) == (width, depth)), None)
+    cfg: dict[str, Any] = {"backbone": preset}
+    if preset is None or num_heads is not None:
+        cfg.update(
+            backbone_width=width, backbone_depth=depth, backbone_heads=num_heads or max(1, width // 16)
+        )
+    if hidden != 4 * width:
+        cfg["backbone_mlp_ratio"] = hidden / width
+    c0 = _shape(state, "gait_net.pre_part.forward_block.conv1.conv.weight")[0]
+    fusion_hidden = _shape(state, "gait_net.fusion.conv.forward_block.0.weight")[0]
+    fcs = _shape(state, "gait_net.FCs.fc_bin")
+    cfg.update(
+        num_classes=_shape(state, "gait_net.BNNecks.fc_bin")[2],
+        denoising_dim=_shape(state, "Denoising_Branch.down_sampling.3.weight")[0],
+        denoising_hidden=_shape(state, "Denoising_Branch.down_sampling.0.weight")[0],
+        appearance_dim=_shape(state, "Appearance_Branch.down_sampling.weight")[0],
+        channels=tuple(
+            [c0]
+            + [
+                _shape(state, f"gait_net.post_backbone.forward_block.layer{i}.0.conv1.weight")[0]
+                for i in (2, 3, 4)
+            ]
+        ),
+        fusion_squeeze=max(1, c0 // fusion_hidden),
+        embed_dim=fcs[2],
+        parts=fcs[0],
+    )
+    return cfg
+
+
+def _check_and_map(official: dict[str, torch.Tensor], model: BigGait) -> dict[str, torch.Tensor]:
+    ours = model.state_dict()
+    mapped: dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, value in official.items():
+        name = official_to_ours(key)
+        if name is None or name not in ours:
+            unknown.append(key)
+        else:
+            mapped[name] = value
+    missing = sorted(ours_to_official(k) or k for k in set(ours) - set(mapped))
+    mismatched = [
+        f"{ours_to_official(k)}: checkpoint {tuple(v.shape)} vs model {tuple(ours[k].shape)}"
+        for k, v in mapped.items()
+        if v.shape != ours[k].shape
+    ]
+    if unknown or missing or mismatched:
+        raise OpenGaitCheckpointError(
+            "checkpoint does not match the BigGait architecture:\n"
+            f"  missing tensors ({len(missing)}): {missing}\n"
+            f"  unexpected tensors ({len(unknown)}): {sorted(unknown)}\n"
+            f"  shape mismatches ({len(mismatched)}): {mismatched}"
+        )
+    return mapped
+
+
+def _read_official(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or not isinstance(blob.get("model"), dict):
+        raise OpenGaitCheckpointError(f"{path}: expected the OpenGait format {{'model': state_dict, ...}}")
+    return blob["model"]
+
+
+def load_opengait_checkpoint(path: str | Path, *, num_heads: int | None = None, **overrides: Any) -> BigGait:
+    """Build a BigGait from an official OpenGait checkpoint, every tensor mapped strictly; eval mode.
+
+    Sizes are inferred from the tensors; `overrides` set what shapes cannot tell (e.g. `image_size`,
+    `map_size`, the faithful-vs-fixed options).
+    """
+    official = _read_official(path)
+    cfg = {**infer_config(official, num_heads=num_heads), **overrides}
+    cfg["pretrained"] = None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="BigGait backbone has NO pretrained weights")
+        model = BigGait(**cfg)
+    model.load_state_dict(_check_and_map(official, model), strict=True)
+    return model.eval()
+
+
+def export_opengait_state_dict(model: BigGait) -> dict[str, torch.Tensor]:
+    """Our state dict under the official OpenGait names (the inverse of the import)."""
+    out = {}
+    for key, value in model.state_dict().items():
+        name = ours_to_official(key)
+        if name is None:
+            raise OpenGaitCheckpointError(f"no official name for {key!r}")
+        out[name] = value.detach().clone()
+    return out
+
+
+def _atomic_save(obj: Any, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export_lightning_checkpoint(model: BigGait, out: str | Path) -> Path:
+    """Write a Lightning checkpoint for `biggait.lit_module.BigGaitModule` holding `model` (atomic)."""
+    out = Path(out)
+    ckpt = {
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "hyper_parameters": {"model": dict(model.config)},
+        "pytorch-lightning_version": LIGHTNING_VERSION,
+        "epoch": 0,
+        "global_step": 0,
+    }
+    _atomic_save(ckpt, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m biggait.compat.opengait",
+        description="Convert an official OpenGait BigGait checkpoint into a Lightning checkpoint.",
+    )
+    parser.add_argument(
+        "input", type=Path, help="official checkpoint, e.g. BigGait__Dinov2_Gaitbase_Frame30-40000.pt"
+    )
+    parser.add_argument("output", type=Path, help="Lightning checkpoint to write (.ckpt)")
+    parser.add_argument("--num-heads", type=int, default=None, help="backbone heads for non-preset widths")
+    args = parser.parse_args(argv)
+    try:
+        model = load_opengait_checkpoint(args.input, num_heads=args.num_heads)
+    except (OpenGaitCheckpointError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    export_lightning_checkpoint(model, args.output)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"wrote {args.output} ({n_params:,} parameters, {model.config['num_classes']} classes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""BigGait model: DINOv2 backbone, Gait Representation Extractor, GaitBase head."""
+
+from .backbone import BACKBONE_PRESETS, DinoV2Backbone, interpolate_pos_embed, mid4_indices
+from .biggait import BigGait, MaskBranchFileError
+from .gaitbase import GaitBaseHead
+from .gre import DistillationBranch, black_da, select_foreground
+
+__all__ = [
+    "BACKBONE_PRESETS",
+    "BigGait",
+    "DinoV2Backbone",
+    "DistillationBranch",
+    "GaitBaseHead",
+    "MaskBranchFileError",
+    "black_da",
+    "interpolate_pos_embed",
+    "mid4_indices",
+    "select_foreground",
+]

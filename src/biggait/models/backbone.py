@@ -1,0 +1,180 @@
+"""Frozen DINOv2 backbone through timm, with the official positional-embedding interpolation (spec §2)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["BACKBONE_PRESETS", "BackbonePreset", "DinoV2Backbone", "interpolate_pos_embed", "mid4_indices"]
+
+
+@dataclass(frozen=True)
+class BackbonePreset:
+    """Architecture of one DINOv2 variant."""
+
+    timm_name: str
+    embed_dim: int
+    depth: int
+    num_heads: int
+
+
+BACKBONE_PRESETS: dict[str, BackbonePreset] = {
+    "tiny": BackbonePreset("vit_small_patch14_dinov2", 64, 4, 2),  # tests and the CPU default
+    "vits14": BackbonePreset("vit_small_patch14_dinov2", 384, 12, 6),  # the paper
+    "vitb14": BackbonePreset("vit_base_patch14_dinov2", 768, 12, 12),
+    "vitl14": BackbonePreset("vit_large_patch14_dinov2", 1024, 24, 16),
+    "vitg14": BackbonePreset("vit_giant_patch14_dinov2", 1536, 40, 24),
+}
+
+PATCH_SIZE = 14
+OFFICIAL_GRID = 37  # DINOv2 checkpoints store a 37x37 table (img_size 518)
+
+
+def mid4_indices(depth: int) -> list[int]:
+    """0-based blocks whose raw outputs form f_mid4: 2, 5, 8, 11 for depth 12 (spec §2)."""
+    return [int(i * depth / 4 + depth / 4 - 1) for i in range(4)]
+
+
+def interpolate_pos_embed(
+    pos_embed: torch.Tensor, grid: tuple[int, int], *, offset: float = 0.1
+) -> torch.Tensor:
+    """Resample a DINOv2 [1, 1 + M*M, C] table to `grid` exactly as the official DINOv2 code does.
+
+    Bicubic with `scale_factor = (g + 0.1) / M` per axis and no antialias (spec §2); timm's default
+    (`size=`, antialias) gives slightly different values, which imported checkpoints were not trained with.
+    """
+    num_patches = pos_embed.shape[1] - 1
+    side = int(math.sqrt(num_patches))
+    if side * side != num_patches:
+        raise ValueError(f"positional table has {num_patches} patch entries, not a square grid")
+    dim = pos_embed.shape[-1]
+    cls_pos, patch_pos = pos_embed[:, :1].float(), pos_embed[:, 1:].float()
+    scale = (float(grid[0] + offset) / side, float(grid[1] + offset) / side)
+    patch_pos = F.interpolate(
+        patch_pos.reshape(1, side, side, dim).permute(0, 3, 1, 2), scale_factor=scale, mode="bicubic"
+    )
+    if tuple(patch_pos.shape[-2:]) != tuple(grid):
+        raise ValueError(f"official interpolation gave grid {tuple(patch_pos.shape[-2:])}, expected {grid}")
+    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, -1, dim)
+    return torch.cat([cls_pos, patch_pos], dim=1).to(pos_embed.dtype)
+
+
+class DinoV2Backbone(nn.Module):
+    """DINOv2 ViT returning f_last and f_mid4 token maps (spec §2)."""
+
+    def __init__(
+        self,
+        *,
+        preset: str | None = "vits14",
+        embed_dim: int | None = None,
+        depth: int | None = None,
+        num_heads: int | None = None,
+        mlp_ratio: float | None = None,
+        image_size: tuple[int, int] = (448, 224),
+        pretrained: str | None = None,
+    ) -> None:
+        super().__init__()
+        base = BACKBONE_PRESETS.get(preset or "vits14")
+        if preset is not None and preset not in BACKBONE_PRESETS:
+            raise ValueError(f"unknown backbone preset {preset!r}; choose one of {sorted(BACKBONE_PRESETS)}")
+        self.timm_name = base.timm_name
+        self.embed_dim = embed_dim or base.embed_dim
+        self.depth = depth or base.depth
+        self.num_heads = num_heads or base.num_heads
+        if image_size[0] % PATCH_SIZE or image_size[1] % PATCH_SIZE:
+            raise ValueError(f"image_size {image_size} must be a multiple of the patch size {PATCH_SIZE}")
+        self.image_size = tuple(image_size)
+        self.grid = (image_size[0] // PATCH_SIZE, image_size[1] // PATCH_SIZE)
+        self.mid4 = mid4_indices(self.depth)
+        extra = {} if mlp_ratio is None else {"mlp_ratio": mlp_ratio}
+        # Positional embedding lives outside timm: we keep the official 37x37 table and interpolate from it.
+        self.vit = timm.create_model(
+            self.timm_name,
+            pretrained=False,
+            img_size=self.image_size,
+            embed_dim=self.embed_dim,
+            depth=self.depth,
+            num_heads=self.num_heads,
+            init_values=1.0,
+            num_classes=0,
+            pos_embed="none",
+            **extra,
+        )
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + OFFICIAL_GRID**2, self.embed_dim))
+        self.mask_token = nn.Parameter(torch.zeros(1, self.embed_dim))  # unused, kept for lossless import
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if pretrained is None:
+            warnings.warn(
+                "BigGait backbone has NO pretrained weights: DINOv2 features are random. Pass "
+                "pretrained='hub' or a path to dinov2_vitX14_pretrain.pth for real features.",
+                UserWarning,
+                stacklevel=3,
+            )
+        else:
+            self.load_pretrained(pretrained)
+
+    @property
+    def mid4_dim(self) -> int:
+        return 4 * self.embed_dim
+
+    def load_pretrained(self, source: str | Path) -> None:
+        """Load DINOv2 weights: "hub" (timm hub id) or a local official `dinov2_vitX14_pretrain.pth`."""
+        released = {(p.timm_name, p.embed_dim, p.depth) for k, p in BACKBONE_PRESETS.items() if k != "tiny"}
+        if (self.timm_name, self.embed_dim, self.depth) not in released:
+            raise ValueError(
+                f"pretrained DINOv2 weights exist only for the vits14/vitb14/vitl14/vitg14 presets, not for a "
+                f"custom width/depth {self.embed_dim}/{self.depth}; use pretrained=None"
+            )
+        kwargs: dict = {}
+        mask_token = None
+        if str(source) != "hub":
+            path = Path(source)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"DINOv2 weights file not found: {path} (pass pretrained='hub' or a .pth)"
+                )
+            kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+            mask_token = torch.load(path, map_location="cpu", weights_only=True).get("mask_token")
+        # Built at the native 518 size so timm's converter keeps the 37x37 table untouched (notes §D).
+        ref = timm.create_model(f"{self.timm_name}.lvd142m", pretrained=True, num_classes=0, **kwargs)
+        state = ref.state_dict()
+        pos_embed = state.pop("pos_embed")
+        if pos_embed.shape != self.pos_embed.shape:
+            raise ValueError(
+                f"pretrained pos_embed {tuple(pos_embed.shape)} != {tuple(self.pos_embed.shape)}"
+            )
+        self.vit.load_state_dict(state, strict=True)
+        with torch.no_grad():
+            self.pos_embed.copy_(pos_embed)
+            if mask_token is not None:
+                self.mask_token.copy_(mask_token.reshape(self.mask_token.shape))
+
+    def grid_pos_embed(self) -> torch.Tensor:
+        return interpolate_pos_embed(self.pos_embed, self.grid)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images [B, 3, H, W] -> (f_last [B, C, h, w], f_mid4 [B, 4C, h, w]) token maps."""
+        vit = self.vit
+        x = vit.patch_embed(images)
+        x = torch.cat([vit.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + self.grid_pos_embed()
+        mids = []
+        for i, block in enumerate(vit.blocks):
+            x = block(x)
+            if i in self.mid4:
+                mids.append(x[:, 1:])
+        f_last = vit.norm(x)[:, 1:]
+        # spec §2: non-affine LayerNorm over the concatenated 4C vector, jointly
+        f_mid4 = F.layer_norm(torch.cat(mids, dim=-1), (self.mid4_dim,), eps=1e-6)
+        return self._to_map(f_last), self._to_map(f_mid4)
+
+    def _to_map(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, _, c = tokens.shape
+        return tokens.transpose(1, 2).reshape(b, c, *self.grid)

@@ -1,0 +1,263 @@
+"""BigGait: frozen DINOv2 -> Gait Representation Extractor -> GaitBase head (spec §1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import DinoV2Backbone
+from .gaitbase import GaitBaseHead
+from .gre import (
+    GRE_LOSS_WEIGHTS,
+    DistillationBranch,
+    black_da,
+    diversity_loss,
+    gather_pixels,
+    scatter_pixels,
+    select_foreground,
+    shape_connect_loss,
+    sobel_connect_loss,
+)
+from .input import prepare_images, valid_region_mask
+
+__all__ = ["BigGait", "MaskBranchFileError"]
+
+
+class MaskBranchFileError(ValueError):
+    """A pretrained mask-branch file that does not fit this model."""
+
+
+def _official_init(module: nn.Module) -> None:
+    # OpenGait's BaseModel init: xavier for conv/linear, zero bias, affine BN weight ~ N(1, 0.02)
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.affine:
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+class BigGait(nn.Module):
+    """BigGait (CVPR 2024) gait model; paper values are the defaults."""
+
+    def __init__(
+        self,
+        backbone: str | None = "vits14",
+        num_classes: int = 100,
+        *,
+        backbone_width: int | None = None,
+        backbone_depth: int | None = None,
+        backbone_heads: int | None = None,
+        backbone_mlp_ratio: float | None = None,
+        pretrained: str | None = None,
+        backbone_trainable: bool = False,
+        image_size: tuple[int, int] = (448, 224),
+        map_size: tuple[int, int] = (64, 32),
+        mask_dropout: float = 0.5,
+        denoising_dim: int = 16,
+        appearance_dim: int = 16,
+        denoising_hidden: int | None = None,
+        channels: tuple[int, int, int, int] = (64, 128, 256, 512),
+        fusion_squeeze: int = 16,
+        embed_dim: int = 256,
+        parts: int = 16,
+        shape_connect_layout: Literal["faithful", "fixed"] = "faithful",
+        padding_resize_crop: Literal["left", "center"] = "left",
+    ) -> None:
+        super().__init__()
+        if shape_connect_layout not in ("faithful", "fixed"):
+            raise ValueError(
+                f"shape_connect_layout must be 'faithful' or 'fixed', got {shape_connect_layout!r}"
+            )
+        if padding_resize_crop not in ("left", "center"):
+            raise ValueError(f"padding_resize_crop must be 'left' or 'center', got {padding_resize_crop!r}")
+        self.config: dict[str, Any] = {
+            "backbone": backbone,
+            "num_classes": num_classes,
+            "backbone_width": backbone_width,
+            "backbone_depth": backbone_depth,
+            "backbone_heads": backbone_heads,
+            "backbone_mlp_ratio": backbone_mlp_ratio,
+            "pretrained": pretrained,
+            "backbone_trainable": backbone_trainable,
+            "image_size": tuple(image_size),
+            "map_size": tuple(map_size),
+            "mask_dropout": mask_dropout,
+            "denoising_dim": denoising_dim,
+            "appearance_dim": appearance_dim,
+            "denoising_hidden": denoising_hidden,
+            "channels": tuple(channels),
+            "fusion_squeeze": fusion_squeeze,
+            "embed_dim": embed_dim,
+            "parts": parts,
+            "shape_connect_layout": shape_connect_layout,
+            "padding_resize_crop": padding_resize_crop,
+        }
+        self.image_size = tuple(image_size)
+        self.map_size = tuple(map_size)
+        self.shape_connect_layout = shape_connect_layout
+        self.padding_resize_crop = padding_resize_crop
+        self.backbone_trainable = backbone_trainable
+        self.backbone = DinoV2Backbone(
+            preset=backbone,
+            embed_dim=backbone_width,
+            depth=backbone_depth,
+            num_heads=backbone_heads,
+            mlp_ratio=backbone_mlp_ratio,
+            image_size=self.image_size,
+            pretrained=pretrained,
+        )
+        c_last, c_mid4 = self.backbone.embed_dim, self.backbone.mid4_dim
+        self.mask_branch = DistillationBranch(c_last, 2, dropout=mask_dropout, reconstruct=True)
+        self.denoising_branch = DistillationBranch(
+            c_mid4, denoising_dim, hidden_dim=denoising_hidden or c_mid4 // 2
+        )
+        self.appearance_branch = DistillationBranch(c_mid4, appearance_dim, softmax=False)
+        self.head = GaitBaseHead(
+            denoising_dim=denoising_dim,
+            appearance_dim=appearance_dim,
+            channels=tuple(channels),
+            fusion_squeeze=fusion_squeeze,
+            embed_dim=embed_dim,
+            parts=parts,
+            num_classes=num_classes,
+        )
+        for module in (self.mask_branch, self.denoising_branch, self.appearance_branch, self.head):
+            _official_init(module)
+        self._mask_branch_frozen = False
+        if not backbone_trainable:
+            self.backbone.requires_grad_(False)
+        self.train()
+
+    # ----------------------------------------------------------------------------------------- modes
+    def train(self, mode: bool = True) -> BigGait:
+        super().train(mode)
+        if not self.backbone_trainable:
+            self.backbone.eval()  # spec §2: frozen, eval
+        if self._mask_branch_frozen:
+            self.mask_branch.eval()  # spec §4.1: dropout off, running BN stats after the freeze
+        return self
+
+    @property
+    def mask_branch_frozen(self) -> bool:
+        """Whether the mask branch is frozen (eval, no gradients), spec §4.1."""
+        return self._mask_branch_frozen
+
+    def freeze_mask_branch(self) -> list[nn.Parameter]:
+        """Freeze the mask branch (spec §4.1); returns its parameters so the optimizer can drop them."""
+        self._mask_branch_frozen = True
+        self.mask_branch.requires_grad_(False)
+        self.mask_branch.eval()
+        return list(self.mask_branch.parameters())
+
+    def load_mask_branch(self, path: str | Path, *, freeze: bool = True) -> list[nn.Parameter]:
+        """Load a `{'model': state_dict}` file such as MaskBranch_vits14.pt strictly (official names)."""
+        from biggait.compat.opengait import branch_key_to_ours
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"mask-branch file not found: {path}")
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(blob, dict) or "model" not in blob:
+            raise MaskBranchFileError(
+                f"{path}: expected a dict with key 'model' (MaskBranch_vits14.pt format)"
+            )
+        state = {branch_key_to_ours(k.removeprefix("Mask_Branch.")): v for k, v in blob["model"].items()}
+        ours = self.mask_branch.state_dict()
+        missing = sorted(set(ours) - set(state))
+        extra = sorted(set(state) - set(ours))
+        shapes = [
+            f"{k}: {tuple(v.shape)} vs {tuple(ours[k].shape)}"
+            for k, v in state.items()
+            if k in ours and v.shape != ours[k].shape
+        ]
+        if missing or extra or shapes:
+            raise MaskBranchFileError(
+                f"{path} does not fit this mask branch (backbone width {self.backbone.embed_dim}): "
+                f"missing {missing}, unexpected {extra}, shape mismatches {shapes}"
+            )
+        self.mask_branch.load_state_dict(state, strict=True)
+        return self.freeze_mask_branch() if freeze else []
+
+    # -------------------------------------------------------------------------------------- forward
+    def forward_features(self, frames: torch.Tensor, ratios: torch.Tensor) -> dict[str, torch.Tensor]:
+        """frames [n, s, 3, H, W] (ImageNet-normalised), ratios [n, s] (w/h) -> per-frame maps [n, s, C, h, w]."""
+        if frames.dim() != 5 or frames.shape[2] != 3:
+            raise ValueError(f"frames must be [n, s, 3, H, W], got {tuple(frames.shape)}")
+        if tuple(ratios.shape) != tuple(frames.shape[:2]):
+            raise ValueError(f"ratios must be [n, s] = {tuple(frames.shape[:2])}, got {tuple(ratios.shape)}")
+        n, s = frames.shape[:2]
+        x = frames.flatten(0, 1)
+        r = ratios.reshape(-1).to(frames.device)
+        with torch.set_grad_enabled(self.backbone_trainable and torch.is_grad_enabled()):
+            images = prepare_images(x, r, image_size=self.image_size, crop=self.padding_resize_crop)
+            f_last, f_mid4 = self.backbone(images)
+            last_map = F.interpolate(f_last, size=self.map_size, mode="bilinear", align_corners=False)
+            mid4_map = F.interpolate(f_mid4, size=self.map_size, mode="bilinear", align_corners=False)
+        valid = valid_region_mask(r, self.map_size).to(frames.device) > 0
+        # mask branch on the valid pixels (spec §4)
+        mask_out, shape_mse = self.mask_branch(gather_pixels(last_map, valid))
+        mask_probs = scatter_pixels(mask_out, valid)
+        foreground_prob, foreground = select_foreground(mask_probs.detach())
+        # denoising and appearance branches on the foreground pixels only
+        mid4_fg = gather_pixels(mid4_map, foreground)
+        denoising = scatter_pixels(self.denoising_branch(mid4_fg)[0], foreground)
+        appearance = scatter_pixels(self.appearance_branch(mid4_fg)[0], foreground)
+
+        def per_seq(t: torch.Tensor) -> torch.Tensor:
+            return t.view(n, s, *t.shape[1:])
+
+        return {
+            "f_last": per_seq(f_last),
+            "f_mid4": per_seq(f_mid4),
+            "valid": per_seq(valid.to(frames.dtype)),
+            "mask_probs": per_seq(mask_probs),
+            "foreground_prob": per_seq(foreground_prob),
+            "foreground": per_seq(foreground.to(frames.dtype)),
+            "denoising": per_seq(denoising),
+            "appearance": per_seq(appearance),
+            "shape_mse": shape_mse,
+        }
+
+    def gre_losses(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The four weighted GRE auxiliary losses (spec §4.5)."""
+        denoising = features["denoising"].flatten(0, 1)
+        losses = {
+            "shape_mse": features["shape_mse"],
+            "shape_connect": shape_connect_loss(
+                features["mask_probs"].flatten(0, 1), layout=self.shape_connect_layout
+            ),
+            "part_connect": sobel_connect_loss(denoising[:, :-1]),  # spec §4.5: last channel dropped
+            "part_diversity": diversity_loss(denoising),
+        }
+        return {k: v * GRE_LOSS_WEIGHTS[k] for k, v in losses.items()}
+
+    def black_da(
+        self,
+        features: dict[str, torch.Tensor],
+        *,
+        rate: float = 0.2,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Black DA (spec §4.4), out of place: returns a new features dict."""
+        denoising, appearance = black_da(
+            features["denoising"], features["appearance"], rate=rate, generator=generator
+        )
+        return {**features, "denoising": denoising, "appearance": appearance}
+
+    def forward_head(
+        self, features: dict[str, torch.Tensor], lengths: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """GaitBase head: {"embeddings": [n, E, p], "logits": [n, K, p]}; `lengths` masks zero-padded frames."""
+        return self.head(features["denoising"], features["appearance"], lengths)
+
+    def forward(
+        self, frames: torch.Tensor, ratios: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        return self.forward_head(self.forward_features(frames, ratios), lengths)

@@ -1,0 +1,154 @@
+"""Gait Representation Extractor: mask / denoising / appearance branches, foreground, losses (spec §4)."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "GRE_LOSS_WEIGHTS",
+    "DistillationBranch",
+    "black_da",
+    "diversity_loss",
+    "scatter_pixels",
+    "select_foreground",
+    "shape_connect_loss",
+    "sobel_connect_loss",
+]
+
+# spec §4.5: weights as applied by the official loss aggregator
+GRE_LOSS_WEIGHTS = {"shape_mse": 1.0, "shape_connect": 0.02, "part_connect": 0.01, "part_diversity": 5.0}
+BORDER_ROWS = 5  # spec §4.2: rows inspected at the top and at the bottom to decide the polarity
+
+
+class DistillationBranch(nn.Module):
+    """Per-pixel MLP over selected pixels (the official `infoDistillation`, spec §4)."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        *,
+        dropout: float = 0.0,
+        softmax: bool = True,
+        hidden_dim: int | None = None,
+        reconstruct: bool = False,
+    ) -> None:
+        super().__init__()
+        self.softmax = softmax
+        self.dropout = nn.Dropout(dropout)
+        self.bn_in = nn.BatchNorm1d(in_dim, affine=False)
+        if hidden_dim is None:
+            self.down = nn.Linear(in_dim, out_dim)
+        else:
+            self.down = nn.Sequential(
+                nn.Linear(in_dim, hidden_dim),
+                nn.BatchNorm1d(hidden_dim, affine=False),
+                nn.GELU(),
+                nn.Linear(hidden_dim, out_dim),
+            )
+        self.bn_out = nn.BatchNorm1d(out_dim, affine=False)  # used by the sigmoid branch only
+        self.up = nn.Linear(out_dim, in_dim) if reconstruct else None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x [N, in_dim] -> (out [N, out_dim], reconstruction MSE against the raw x or None)."""
+        if x.shape[0] == 0:  # no selected pixel in the whole batch: BN cannot run
+            out = x.new_zeros(0, self.bn_out.num_features)
+            return out, (x.new_zeros(()) if self.up is not None else None)
+        d = self.down(self.bn_in(self.dropout(x)))
+        out = F.softmax(d, dim=1) if self.softmax else torch.sigmoid(self.bn_out(d))
+        mse = F.mse_loss(self.up(out), x) if self.up is not None else None
+        return out, mse
+
+
+def scatter_pixels(values: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+    """Scatter [N, C] values of the selected pixels back into a zero [B, C, h, w] map (out of place)."""
+    b, _, h, w = selected.shape
+    index = selected.permute(0, 2, 3, 1).reshape(-1).nonzero().squeeze(1)
+    flat = values.new_zeros(b * h * w, values.shape[1]).index_put((index,), values)
+    # contiguous NCHW: channels-last maps take other CPU conv/BN kernels, measurably less accurate in fp32
+    return flat.view(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
+
+
+def gather_pixels(maps: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+    """[B, C, h, w] maps -> [N, C] at the selected pixels, row-major over (frame, row, column)."""
+    return maps.permute(0, 2, 3, 1)[selected[:, 0]]
+
+
+def select_foreground(mask_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, 2, h, w] mask probabilities (0 at padding) -> (foreground_prob p, selected pixels), spec §4.2."""
+    w = mask_probs.shape[-1]
+    c0 = torch.round(mask_probs[:, 0])  # half-to-even: 0.5 -> 0
+    border = c0[:, :BORDER_ROWS].sum((1, 2)) + c0[:, -BORDER_ROWS:].sum((1, 2))
+    # channel 0 is background when it covers more than half of the border rows
+    use_c1 = border > BORDER_ROWS * w
+    p = torch.where(use_c1[:, None, None], mask_probs[:, 1], mask_probs[:, 0])[:, None]
+    binary = torch.round(p)
+    # kornia dilation 3x3 then erosion 5x5 with geodesic borders: max-pool pads with -inf
+    dilated = F.max_pool2d(binary, 3, stride=1, padding=1)
+    eroded = -F.max_pool2d(-dilated, 5, stride=1, padding=2)
+    # value = (D xor E)*p + E, selected where value != 0 (spec §4.2)
+    selected = (eroded > 0) | ((dilated > 0) & (p != 0))
+    return p, selected
+
+
+def sobel_connect_loss(x: torch.Tensor) -> torch.Tensor:
+    """Sobel smoothness, responses summed over channels before abs, / x.numel() (spec §4.5)."""
+    c = x.shape[1]
+    kx = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], dtype=x.dtype, device=x.device)
+    weight = torch.stack([kx, kx.t()])[:, None].expand(2, c, 3, 3)  # kx.t() is Ky
+    grad = F.conv2d(x, weight, padding=1)
+    return grad.abs().sum() / x.numel()
+
+
+def shape_connect_loss(
+    mask_probs: torch.Tensor, *, layout: Literal["faithful", "fixed"] = "faithful"
+) -> torch.Tensor:
+    """Sobel loss on the 2-channel mask probabilities [B, 2, h, w] (spec §4.5)."""
+    if layout == "faithful":
+        # spec §4.5 quirk: the pixel-major [B*h*w, 2] buffer is viewed as [B, 2, h, w] without a permute
+        b, c, h, w = mask_probs.shape
+        mask_probs = mask_probs.permute(0, 2, 3, 1).reshape(b, c, h, w)
+    elif layout != "fixed":
+        raise ValueError(f"shape_connect_layout must be 'faithful' or 'fixed', got {layout!r}")
+    return sobel_connect_loss(mask_probs)
+
+
+def diversity_loss(denoising: torch.Tensor) -> torch.Tensor:
+    """Entropy deficit of the per-frame channel usage of the [B, C, h, w] denoising map (spec §4.5)."""
+    c = denoising.shape[1]
+    usage = denoising.sum((2, 3))
+    q = usage / (usage.sum(1, keepdim=True) + 1e-6)
+    entropy = -(q * torch.log2(q + 1e-6)).sum(1)
+    return (math.log2(c) - entropy).mean()
+
+
+def black_da(
+    denoising: torch.Tensor,
+    appearance: torch.Tensor,
+    *,
+    rate: float = 0.2,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero the whole denoising or appearance map of round(rate*n) random sequences (spec §4.4).
+
+    Maps are [n, ...]; out of place (the official in-place version breaks fp32 autograd, spec §11).
+    """
+    n = denoising.shape[0]
+    count = round(rate * n)
+    keep_den = torch.ones(n, dtype=denoising.dtype)
+    keep_app = torch.ones(n, dtype=appearance.dtype)
+    if count > 0:
+        chosen = torch.randperm(n, generator=generator)[:count]
+        which = torch.randint(0, 2, (count,), generator=generator)
+        keep_den[chosen[which == 0]] = 0
+        keep_app[chosen[which == 1]] = 0
+    shape = (n,) + (1,) * (denoising.dim() - 1)
+    return (
+        denoising * keep_den.to(denoising.device).view(shape),
+        appearance * keep_app.to(appearance.device).view(shape),
+    )
