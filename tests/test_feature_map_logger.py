@@ -128,6 +128,22 @@ def test_fixed_batch_comes_from_validation_with_ground_truth(tmp_path):
     assert [s.frames.shape[0] for s in seqs] == [5, 3, 5]  # trimmed to their lengths
 
 
+def test_cache_keeps_only_the_first_frames(tmp_path):
+    module, callback = (
+        _Module(),
+        FeatureMapLogger(every_n_steps=0, on_validation=False, max_frames=2, cached_frames=4),
+    )
+    trainer = Trainer(
+        max_steps=1, limit_val_batches=1, num_sanity_val_steps=1, logger=False, callbacks=[callback],
+        default_root_dir=tmp_path, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(module, _loader(_batches(1, eval_mode=False)), _loader(_batches(1, eval_mode=True)))
+    assert callback._batch["frames"].shape[1] == 4 and callback._batch["lengths"].tolist() == [4, 3, 4]
+    assert [s.frames.shape[0] for s in callback.sequences(module)] == [4, 3, 4]
+    assert not (tmp_path / "feature_maps").exists()  # both triggers off: nothing rendered
+
+
 def test_wandb_offline_receives_the_images(tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")
     from lightning.pytorch.loggers import WandbLogger
@@ -149,6 +165,8 @@ def test_wandb_offline_receives_the_images(tmp_path, monkeypatch):
 def test_rejects_bad_options():
     with pytest.raises(ValueError, match="every_n_steps"):
         FeatureMapLogger(every_n_steps=-1)
+    with pytest.raises(ValueError, match="cached_frames"):
+        FeatureMapLogger(max_frames=8, cached_frames=4)
 
 
 class _TinyBigGaitModule(_Module):

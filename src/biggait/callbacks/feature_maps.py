@@ -25,12 +25,15 @@ _BATCH_KEYS = ("frames", "ratios", "lengths", "silhouettes")
 _LABEL_KEYS = ("subjects", "types", "views")
 
 
-def _take(batch: dict[str, Any], indices: list[int]) -> dict[str, Any]:
-    # A small CPU copy of some sequences of a batch, so the cache holds no device memory or graph.
+def _take(batch: dict[str, Any], indices: list[int], max_frames: int) -> dict[str, Any]:
+    # A small CPU copy of the first frames of some sequences, so the cache holds no device memory or graph
+    # and the panels stay cheap even for long evaluation sequences.
     out: dict[str, Any] = {}
     for key in _BATCH_KEYS:
         if isinstance(batch.get(key), torch.Tensor):
-            out[key] = batch[key][indices].detach().cpu().clone()
+            value = batch[key][indices]
+            value = value.clamp(max=max_frames) if key == "lengths" else value[:, :max_frames]
+            out[key] = value.detach().cpu().clone()
     for key in _LABEL_KEYS:
         if key in batch:
             out[key] = [str(batch[key][i]) for i in indices]
@@ -47,17 +50,19 @@ class FeatureMapLogger(Callback):
         on_validation: bool = True,
         num_sequences: int = 3,
         max_frames: int = 8,
+        cached_frames: int = 32,
         output_dir: str | None = None,
     ) -> None:
-        if every_n_steps < 0 or num_sequences < 1 or max_frames < 1:
+        if every_n_steps < 0 or num_sequences < 1 or max_frames < 1 or cached_frames < max_frames:
             raise ConfigError(
-                f"FeatureMapLogger: every_n_steps must be >= 0 (0 = off), num_sequences and max_frames >= 1; "
-                f"got {every_n_steps}, {num_sequences}, {max_frames}"
+                "FeatureMapLogger: every_n_steps must be >= 0 (0 = off), num_sequences and max_frames >= 1, "
+                f"cached_frames >= max_frames; got {every_n_steps}, {num_sequences}, {max_frames}, {cached_frames}"
             )
         self.every_n_steps = every_n_steps
         self.on_validation = on_validation
         self.num_sequences = num_sequences
         self.max_frames = max_frames
+        self.cached_frames = cached_frames  # frames kept per sequence; the PCA is fitted over all of them
         self.output_dir = output_dir
         self._dir: Path | None = None
         self._batch: dict[str, Any] | None = None
@@ -91,7 +96,7 @@ class FeatureMapLogger(Callback):
         n = batch["frames"].shape[0]
         picks = comparison_indices(batch["subjects"], batch["types"]) if "subjects" in batch else []
         picks += [i for i in range(n) if i not in picks]
-        self._batch = _take(batch, picks[: self.num_sequences])
+        self._batch = _take(batch, picks[: self.num_sequences], self.cached_frames)
         self._from_validation = True
 
     def on_train_batch_end(
@@ -101,7 +106,8 @@ class FeatureMapLogger(Callback):
         if not self.every_n_steps or step % self.every_n_steps or not trainer.is_global_zero:
             return  # the only cost on ordinary steps is this check
         if self._batch is None and isinstance(batch, dict):
-            self._batch = _take(batch, list(range(min(self.num_sequences, batch["frames"].shape[0]))))
+            n = min(self.num_sequences, batch["frames"].shape[0])
+            self._batch = _take(batch, list(range(n)), self.cached_frames)
         self.log_panels(trainer, pl_module, step=step)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
