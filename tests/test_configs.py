@@ -46,13 +46,26 @@ def test_train_experiment_instantiates(experiment: str, tmp_path: Path) -> None:
     for name, lg in cfg.logger.items():
         assert hydra.utils.instantiate(lg) is not None, name
     trainer_cfg = dict(cfg.trainer)
-    trainer_cfg.update(accelerator="cpu", devices=1, precision="32-true", strategy="auto", sync_batchnorm=False)
+    trainer_cfg.update(
+        accelerator="cpu", devices=1, precision="32-true", strategy="auto", sync_batchnorm=False
+    )
     trainer = hydra.utils.instantiate(trainer_cfg, logger=False, enable_checkpointing=False)
     assert trainer.max_steps == cfg.trainer.max_steps
 
 
-@pytest.mark.parametrize("group_entry", ["logger=wandb", "logger=csv", "logger=none", "trainer=cpu", "trainer=gpu",
-                                         "trainer=ddp", "trainer=ddp_cpu", "data_prep=none"])
+@pytest.mark.parametrize(
+    "group_entry",
+    [
+        "logger=wandb",
+        "logger=csv",
+        "logger=none",
+        "trainer=cpu",
+        "trainer=gpu",
+        "trainer=ddp",
+        "trainer=ddp_cpu",
+        "data_prep=none",
+    ],
+)
 def test_group_entries_compose(group_entry: str, tmp_path: Path) -> None:
     cfg = _compose("train", [group_entry], tmp_path)
     assert cfg.trainer._target_ == "lightning.pytorch.Trainer"

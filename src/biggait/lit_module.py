@@ -15,7 +15,22 @@ from biggait.evaluation.metric import GaitRetrievalMetric
 from biggait.losses import cross_entropy_loss, triplet_loss
 from biggait.models import BigGait
 
-__all__ = ["BigGaitModule"]
+__all__ = ["BigGaitModule", "gather_for_triplet"]
+
+
+def gather_for_triplet(
+    module: LightningModule, embeddings: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All ranks' embeddings (local slice keeps its gradient) and labels, for the batch-all triplet loss.
+
+    `all_gather(sync_grads=True)` sums the gradients of every rank's copy in backward; DDP then averages
+    over ranks, which gives exactly the single-process full-batch gradient: no world-size factor
+    (engineering notes §G; tests/test_ddp_gradients.py checks it).
+    """
+    if module.trainer.world_size == 1:
+        return embeddings, labels
+    gathered = module.all_gather(embeddings, sync_grads=True).flatten(0, 1)
+    return gathered, module.all_gather(labels).flatten(0, 1)
 
 
 class BigGaitModule(LightningModule):
@@ -67,7 +82,9 @@ class BigGaitModule(LightningModule):
         # Black DA draws from its own seeded generator (per rank) so runs and resumes are reproducible,
         # unlike the official code's global `random` (spec §4.4, engineering notes A3.6).
         if self._black_da_generator is None:
-            self._black_da_generator = torch.Generator().manual_seed(self.hparams.seed + 7919 * self.global_rank)
+            self._black_da_generator = torch.Generator().manual_seed(
+                self.hparams.seed + 7919 * self.global_rank
+            )
         return self._black_da_generator
 
     # -- training ------------------------------------------------------------------------------
@@ -78,22 +95,18 @@ class BigGaitModule(LightningModule):
         features = self.model.black_da(features, rate=self.hparams.black_da_rate, generator=self._generator())
         out = self.model.forward_head(features)
 
-        embeddings, all_labels = out["embeddings"], labels
-        if self.trainer.world_size > 1:
-            # Gather with gradients; DDP's averaging then yields the full-batch gradient, so no extra
-            # world-size factor (engineering notes §G; tests/test_ddp_gradients.py proves it).
-            embeddings = self.all_gather(embeddings, sync_grads=True).flatten(0, 1)
-            all_labels = self.all_gather(labels).flatten(0, 1)
-        triplet, triplet_stats = triplet_loss(embeddings, all_labels, margin=self.hparams.triplet_margin)
-        ce, accuracy = cross_entropy_loss(
-            out["logits"], labels, scale=self.hparams.ce_scale, label_smoothing=self.hparams.label_smoothing
-        )
+        embeddings, all_labels = gather_for_triplet(self, out["embeddings"], labels)
+        triplet, parts = triplet_loss(embeddings, all_labels, self.hparams.triplet_margin, return_parts=True)
+        logits = out["logits"]
+        ce = cross_entropy_loss(logits, labels, self.hparams.ce_scale, self.hparams.label_smoothing)
+        # OpenGait logs the per-part arg-max accuracy of the classifier next to the CE loss.
+        accuracy = (logits.argmax(1) == labels[:, None]).float().mean()
         loss = self.hparams.triplet_weight * triplet + self.hparams.ce_weight * ce + sum(gre_losses.values())
 
         n = labels.shape[0]
         log = {"train/loss": loss, "train/triplet": triplet, "train/ce": ce, "train/accuracy": accuracy}
         log.update({f"train/{k}": v for k, v in gre_losses.items()})
-        log.update({f"train/{k}": v for k, v in triplet_stats.items()})
+        log["train/triplet_nonzero"] = parts["num_nonzero"].mean()
         log["train/foreground_fraction"] = features["foreground"].float().mean()
         self.log_dict(log, batch_size=n, prog_bar=False)
         self.log("loss", loss, batch_size=n, prog_bar=True, logger=False)

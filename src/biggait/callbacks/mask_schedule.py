@@ -54,9 +54,15 @@ class MaskBranchSchedule(Callback):
                 "mask branch (freeze_at_step=0 pretrained_path=...)"
             )
 
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         model = pl_module.model
-        if self.freeze_at_step is None or model.mask_branch_frozen or trainer.global_step < self.freeze_at_step:
+        if (
+            self.freeze_at_step is None
+            or model.mask_branch_frozen
+            or trainer.global_step < self.freeze_at_step
+        ):
             return
         if self.pretrained_path is not None:
             model.load_mask_branch(self.pretrained_path)
@@ -69,5 +75,7 @@ class MaskBranchSchedule(Callback):
                     if id(p) in frozen:
                         optimizer.state.pop(p, None)
                 group["params"] = kept
-        rank_zero_info(f"mask branch frozen at step {trainer.global_step}" + (
-            f" with weights from {self.pretrained_path}" if self.pretrained_path else ""))
+        rank_zero_info(
+            f"mask branch frozen at step {trainer.global_step}"
+            + (f" with weights from {self.pretrained_path}" if self.pretrained_path else "")
+        )

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from biggait.evaluation.report import rank1_heatmap, results_markdown, save_figure, write_results_json
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
-
-from biggait.evaluation.report import rank1_heatmap, results_markdown, save_figure, write_results_json
 
 __all__ = ["EvaluationReport"]
 
@@ -48,7 +47,9 @@ class EvaluationReport(Callback):
             paths.append((condition, path))
         if wandb is not None and paths:
             wandb.log_image(
-                key=f"{stage}/rank1_heatmaps", images=[str(p) for _, p in paths], caption=[c for c, _ in paths],
+                key=f"{stage}/rank1_heatmaps",
+                images=[str(p) for _, p in paths],
+                caption=[c for c, _ in paths],
                 step=step,
             )
 

@@ -22,7 +22,9 @@ class TrainThroughput(Callback):
         self._frames = 0
         self._batches = 0
 
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self._start is None:
             self._start = time.perf_counter()
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from biggait.errors import BiggaitError
 from biggait.models import BACKBONE_PRESETS, BigGait
 
 __all__ = [
@@ -29,7 +30,7 @@ __all__ = [
 LIGHTNING_VERSION = "2.6.6"
 
 
-class OpenGaitCheckpointError(ValueError):
+class OpenGaitCheckpointError(BiggaitError, ValueError):
     """An official checkpoint that does not map onto BigGait."""
 
 

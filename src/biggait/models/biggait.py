@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from biggait.errors import BiggaitError
+
 from .backbone import DinoV2Backbone
 from .gaitbase import GaitBaseHead
 from .gre import (
@@ -27,7 +29,7 @@ from .input import prepare_images, valid_region_mask
 __all__ = ["BigGait", "MaskBranchFileError"]
 
 
-class MaskBranchFileError(ValueError):
+class MaskBranchFileError(BiggaitError, ValueError):
     """A pretrained mask-branch file that does not fit this model."""
 
 
