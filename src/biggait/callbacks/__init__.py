@@ -1,0 +1,5 @@
+"""Lightning callbacks of the training loop."""
+
+from .feature_maps import FeatureMapLogger
+
+__all__ = ["FeatureMapLogger"]

@@ -1,0 +1,179 @@
+"""Feature-map panels every N training steps and after each validation, to W&B and the run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
+
+from biggait.errors import ConfigError
+from biggait.viz import (
+    PanelSequence,
+    comparison_indices,
+    comparison_panel,
+    save_png,
+    select_sequence,
+    sequence_panel,
+)
+
+__all__ = ["FeatureMapLogger"]
+
+_BATCH_KEYS = ("frames", "ratios", "lengths", "silhouettes")
+_LABEL_KEYS = ("subjects", "types", "views")
+
+
+def _take(batch: dict[str, Any], indices: list[int], max_frames: int) -> dict[str, Any]:
+    # A small CPU copy of the first frames of some sequences, so the cache holds no device memory or graph
+    # and the panels stay cheap even for long evaluation sequences.
+    out: dict[str, Any] = {}
+    for key in _BATCH_KEYS:
+        if isinstance(batch.get(key), torch.Tensor):
+            value = batch[key][indices]
+            value = value.clamp(max=max_frames) if key == "lengths" else value[:, :max_frames]
+            out[key] = value.detach().cpu().clone()
+    for key in _LABEL_KEYS:
+        if key in batch:
+            out[key] = [str(batch[key][i]) for i in indices]
+    return out
+
+
+class FeatureMapLogger(Callback):
+    """Renders `biggait.viz` panels of a fixed small batch (rank 0 only) and logs / saves them as PNGs."""
+
+    def __init__(
+        self,
+        *,
+        every_n_steps: int = 1000,
+        on_validation: bool = True,
+        num_sequences: int = 3,
+        max_frames: int = 8,
+        cached_frames: int = 32,
+        output_dir: str | None = None,
+    ) -> None:
+        if every_n_steps < 0 or num_sequences < 1 or max_frames < 1 or cached_frames < max_frames:
+            raise ConfigError(
+                "FeatureMapLogger: every_n_steps must be >= 0 (0 = off), num_sequences and max_frames >= 1, "
+                f"cached_frames >= max_frames; got {every_n_steps}, {num_sequences}, {max_frames}, {cached_frames}"
+            )
+        self.every_n_steps = every_n_steps
+        self.on_validation = on_validation
+        self.num_sequences = num_sequences
+        self.max_frames = max_frames
+        self.cached_frames = cached_frames  # frames kept per sequence; the PCA is fitted over all of them
+        self.output_dir = output_dir
+        self._dir: Path | None = None
+        self._batch: dict[str, Any] | None = None
+        self._from_validation = False
+        self._last_step = -1
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # trainer.log_dir broadcasts, so it is resolved here on every rank, never inside a rank-0-only hook.
+        root = self.output_dir or trainer.log_dir or trainer.default_root_dir
+        self._dir = Path(root) if self.output_dir else Path(root) / "feature_maps"
+
+    # -- choosing the fixed batch ------------------------------------------------------------
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        # The first validation batch (sanity check included) becomes the fixed batch: evaluation order is
+        # deterministic, so every logged panel shows the same sequences and has ground truth when it exists.
+        if (
+            self._from_validation
+            or not trainer.is_global_zero
+            or batch_idx != 0
+            or not isinstance(batch, dict)
+        ):
+            return
+        n = batch["frames"].shape[0]
+        picks = comparison_indices(batch["subjects"], batch["types"]) if "subjects" in batch else []
+        picks += [i for i in range(n) if i not in picks]
+        self._batch = _take(batch, picks[: self.num_sequences], self.cached_frames)
+        self._from_validation = True
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if not self.every_n_steps or step % self.every_n_steps or not trainer.is_global_zero:
+            return  # the only cost on ordinary steps is this check
+        if self._batch is None and isinstance(batch, dict):
+            n = min(self.num_sequences, batch["frames"].shape[0])
+            self._batch = _take(batch, list(range(n)), self.cached_frames)
+        self.log_panels(trainer, pl_module, step=step)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.on_validation and not trainer.sanity_checking and trainer.is_global_zero:
+            self.log_panels(trainer, pl_module, step=trainer.global_step)
+
+    # -- rendering ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def _features(self, pl_module: LightningModule) -> dict[str, torch.Tensor]:
+        model = pl_module.model
+        # Save every submodule's mode: a frozen mask branch must stay in eval after we flip back (spec §4.1).
+        modes = [(m, m.training) for m in model.modules()]
+        model.eval()
+        try:
+            frames = self._batch["frames"].to(pl_module.device)
+            ratios = self._batch["ratios"].to(pl_module.device)
+            features = model.forward_features(frames.float(), ratios.float())
+        finally:
+            for m, mode in modes:
+                m.training = mode
+        return features
+
+    def sequences(self, pl_module: LightningModule) -> list[PanelSequence]:
+        """The cached batch run through the model, one `PanelSequence` per sequence (CPU tensors)."""
+        if self._batch is None:
+            return []
+        features = self._features(pl_module)
+        b = self._batch
+        out = []
+        for i in range(b["frames"].shape[0]):
+            t = int(b["lengths"][i]) if "lengths" in b else b["frames"].shape[1]
+            label = " ".join(b[k][i] for k in _LABEL_KEYS if k in b) or f"sequence {i}"
+            out.append(
+                PanelSequence(
+                    label=label,
+                    frames=b["frames"][i, :t],
+                    features=select_sequence(features, i, length=t),
+                    silhouettes=b["silhouettes"][i, :t] if "silhouettes" in b else None,
+                    ratios=b["ratios"][i, :t],
+                )
+            )
+        return out
+
+    def log_panels(self, trainer: Trainer, pl_module: LightningModule, *, step: int) -> list[Path]:
+        """Render, save under `<dir>/step_XXXXXX/` and send to W&B; at most once per global step."""
+        if step == self._last_step or self._batch is None:
+            return []
+        self._last_step = step
+        out_dir = (self._dir or Path(trainer.default_root_dir) / "feature_maps") / f"step_{step:06d}"
+        paths: list[tuple[str, Path]] = []
+        seqs = self.sequences(pl_module)
+        for i, seq in enumerate(seqs):
+            fig = sequence_panel(
+                seq.frames, seq.features, seq.silhouettes, ratios=seq.ratios, max_frames=self.max_frames,
+                title=f"{seq.label} (step {step})",
+            )  # fmt: skip
+            paths.append((seq.label, save_png(fig, out_dir / f"sequence_{i}.png")))
+        if len(seqs) >= 2:
+            fig = comparison_panel(seqs, title=f"Same person, two outfits vs another person (step {step})")
+            paths.append(("comparison", save_png(fig, out_dir / "comparison.png")))
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(
+                    key="feature_maps",
+                    images=[str(p) for _, p in paths],
+                    caption=[c for c, _ in paths],
+                    step=step,
+                )
+        return [p for _, p in paths]

@@ -1,0 +1,49 @@
+"""Look inside BigGait: PCA / part colourings of the feature maps, foreground IoU and figure panels."""
+
+from .io import figure_png, load_checkpoint_model, read_sequences, records_to_batch, save_png
+from .maps import (
+    PART_PALETTE,
+    PCABasis,
+    VizInputError,
+    denormalize_frames,
+    fit_pca,
+    foreground_iou,
+    part_colors,
+    pca_rgb,
+    resize_mask,
+    silhouettes_to_map,
+)
+from .panels import (
+    MAP_KEYS,
+    PanelSequence,
+    comparison_indices,
+    comparison_panel,
+    frame_indices,
+    select_sequence,
+    sequence_panel,
+)
+
+__all__ = [
+    "MAP_KEYS",
+    "PART_PALETTE",
+    "PCABasis",
+    "PanelSequence",
+    "VizInputError",
+    "comparison_indices",
+    "comparison_panel",
+    "denormalize_frames",
+    "figure_png",
+    "fit_pca",
+    "foreground_iou",
+    "load_checkpoint_model",
+    "frame_indices",
+    "part_colors",
+    "pca_rgb",
+    "read_sequences",
+    "records_to_batch",
+    "resize_mask",
+    "save_png",
+    "select_sequence",
+    "sequence_panel",
+    "silhouettes_to_map",
+]

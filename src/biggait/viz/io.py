@@ -1,0 +1,135 @@
+"""File side of the visualisation: shard reading, checkpoint loading, atomic PNG writes (plots stay pure)."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from biggait.data import SequenceRecord, normalize_frames, read_manifest
+from biggait.data.pipeline import decode_frames, decode_silhouettes, iter_tar, parse_sample, select_frames
+
+from .maps import VizInputError
+
+__all__ = ["figure_png", "load_checkpoint_model", "read_sequences", "records_to_batch", "save_png"]
+
+
+def figure_png(fig: Figure, *, dpi: int = 100) -> bytes:
+    """`fig` rendered as PNG bytes (for notebooks and loggers; nothing touches disk)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def save_png(fig: Figure, path: str | Path, *, dpi: int = 100) -> Path:
+    """Write `fig` to `path` as PNG atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=dpi)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_sequences(
+    root: str | Path,
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    max_frames: int | None = None,
+    where: Callable[[str, str, str], bool] | None = None,
+) -> list[SequenceRecord]:
+    """Whole sequences (first `max_frames` frames) from `<root>/<split>` shards in manifest order.
+
+    `where(subject, seq_type, view)` filters before anything is decoded; reading stops after `limit` matches.
+    Silhouettes are included when the shards have them.
+    """
+    split_dir = Path(root) / split
+    manifest = read_manifest(split_dir)
+    out: list[SequenceRecord] = []
+    for shard in manifest["shards"]:
+        path = str(split_dir / shard["name"])
+        for key, fields in iter_tar(path):
+            sample = parse_sample(key, fields, path, silhouettes=True)
+            if where is not None and not where(sample.subject, sample.seq_type, sample.view):
+                continue
+            if max_frames is not None:
+                sample = select_frames(sample, np.arange(min(max_frames, len(sample.frames))))
+            out.append(
+                SequenceRecord(
+                    subject=sample.subject,
+                    seq_type=sample.seq_type,
+                    view=sample.view,
+                    frames=decode_frames(sample),
+                    ratios=sample.ratios,
+                    silhouettes=None if sample.silhouettes is None else decode_silhouettes(sample),
+                )
+            )
+            if limit is not None and len(out) >= limit:
+                return out
+    return out
+
+
+def records_to_batch(records: Sequence[SequenceRecord]) -> dict[str, Any]:
+    """Records -> an evaluation-style batch: normalised `frames` [n, S, 3, H, W] zero-padded to the longest,
+    `ratios`, `lengths`, labels and `silhouettes` (when every record has them)."""
+    if not records:
+        raise VizInputError("records_to_batch got no sequences; check the shard directory and the filter")
+    s = max(r.frames.shape[0] for r in records)
+    h, w = records[0].frames.shape[1:3]
+    frames = torch.zeros(len(records), s, 3, h, w, dtype=torch.uint8)
+    ratios = torch.zeros(len(records), s)
+    lengths = torch.tensor([r.frames.shape[0] for r in records])
+    for i, r in enumerate(records):
+        frames[i, : len(r.frames)] = torch.from_numpy(r.frames).permute(0, 3, 1, 2)
+        ratios[i, : len(r.frames)] = torch.from_numpy(np.asarray(r.ratios, np.float32))
+    batch: dict[str, Any] = {
+        "frames": normalize_frames(frames, lengths),
+        "ratios": ratios,
+        "lengths": lengths,
+        "subjects": [r.subject for r in records],
+        "types": [r.seq_type for r in records],
+        "views": [r.view for r in records],
+    }
+    if all(r.silhouettes is not None for r in records):
+        sils = torch.zeros(len(records), s, h, w, dtype=torch.uint8)
+        for i, r in enumerate(records):
+            sils[i, : len(r.frames)] = torch.from_numpy(r.silhouettes)
+        batch["silhouettes"] = sils
+    return batch
+
+
+def load_checkpoint_model(path: str | Path, *, map_location: str = "cpu") -> torch.nn.Module:
+    """A `BigGait` from one of our Lightning checkpoints (`hyper_parameters["model"]` + `model.*` weights), in eval."""
+    from biggait.models import BigGait  # lazy: the plotting helpers do not need the model code
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass the .ckpt written by `make train`")
+    # Our own training checkpoints hold plain Python hyper-parameters next to the tensors.
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        kwargs = dict(ckpt["hyper_parameters"]["model"])
+    except (KeyError, TypeError) as exc:
+        raise VizInputError(
+            f"{path} has no hyper_parameters['model']: it is not a biggait training checkpoint "
+            "(convert official weights with `python -m biggait.compat.opengait`)"
+        ) from exc
+    model = BigGait(**kwargs)
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    if ckpt.get("biggait", {}).get("mask_branch_frozen"):
+        model.freeze_mask_branch()
+    model.load_state_dict(state)
+    return model.eval()

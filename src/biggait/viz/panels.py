@@ -1,0 +1,230 @@
+"""Matplotlib figures of BigGait's feature maps (pure: arrays in, `Figure` out, nothing saved or shown)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from .maps import (
+    VizInputError,
+    denormalize_frames,
+    fit_pca,
+    foreground_iou,
+    part_colors,
+    pca_rgb,
+    silhouettes_to_map,
+)
+
+__all__ = [
+    "MAP_KEYS",
+    "PanelSequence",
+    "comparison_panel",
+    "frame_indices",
+    "select_sequence",
+    "sequence_panel",
+]
+
+# The per-frame maps of `BigGait.forward_features` that the panels read (docs/design.md).
+MAP_KEYS = ("f_last", "f_mid4", "foreground_prob", "foreground", "denoising", "appearance")
+
+# Row name -> one-line explanation, shown as the y label (and reused by the notebook's text).
+SEQUENCE_ROWS = {
+    "input": "input frame",
+    "f_last": "f_last PCA\n(fg pixels)",
+    "f_mid4": "f_mid4 PCA\n(fg pixels)",
+    "mask": "mask branch\np(foreground)",
+    "foreground": "foreground",
+    "parts": "denoising\nargmax parts",
+    "denoising": "denoising\nPCA",
+    "appearance": "appearance\nPCA",
+}
+
+
+@dataclass
+class PanelSequence:
+    """One sequence for a panel: display label, frames [T, 3, H, W] and its per-frame feature maps."""
+
+    label: str
+    frames: torch.Tensor | np.ndarray
+    features: Mapping[str, torch.Tensor]
+    silhouettes: torch.Tensor | np.ndarray | None = None
+    ratios: torch.Tensor | np.ndarray | None = None
+
+
+def select_sequence(
+    features: Mapping[str, torch.Tensor], index: int, *, length: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Sequence `index` of a batched `forward_features` dict ([n, s, C, h, w] maps) -> [T, C, h, w] on the CPU."""
+    out = {}
+    for key in MAP_KEYS:
+        if key not in features:
+            raise VizInputError(f"features lack {key!r}: pass the dict returned by BigGait.forward_features")
+        value = features[key]
+        if value.dim() != 5:
+            raise VizInputError(f"features[{key!r}] must be [n, s, C, h, w], got shape {tuple(value.shape)}")
+        out[key] = value[index, :length].detach().float().cpu()
+    return out
+
+
+def frame_indices(num_frames: int, max_frames: int) -> list[int]:
+    """`max_frames` evenly spaced frame indices (all frames when there are fewer)."""
+    if num_frames <= max_frames:
+        return list(range(num_frames))
+    return np.linspace(0, num_frames - 1, max_frames).round().astype(int).tolist()
+
+
+def _check_sequence(seq: PanelSequence) -> None:
+    missing = [k for k in MAP_KEYS if k not in seq.features]
+    if missing:
+        raise VizInputError(
+            f"{seq.label}: features lack {missing}; use select_sequence(forward_features(...), i)"
+        )
+    t = seq.features["foreground"].shape[0]
+    for key in MAP_KEYS:
+        if seq.features[key].dim() != 4 or seq.features[key].shape[0] != t:
+            raise VizInputError(
+                f"{seq.label}: features[{key!r}] must be [T={t}, C, h, w], got {tuple(seq.features[key].shape)}"
+            )
+    if seq.frames.shape[0] != t:
+        raise VizInputError(f"{seq.label}: {seq.frames.shape[0]} frames but feature maps for {t} frames")
+
+
+def _foreground_overlay(fg: np.ndarray, gt: np.ndarray | None) -> np.ndarray:
+    # white = both, red = predicted only, cyan = ground truth only; grey when there is no ground truth.
+    fg = fg.astype(bool)
+    if gt is None:
+        return np.repeat(fg[..., None].astype(np.float32) * 0.9, 3, axis=-1)
+    gt = gt.astype(bool)
+    rgb = np.zeros((*fg.shape, 3), dtype=np.float32)
+    rgb[fg & gt] = (1.0, 1.0, 1.0)
+    rgb[fg & ~gt] = (0.9, 0.15, 0.15)
+    rgb[~fg & gt] = (0.1, 0.8, 0.9)
+    return rgb
+
+
+def _sequence_rows(
+    seq: PanelSequence, bases: Mapping[str, object] | None
+) -> tuple[dict[str, np.ndarray], float | None]:
+    f = seq.features
+    fg = f["foreground"]
+    rows: dict[str, np.ndarray] = {"input": denormalize_frames(seq.frames)}
+    for key in ("f_last", "f_mid4"):
+        rows[key] = pca_rgb(f[key], fg, basis=None if bases is None else bases[key])
+    rows["mask"] = f["foreground_prob"][:, 0].numpy()
+    gt, iou = None, None
+    if seq.silhouettes is not None:
+        gt = silhouettes_to_map(seq.silhouettes, tuple(fg.shape[-2:]), ratios=seq.ratios)[:, 0].numpy()
+        iou = foreground_iou(fg, seq.silhouettes, ratios=seq.ratios)
+    rows["foreground"] = _foreground_overlay(fg[:, 0].numpy() > 0.5, gt)
+    rows["parts"] = part_colors(f["denoising"], fg)
+    rows["denoising"] = pca_rgb(f["denoising"], fg, basis=None if bases is None else bases["denoising"])
+    rows["appearance"] = pca_rgb(f["appearance"], fg, basis=None if bases is None else bases["appearance"])
+    return rows, iou
+
+
+def _show(ax, image: np.ndarray) -> None:
+    if image.ndim == 2:
+        ax.imshow(image, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        ax.imshow(image, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def sequence_panel(
+    frames: torch.Tensor | np.ndarray,
+    features: Mapping[str, torch.Tensor],
+    silhouettes: torch.Tensor | np.ndarray | None = None,
+    *,
+    ratios: torch.Tensor | np.ndarray | None = None,
+    max_frames: int = 8,
+    title: str | None = None,
+) -> Figure:
+    """One sequence, one column per frame: input, f_last / f_mid4 PCA, mask probability, foreground (with the
+    ground truth and its IoU when `silhouettes` are given), denoising parts and PCA, appearance PCA.
+
+    `frames` [T, 3, H, W] (ImageNet-normalised or uint8); `features` per-frame maps [T, C, h, w] (see
+    `select_sequence`). PCA colours are fitted jointly over all T frames, then `max_frames` are shown.
+    """
+    seq = PanelSequence(title or "sequence", frames, features, silhouettes, ratios)
+    _check_sequence(seq)
+    rows, iou = _sequence_rows(seq, None)
+    cols = frame_indices(seq.frames.shape[0], max_frames)
+    fig = Figure(figsize=(1.0 + 1.05 * len(cols), 1.9 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), len(cols), squeeze=False)
+    for r, (name, images) in enumerate(rows.items()):
+        for c, t in enumerate(cols):
+            _show(axes[r, c], images[t])
+            if r == 0:
+                axes[r, c].set_title(f"t={t}", fontsize=8)
+        axes[r, 0].set_ylabel(SEQUENCE_ROWS[name], fontsize=8)
+    heading = title or "BigGait feature maps"
+    if iou is not None:
+        heading += f"\nforeground IoU vs ground truth {100 * iou:.1f}%  (white: both, red: model only, cyan: GT only)"
+    fig.suptitle(heading, fontsize=9)
+    return fig
+
+
+def _shared_bases(seqs: Sequence[PanelSequence]) -> dict[str, object]:
+    # One PCA basis per map over all sequences, so equal colours mean equal features across people / outfits.
+    bases = {}
+    for key in ("f_last", "f_mid4", "denoising", "appearance"):
+        maps = torch.cat([torch.as_tensor(s.features[key]).float() for s in seqs])
+        mask = torch.cat([torch.as_tensor(s.features["foreground"]).float() for s in seqs])
+        bases[key] = fit_pca(maps, mask)
+    return bases
+
+
+def comparison_panel(
+    sequences: Sequence[PanelSequence],
+    *,
+    frames_per_sequence: int = 2,
+    rows: Sequence[str] = ("input", "foreground", "parts", "denoising", "appearance", "f_mid4"),
+    title: str | None = None,
+) -> Figure:
+    """Sequences side by side (e.g. one person in two outfits, then another person) with PCA colours shared
+    across all of them, so a reader sees which maps stay with the person and which change with the clothes.
+    """
+    if len(sequences) < 2:
+        raise VizInputError(f"comparison_panel needs at least 2 sequences, got {len(sequences)}")
+    unknown = [r for r in rows if r not in SEQUENCE_ROWS]
+    if unknown:
+        raise VizInputError(f"unknown rows {unknown}; choose from {list(SEQUENCE_ROWS)}")
+    for seq in sequences:
+        _check_sequence(seq)
+    bases = _shared_bases(sequences)
+    built = [_sequence_rows(seq, bases) for seq in sequences]
+    picks = [frame_indices(seq.frames.shape[0], frames_per_sequence) for seq in sequences]
+    n_cols = sum(len(p) for p in picks)
+    fig = Figure(figsize=(1.0 + 1.05 * n_cols, 1.9 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), n_cols, squeeze=False)
+    col = 0
+    for seq, (images, iou), pick in zip(sequences, built, picks):
+        for j, t in enumerate(pick):
+            for r, name in enumerate(rows):
+                _show(axes[r, col], images[name][t])
+            label = seq.label if iou is None else f"{seq.label}\nIoU {100 * iou:.0f}%"
+            axes[0, col].set_title(label if j == 0 else f"t={t}", fontsize=8)
+            col += 1
+    for r, name in enumerate(rows):
+        axes[r, 0].set_ylabel(SEQUENCE_ROWS[name], fontsize=8)
+    fig.suptitle(title or "Same person, two outfits vs a different person (shared PCA colours)", fontsize=9)
+    return fig
+
+
+def comparison_indices(subjects: Sequence[str], types: Sequence[str]) -> list[int]:
+    """Pick [person A outfit 1, person A outfit 2, person B] from a batch's labels, as far as it allows.
+
+    Falls back to the first (up to) three sequences when no subject appears with two different types.
+    """
+    first_of: dict[str, int] = {}
+    for i, (subject, seq_type) in enumerate(zip(subjects, types)):
+        j = first_of.setdefault(subject, i)
+        if j != i and types[j] != seq_type:
+            other = next((k for k, s in enumerate(subjects) if s != subject), None)
+            return [j, i] + ([] if other is None else [other])
+    return list(range(min(3, len(subjects))))

@@ -1,0 +1,99 @@
+"""biggait.viz.io: reading whole sequences back from shards, batching them, atomic PNG writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from biggait.data import SequenceRecord, write_shards
+from biggait.viz import (
+    VizInputError,
+    comparison_indices,
+    load_checkpoint_model,
+    read_sequences,
+    records_to_batch,
+    save_png,
+)
+
+
+def _record(spec: tuple[str, str, int]) -> SequenceRecord:
+    subject, seq_type, t = spec
+    rng = np.random.default_rng(abs(hash(spec)) % 2**32)
+    sil = np.zeros((t, 32, 16), np.uint8)
+    sil[:, 4:28, 4:12] = 255
+    return SequenceRecord(
+        subject=subject,
+        seq_type=seq_type,
+        view="0_0",
+        frames=rng.integers(0, 255, (t, 32, 16, 3), dtype=np.uint8),
+        ratios=np.full(t, 0.5, np.float32),
+        silhouettes=sil,
+    )
+
+
+SPECS = [("001", "U0_D0", 6), ("001", "U3_D3", 4), ("002", "U0_D0", 5), ("003", "U1_D1", 3)]
+
+
+def test_read_sequences_round_trip_filter_and_limits(tmp_path):
+    write_shards(SPECS, _record, tmp_path, dataset="toy", split="test", shard_size=2, progress=False)
+    records = read_sequences(tmp_path)
+    assert [(r.subject, r.seq_type, r.n_frames) for r in records] == SPECS
+    expected = _record(SPECS[1])
+    np.testing.assert_array_equal(records[1].frames, expected.frames)
+    np.testing.assert_array_equal(records[1].silhouettes, expected.silhouettes)
+    some = read_sequences(tmp_path, where=lambda s, t, v: s != "001", limit=1, max_frames=2)
+    assert [(r.subject, r.n_frames) for r in some] == [("002", 2)]
+
+
+def test_records_to_batch_pads_normalises_and_keeps_silhouettes(tmp_path):
+    records = [_record(s) for s in SPECS]
+    batch = records_to_batch(records)
+    assert batch["frames"].shape == (4, 6, 3, 32, 16) and batch["frames"].dtype == torch.float32
+    assert batch["lengths"].tolist() == [6, 4, 5, 3]
+    assert batch["frames"][1, 4:].abs().sum() == 0 and batch["ratios"][1, 4:].sum() == 0
+    assert batch["silhouettes"].shape == (4, 6, 32, 16)
+    assert comparison_indices(batch["subjects"], batch["types"]) == [0, 1, 2]
+    with pytest.raises(VizInputError, match="no sequences"):
+        records_to_batch([])
+
+
+def test_save_png_is_atomic_and_leaves_no_temp_files(tmp_path):
+    fig = Figure(figsize=(1, 1))
+    fig.subplots().plot([0, 1])
+    path = save_png(fig, tmp_path / "a" / "b.png")
+    assert path.read_bytes().startswith(b"\x89PNG")
+    assert [p.name for p in path.parent.iterdir()] == ["b.png"]
+
+
+def test_load_checkpoint_model_restores_weights_and_the_frozen_mask_branch(tmp_path):
+    from biggait.models import BigGait
+
+    kwargs = {"backbone": "tiny", "num_classes": 5, "image_size": (224, 112), "map_size": (32, 16)}
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning):  # random backbone: the model says so
+        model = BigGait(**kwargs)
+    model.freeze_mask_branch()
+    ckpt = {
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}
+        | {"val_metric.x": torch.zeros(1)},
+        "hyper_parameters": {"model": kwargs, "protocol": "ccpg"},
+        "biggait": {"mask_branch_frozen": True},
+    }
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    torch.manual_seed(1)  # a different init, so equal outputs prove the weights were loaded
+    with pytest.warns(UserWarning):
+        loaded = load_checkpoint_model(tmp_path / "last.ckpt")
+    assert not loaded.training and loaded.mask_branch_frozen
+    frames, ratios = torch.randn(1, 2, 3, 64, 32), torch.full((1, 2), 0.5)
+    with torch.no_grad():
+        a = model.eval().forward_features(frames, ratios)
+        b = loaded.forward_features(frames, ratios)
+    for key in ("f_last", "foreground", "denoising", "appearance"):
+        torch.testing.assert_close(a[key], b[key])
+    torch.save({"state_dict": ckpt["state_dict"]}, tmp_path / "bare.ckpt")
+    with pytest.raises(VizInputError, match="hyper_parameters"):
+        load_checkpoint_model(tmp_path / "bare.ckpt")
+    with pytest.raises(FileNotFoundError, match="make train"):
+        load_checkpoint_model(tmp_path / "missing.ckpt")
