@@ -110,6 +110,7 @@ class BigGaitModule(LightningModule):
         # The result of the last evaluation (matrices for heatmaps), read by the EvaluationReport callback.
         self.last_evaluation: dict[str, EvaluationResult] = {}
         self._black_da_generator: torch.Generator | None = None
+        self.checkpoint_step = 0
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -212,6 +213,8 @@ class BigGaitModule(LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # eval-only runs report the step the weights were trained for, not the fresh trainer's 0
+        self.checkpoint_step = int(checkpoint.get("global_step", 0))
         state = checkpoint.get("biggait", {})
         if state.get("mask_branch_frozen") and not self.model.mask_branch_frozen:
             # Restored before configure_optimizers runs, so the frozen branch stays out of the optimizer.

@@ -24,7 +24,7 @@ class EvaluationReport(Callback):
             return
         result = pl_module.last_evaluation[stage]
         protocol = pl_module.hparams.protocol
-        step = trainer.global_step
+        step = trainer.global_step or getattr(pl_module, "checkpoint_step", 0)
         out_dir = self.output_dir / f"{stage}-step{step:06d}"
         metrics = dict(result.metrics)
         extra_keys = [k for k in trainer.callback_metrics if k.startswith(f"{stage}/foreground_iou")]
