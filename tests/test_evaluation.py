@@ -229,3 +229,13 @@ def test_report_outputs(tmp_path) -> None:
     save_figure(rank1_heatmap(matrix, views_, views_, title="CL"), tmp_path / "cl.png")
     assert (tmp_path / "cl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("**/*.tmp"))
+
+
+def test_results_do_not_depend_on_input_order_even_with_ties() -> None:
+    emb, subj, types, views = _random_set(CCPG_TYPES, ["1_a", "2_b", "3_c"], n_ids=5, seed=7)
+    emb = np.round(emb, 0)  # coarse values: many exactly equal distances
+    emb[::3] = emb[0]  # and identical embeddings across identities
+    want = evaluate("ccpg", emb, subj, types, views)
+    perm = np.random.default_rng(0).permutation(len(subj))
+    got = evaluate("ccpg", emb[perm], [subj[i] for i in perm], [types[i] for i in perm], [views[i] for i in perm])
+    assert got == want

@@ -179,7 +179,11 @@ class BigGaitModule(LightningModule):
             lengths = batch.get("lengths")
             for i in range(out["embeddings"].shape[0]):
                 t = int(lengths[i]) if lengths is not None else features["foreground"].shape[1]
-                iou.update(foreground_iou(features["foreground"][i, :t], batch["silhouettes"][i, :t]))
+                iou.update(
+                    foreground_iou(
+                        features["foreground"][i, :t], batch["silhouettes"][i, :t], ratios=batch["ratios"][i, :t]
+                    )
+                )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metric, self.val_foreground_iou)

@@ -202,9 +202,13 @@ def evaluate_detailed(
         )
     if not torch.isfinite(feats).all():
         raise ProtocolError("embeddings contain NaN or inf: the model diverged or the input is corrupt")
-    subj = np.asarray([str(x) for x in labels])
-    seq_types = np.asarray([str(x) for x in types])
-    view_arr = np.asarray([str(v).split("_")[0] if spec.view_prefix else str(v) for v in views])
+    # A canonical order (subject, type, view): ties between equal distances then break the same way
+    # whatever order the sequences arrived in (data-loader workers, ranks), so results are reproducible.
+    order = sorted(range(n), key=lambda i: (str(labels[i]), str(types[i]), str(views[i])))
+    feats = feats[torch.as_tensor(order, dtype=torch.long)] if n else feats
+    subj = np.asarray([str(labels[i]) for i in order])
+    seq_types = np.asarray([str(types[i]) for i in order])
+    view_arr = np.asarray([str(views[i]).split("_")[0] if spec.view_prefix else str(views[i]) for i in order])
 
     result = EvaluationResult(metrics={})
     for condition, (probe_types, gallery_types) in spec.conditions.items():
