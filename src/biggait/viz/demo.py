@@ -74,14 +74,13 @@ def rank1_heatmaps(
     *,
     split: str = "test",
     protocol: str = "ccpg",
-    max_sequences: int = 64,
+    max_sequences: int | None = None,
     max_frames: int = 8,
     batch_size: int = 8,
-    checkpoint: str | None = None,
+    label: str = "",
 ) -> list[Figure]:
-    """Evaluate `model` on the first `max_sequences` sequences of a split and draw one heatmap per condition.
-
-    A quick look, not the reported numbers (those come from `make eval` over the whole split).
+    """Evaluate `model` on (the first `max_sequences` sequences of) a split, on the first `max_frames` frames of
+    each, and draw one rank-1 heatmap per condition. A quick look: `make eval` gives the reported numbers.
     """
     from biggait.evaluation.metric import GaitRetrievalMetric
     from biggait.evaluation.report import rank1_heatmap
@@ -94,11 +93,8 @@ def rank1_heatmaps(
         features = model.forward_features(batch["frames"], batch["ratios"])
         out = model.forward_head(features, lengths=batch["lengths"])
         metric.update(out["embeddings"].float(), batch["subjects"], batch["types"], batch["views"])
-    result = metric.compute_detailed()
-    source = Path(checkpoint).name if checkpoint else "tiny random model"
+    result = metric.compute()
     return [
-        rank1_heatmap(
-            matrix, probe_views, gallery_views, title=f"{condition} rank-1 (%), {source}, {len(records)} seqs"
-        )
+        rank1_heatmap(matrix, probe_views, gallery_views, title=f"{condition} rank-1 (%) {label}".strip())
         for condition, (probe_views, gallery_views, matrix) in result.matrices.items()
     ]
