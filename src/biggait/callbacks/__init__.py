@@ -1,5 +1,8 @@
-"""Lightning callbacks of the training loop."""
+"""Lightning callbacks of the training loop: each owns one concern."""
 
 from .feature_maps import FeatureMapLogger
+from .mask_schedule import MaskBranchSchedule
+from .report import EvaluationReport
+from .throughput import TrainThroughput
 
-__all__ = ["FeatureMapLogger"]
+__all__ = ["EvaluationReport", "FeatureMapLogger", "MaskBranchSchedule", "TrainThroughput"]

@@ -123,6 +123,8 @@ class GaitDataModule(L.LightningDataModule):
             rank=self.rank,
             world_size=self.world_size,
             seed=hp.seed,
+            # restored before the loaders are built, so a resumed run continues with the right epoch's stream
+            start_epoch=int(getattr(getattr(self, "trainer", None), "current_epoch", 0)),
         )
 
     def eval_dataset(self) -> EvalStream:

@@ -226,7 +226,8 @@ class TrainStream(_ShardStream):
     Each consumer (rank x worker) reads its shards in a fresh seeded order every pass, keeps only the sampled
     frames (still encoded) in a buffer grouped by identity, and emits a batch of P identities x K sequences
     (identities with >= K buffered sequences first; K drawn with replacement from an identity with fewer).
-    The stream persists across epochs inside its worker, so each epoch continues it rather than replaying it.
+    Every epoch starts a fresh stream seeded by (seed, rank, worker, epoch): epochs never replay each other,
+    and a run resumed at an epoch boundary (`start_epoch`) sees exactly the batches of an uninterrupted run.
     """
 
     def __init__(
@@ -243,8 +244,10 @@ class TrainStream(_ShardStream):
         rank: int = 0,
         world_size: int = 1,
         seed: int = 0,
+        start_epoch: int = 0,
     ) -> None:
         super().__init__(shards, rank=rank, world_size=world_size, seed=seed)
+        self._next_epoch = start_epoch
         for name, value in (
             ("frames_per_sequence", frames_per_sequence),
             ("ids_per_batch", ids_per_batch),
@@ -268,14 +271,15 @@ class TrainStream(_ShardStream):
         # Workers share the rank's epoch: worker w yields its round-robin share, so the DataLoader sees exactly
         # steps_per_epoch batches on every rank and DDP never waits on a rank that ran dry.
         n_batches = self.steps_per_epoch // num_workers + (worker < self.steps_per_epoch % num_workers)
-        ident = (self.rank, self.world_size, worker, num_workers)
-        if getattr(self, "_stream", (None,))[0] != ident:
-            self._stream = (ident, self._batches(worker, num_workers))
+        # Each worker holds its own copy (persistent workers keep it), so the counter advances per epoch.
+        epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
+        stream = self._batches(worker, num_workers, epoch)
         for _ in range(n_batches):
-            yield next(self._stream[1])
+            yield next(stream)
 
-    def _seed_sequence(self, worker: int, num_workers: int) -> np.random.SeedSequence:
-        return np.random.SeedSequence([self.seed, self.rank, self.world_size, worker, num_workers])
+    def _seed_sequence(self, worker: int, num_workers: int, epoch: int = 0) -> np.random.SeedSequence:
+        entropy = [self.seed, self.rank, self.world_size, worker, num_workers]
+        return np.random.SeedSequence(entropy + [epoch] if epoch else entropy)
 
     def _samples(self, worker: int, num_workers: int, rng: np.random.Generator) -> Iterator[RawSample]:
         mine, keep, consumer = consumer_split(
@@ -306,8 +310,8 @@ class TrainStream(_ShardStream):
                     f"ids_per_batch={self.P}; lower ids_per_batch or write more shards (smaller --shard-size)"
                 )
 
-    def _batches(self, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
-        seq = self._seed_sequence(worker, num_workers)
+    def _batches(self, worker: int, num_workers: int, epoch: int = 0) -> Iterator[dict[str, Any]]:
+        seq = self._seed_sequence(worker, num_workers, epoch)
         rng = np.random.default_rng(seq)
         flip = A.Compose([A.HorizontalFlip(p=self.flip_prob)], seed=int(seq.generate_state(1)[0]))
         samples = self._samples(worker, num_workers, rng)
