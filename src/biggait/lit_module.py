@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from lightning import LightningModule
-from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from torchmetrics import MeanMetric
 
 from biggait.evaluation import EvaluationResult
@@ -31,6 +32,29 @@ def gather_for_triplet(
         return embeddings, labels
     gathered = _ContiguousGrad.apply(module.all_gather(embeddings, sync_grads=True))
     return gathered.flatten(0, 1), module.all_gather(labels).flatten(0, 1)
+
+
+def _rng_states() -> dict[str, Any]:
+    """Global RNG states (dropout of the mask branch uses torch's), kept loadable with weights_only=True."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class _ContiguousGrad(torch.autograd.Function):
@@ -123,6 +147,7 @@ class BigGaitModule(LightningModule):
         log = {"train/loss": loss, "train/triplet": triplet, "train/ce": ce, "train/accuracy": accuracy}
         log.update({f"train/{k}": v for k, v in gre_losses.items()})
         log["train/triplet_nonzero"] = parts["num_nonzero"].mean()
+        log["train/lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
         log["train/foreground_fraction"] = features["foreground"].float().mean()
         self.log_dict(log, batch_size=n, prog_bar=False)
         self.log("loss", loss, batch_size=n, prog_bar=True, logger=False)
@@ -183,7 +208,7 @@ class BigGaitModule(LightningModule):
         checkpoint["biggait"] = {
             "mask_branch_frozen": self.model.mask_branch_frozen,
             "black_da_generator": self._generator().get_state(),
-            "rng_states": _collect_rng_states(include_cuda=torch.cuda.is_available()),
+            "rng_states": _rng_states(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

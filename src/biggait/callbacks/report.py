@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from biggait.evaluation.report import rank1_heatmap, results_markdown, save_figure, write_results_json
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
+
+from biggait.evaluation.report import rank1_heatmap, results_markdown, save_figure, write_results_json
 
 __all__ = ["EvaluationReport"]
 

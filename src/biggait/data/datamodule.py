@@ -123,8 +123,10 @@ class GaitDataModule(L.LightningDataModule):
             rank=self.rank,
             world_size=self.world_size,
             seed=hp.seed,
-            # restored before the loaders are built, so a resumed run continues with the right epoch's stream
-            start_epoch=int(getattr(getattr(self, "trainer", None), "current_epoch", 0)),
+            # The step is restored before the loaders are built: a run resumed at an epoch boundary continues
+            # with the stream of the epoch it stopped at (a checkpoint at the last batch of epoch e still
+            # says current_epoch=e, so the epoch is derived from the step, not read).
+            start_epoch=int(getattr(getattr(self, "trainer", None), "global_step", 0)) // hp.steps_per_epoch,
         )
 
     def eval_dataset(self) -> EvalStream:

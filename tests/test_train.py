@@ -1,0 +1,217 @@
+"""The real training entry point (Hydra config -> Trainer.fit/test) on a tiny model and shard set."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from biggait.eval import evaluate_checkpoint
+from biggait.train import train
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+# A CPU-sized model and loop: tiny ViT at 112x56 (8x4 tokens), 32x16 maps, narrow GaitBase.
+TINY = [
+    "model.model.image_size=[112,56]",
+    "model.model.map_size=[32,16]",
+    "model.model.channels=[8,16,32,64]",
+    "model.model.embed_dim=16",
+    "model.model.fusion_squeeze=4",
+    "data.frames_per_sequence=4",
+    "data.ids_per_batch=3",
+    "data.seqs_per_id=2",
+    "data.eval_batch_size=4",
+    "data.num_workers=0",
+    "data.shuffle_buffer=16",
+    "data_prep=none",
+    "callbacks.feature_maps.every_n_steps=2",
+    "callbacks.mask_branch_schedule.freeze_at_step=2",
+    "callbacks.progress_bar.refresh_rate=0",
+    "trainer.log_every_n_steps=1",
+    "callbacks.throughput.window=1",
+]
+
+
+def compose_train(tmp_path: Path, root: Path, *overrides: str, config_name: str = "train"):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose(config_name=config_name, overrides=[*TINY, *overrides], return_hydra_config=False)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+        cfg.data.root = str(root)
+    return cfg
+
+
+def steps(n: int, per_epoch: int) -> list[str]:
+    return [
+        f"trainer.max_steps={n}",
+        f"data.steps_per_epoch={per_epoch}",
+        f"trainer.val_check_interval={n}",
+        f"callbacks.model_checkpoint.every_n_train_steps={per_epoch}",
+    ]
+
+
+def test_train_then_eval_reproduces_the_numbers(tiny_shards: Path, tmp_path: Path) -> None:
+    cfg = compose_train(tmp_path / "run", tiny_shards, *steps(4, 2), "logger=csv")
+    metrics = train(cfg)
+    for key in ("test/CL", "test/UP", "test/DN", "test/BG", "test/reid/CL/mAP", "test/foreground_iou"):
+        assert key in metrics, key
+    out = tmp_path / "run"
+    results = sorted((out / "evaluation").glob("test-step*/results.json"))
+    assert results, "no results.json written"
+    data = json.loads(results[-1].read_text())
+    assert data["metrics"]["CL"] == pytest.approx(metrics["test/CL"])
+    assert sorted(p.name for p in results[-1].parent.glob("rank1_*.png")) == [
+        "rank1_BG.png",
+        "rank1_CL.png",
+        "rank1_DN.png",
+        "rank1_UP.png",
+    ]
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert list((out / "feature_maps").rglob("*.png")), "no feature-map panels in the run directory"
+    # the CSV logger got the loss terms and the learning rate
+    csv = next((out / "csv").rglob("metrics.csv")).read_text().splitlines()[0]
+    for key in ("train/triplet", "train/ce", "train/shape_mse", "train/part_diversity", "train/lr"):
+        assert key in csv, key
+
+    # evaluation only, from the checkpoint: the same numbers
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        ecfg = compose(
+            config_name="eval",
+            overrides=[
+                "data.eval_batch_size=4",
+                "data.num_workers=0",
+                f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
+            ],
+        )
+    with open_dict(ecfg):
+        ecfg.paths.output_dir = str(tmp_path / "eval")
+        ecfg.data.root = str(tiny_shards)
+    again = evaluate_checkpoint(ecfg)
+    for key in ("test/CL", "test/UP", "test/DN", "test/BG"):
+        assert again[key] == pytest.approx(metrics[key], abs=1e-6), key
+
+
+def test_resume_is_exact(tiny_shards: Path, tmp_path: Path) -> None:
+    """Train 4 steps straight vs 2 steps + resume for 2: the same weights (mask freeze at step 2 included)."""
+    common = ["logger=none", "test_after_fit=false", "callbacks.feature_maps.every_n_steps=0"]
+    straight = compose_train(tmp_path / "a", tiny_shards, *steps(4, 2), *common)
+    train(straight)
+    half = compose_train(tmp_path / "b", tiny_shards, *steps(2, 2), *common)
+    train(half)
+    resumed = compose_train(
+        tmp_path / "b2",
+        tiny_shards,
+        *steps(4, 2),
+        *common,
+        f"ckpt_path={tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}",
+    )
+    train(resumed)
+    a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(tmp_path / "b2" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 4
+    assert a["biggait"]["mask_branch_frozen"] and b["biggait"]["mask_branch_frozen"]
+    initial = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    moved = 0
+    for name, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+        moved += not torch.equal(value, initial[name])
+    assert moved > 10, "the last two steps changed nothing: the comparison would be vacuous"
+    assert len(a["optimizer_states"][0]["param_groups"][0]["params"]) == len(
+        b["optimizer_states"][0]["param_groups"][0]["params"]
+    )
+
+
+def test_wandb_offline_run_directory(tiny_shards: Path, tmp_path: Path, monkeypatch) -> None:
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_train(tmp_path, tiny_shards, *steps(2, 2), "logger=wandb", "test_after_fit=false")
+    try:
+        train(cfg)
+    finally:
+        wandb.finish()
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    # The offline run log (protobuf records, synced later with `wandb sync`) holds the resolved config,
+    # the loss terms, the evaluation results, and the images (feature maps and rank-1 heatmaps).
+    log = next(runs[0].glob("*.wandb")).read_bytes()
+    for key in (
+        b"ids_per_batch",
+        b"frames_per_sequence",
+        b"train/triplet",
+        b"train/part_diversity",
+        b"train/lr",
+        b"perf/frames_per_s",
+        b"val/CL",
+        b"val/reid/CL/mAP",
+    ):
+        assert key in log, key
+    images = {
+        p.parent.name + "/" + p.name.split("_")[0] for p in (runs[0] / "files" / "media").rglob("*.png")
+    }
+    assert "images/feature" in images and "val/rank1" in images, images
+
+
+def test_missing_dataset_is_one_clear_error(tmp_path: Path) -> None:
+    cfg = compose_train(tmp_path, tmp_path / "nowhere", *steps(2, 2), "logger=none")
+    from biggait.errors import DatasetNotFoundError
+
+    with pytest.raises(DatasetNotFoundError, match="make data DATASET="):
+        train(cfg)
+
+
+@pytest.mark.slow
+def test_cli_ddp_two_processes_matches_single_process_evaluation(tiny_shards: Path, tmp_path: Path) -> None:
+    """`python -m biggait.train trainer=ddp_cpu` (2 gloo processes) trains and tests; evaluating its checkpoint
+    with 2 processes gives the single-process numbers."""
+    base = [
+        sys.executable,
+        "-m",
+        "biggait.train",
+        *TINY,
+        *steps(2, 2),
+        "logger=none",
+        f"data.root={tiny_shards}",
+        "callbacks.feature_maps.every_n_steps=0",
+    ]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [*base, "trainer=ddp_cpu", f"hydra.run.dir={tmp_path / 'ddp'}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    ckpt = tmp_path / "ddp" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    numbers = {}
+    for name, trainer in (("single", "trainer=cpu"), ("ddp", "trainer=ddp_cpu")):
+        ev = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "biggait.eval",
+                trainer,
+                f"ckpt_path={ckpt}",
+                f"data.root={tiny_shards}",
+                "data.num_workers=0",
+                "data.eval_batch_size=3",
+                f"hydra.run.dir={tmp_path / name}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
+        assert ev.returncode == 0, ev.stderr[-3000:]
+        result = next((tmp_path / name / "evaluation").glob("test-step*/results.json"))
+        numbers[name] = json.loads(result.read_text())["metrics"]
+    assert numbers["ddp"] == pytest.approx(numbers["single"], abs=1e-6)
