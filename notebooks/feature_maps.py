@@ -22,8 +22,9 @@
 # cannot hide. This notebook shows those maps for a few sequences so you can check each claim yourself.
 #
 # Set the parameters below. With `CHECKPOINT = None` nothing is trained: the notebook falls back to the
-# **tiny random model** (so it always runs, in about a minute on a CPU), and generates a small synthetic
-# set when `SHARDS` does not exist. Random weights show *what the panels look like*, not what BigGait
+# **tiny random model** (so it always runs, in well under a minute on a CPU), and generates a tiny set of
+# stick-figure walkers with ground-truth silhouettes when `SHARDS` does not exist (`make data` builds the
+# real synthetic set). Random weights show *what the panels look like*, not what BigGait
 # learns; pass the `.ckpt` that `make train` writes (`outputs/.../checkpoints/last.ckpt`) for real maps.
 
 # %% tags=["parameters"]
