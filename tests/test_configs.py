@@ -34,7 +34,8 @@ def test_train_experiment_instantiates(experiment: str, tmp_path: Path) -> None:
             assert cfg.model.model.backbone == "vits14"
             assert list(cfg.model.model.image_size) == [448, 224]
             assert cfg.trainer.max_steps == 40000 and cfg.trainer.precision == "16-mixed"
-            assert (cfg.data.ids_per_batch, cfg.data.seqs_per_id, cfg.data.frames_per_sequence) == (8, 8, 30)
+            per_gpu = cfg.data.ids_per_batch * cfg.data.seqs_per_id
+            assert (per_gpu, cfg.data.frames_per_sequence) == (8, 30)  # x 8 GPUs = the official 64 sequences
             assert cfg.trainer.sync_batchnorm is True
             cfg.model.model.backbone = "tiny"
     module = hydra.utils.instantiate(cfg.model, _convert_="all")

@@ -222,3 +222,15 @@ def test_config_records_constructor_kwargs() -> None:
         warnings.simplefilter("ignore")
         clone = BigGait(**model.config)
     clone.load_state_dict(model.state_dict(), strict=True)
+
+
+def test_upsample_in_chunks_equals_one_call() -> None:
+    import torch.nn.functional as F
+
+    from biggait.models.biggait import _upsample
+
+    x = torch.randn(5, 3, 4, 2)
+    whole = F.interpolate(x, size=(8, 4), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(_upsample(x, (8, 4)), whole)
+    # 2 frames per chunk (the real limit is CUDA's 2**31 elements per output tensor)
+    torch.testing.assert_close(_upsample(x, (8, 4), max_elements=2 * 3 * 8 * 4), whole)

@@ -45,6 +45,14 @@ def _official_init(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def _upsample(x: torch.Tensor, size: tuple[int, int], *, max_elements: int = 2**31 - 1) -> torch.Tensor:
+    """Bilinear resize of [N, C, h, w] maps (spec §2), in frame chunks below CUDA's INT_MAX-element limit."""
+    per_frame = x.shape[1] * size[0] * size[1]
+    chunk = max(1, max_elements // per_frame)
+    parts = [F.interpolate(c, size=size, mode="bilinear", align_corners=False) for c in x.split(chunk)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 class BigGait(nn.Module):
     """BigGait (CVPR 2024) gait model; paper values are the defaults."""
 
@@ -200,8 +208,8 @@ class BigGait(nn.Module):
         with torch.set_grad_enabled(self.backbone_trainable and torch.is_grad_enabled()):
             images = prepare_images(x, r, image_size=self.image_size, crop=self.padding_resize_crop)
             f_last, f_mid4 = self.backbone(images)
-            last_map = F.interpolate(f_last, size=self.map_size, mode="bilinear", align_corners=False)
-            mid4_map = F.interpolate(f_mid4, size=self.map_size, mode="bilinear", align_corners=False)
+            last_map = _upsample(f_last, self.map_size)
+            mid4_map = _upsample(f_mid4, self.map_size)
         valid = valid_region_mask(r, self.map_size).to(frames.device) > 0
         # mask branch on the valid pixels (spec §4)
         mask_out, shape_mse = self.mask_branch(gather_pixels(last_map, valid))
