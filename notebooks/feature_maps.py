@@ -22,14 +22,16 @@
 # cannot hide. This notebook shows those maps for a few sequences so you can check each claim yourself.
 #
 # Set the parameters below. With `CHECKPOINT = None` nothing is trained: the notebook falls back to the
-# **tiny random model** (so it always runs, in about a minute on a CPU), and generates a small synthetic
-# set when `SHARDS` does not exist. Random weights show *what the panels look like*, not what BigGait
+# **tiny random model** (so it always runs, in well under a minute on a CPU), and generates a tiny set of
+# stick-figure walkers with ground-truth silhouettes when `SHARDS` does not exist (`make data` builds the
+# real synthetic set). Random weights show *what the panels look like*, not what BigGait
 # learns; pass the `.ckpt` that `make train` writes (`outputs/.../checkpoints/last.ckpt`) for real maps.
 
 # %% tags=["parameters"]
 CHECKPOINT = None  # path to a training .ckpt, or None for the tiny random model
 SHARDS = "data/synthetic"  # shard root holding <SPLIT>/manifest.json (relative to the repository root)
 SPLIT = "test"
+PROTOCOL = "ccpg"  # evaluation protocol of the dataset (the synthetic set follows CCPG)
 MAX_FRAMES = 8  # frames read per sequence (and columns per panel)
 MAX_SEQUENCES = 24  # sequences read to find the comparison trio
 SEED = 0
@@ -38,6 +40,7 @@ SEED = 0
 import tempfile
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
 from IPython.display import Image, display
 
@@ -46,8 +49,9 @@ from biggait.viz.demo import comparison_sequences, make_demo_shards, rank1_heatm
 
 
 def show(fig):
-    """Display a matplotlib Figure as a PNG (no pyplot state, same bytes as the saved panels)."""
+    """Display a matplotlib Figure as a PNG (the same bytes as the saved panels), then release it."""
     display(Image(figure_png(fig)))
+    plt.close(fig)  # figures made through pyplot would otherwise be shown a second time
 
 
 def repo_root() -> Path:
@@ -111,10 +115,23 @@ show(comparison_panel(seqs, frames_per_sequence=2))
 # %% [markdown]
 # ## Rank-1 per view pair
 #
-# The evaluation writes one heatmap per condition (probe view x gallery view, rank-1 %). With a checkpoint
-# the heatmaps of its run are shown; without one, the random model is evaluated on the sequences read
-# above, which shows the format (its accuracy is chance level).
+# The evaluation draws one heatmap per condition (probe view x gallery view, rank-1 %, the excluded
+# same-view diagonal framed). With a checkpoint the notebook shows the heatmaps its training run wrote
+# (`<run>/evaluation/`); otherwise it evaluates the model on the split here, on the first `MAX_FRAMES` frames
+# of each sequence (for the random model that is chance level: the point is the format).
 
 # %% tags=["figure"]
-for fig in rank1_heatmaps(model, shards, split=SPLIT, checkpoint=CHECKPOINT, max_frames=MAX_FRAMES):
-    show(fig)
+run_heatmaps = (
+    sorted(Path(CHECKPOINT).resolve().parents[1].glob("evaluation/*/rank1_*.png")) if CHECKPOINT else []
+)
+if run_heatmaps:
+    latest = max({p.parent for p in run_heatmaps}, key=lambda d: d.stat().st_mtime)
+    print(f"heatmaps of {latest}")
+    for path in sorted(latest.glob("rank1_*.png")):
+        display(Image(filename=str(path)))
+else:
+    label = Path(CHECKPOINT).name if CHECKPOINT else "tiny random model"
+    for fig in rank1_heatmaps(
+        model, shards, split=SPLIT, protocol=PROTOCOL, max_frames=MAX_FRAMES, label=label
+    ):
+        show(fig)

@@ -196,3 +196,17 @@ def test_real_tiny_biggait_keeps_its_frozen_mask_branch_in_eval(tmp_path):
     trainer.fit(module, _loader(_batches(3, eval_mode=False)), _loader(_batches(1, eval_mode=True)))
     assert (tmp_path / "feature_maps" / "step_000002" / "comparison.png").is_file()
     assert len(module.modes_seen) == 3 and all(m == (True, False) for m in module.modes_seen)
+
+
+def test_without_sanity_check_a_training_batch_is_used_until_validation_brings_ground_truth(tmp_path):
+    module, callback = _Module(), FeatureMapLogger(every_n_steps=2, max_frames=2)
+    trainer = Trainer(
+        max_steps=4, val_check_interval=4, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
+        callbacks=[callback], default_root_dir=tmp_path, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu",
+    )  # fmt: skip
+    train_batches = _batches(4, eval_mode=False)
+    trainer.fit(module, _loader(train_batches), _loader(_batches(1, eval_mode=True)))
+    assert (tmp_path / "feature_maps" / "step_000002" / "sequence_0.png").is_file()
+    # step 4 was drawn from the training batch, then redrawn after validation from its batch
+    assert callback._last == (4, True) and "silhouettes" in callback._batch

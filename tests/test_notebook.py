@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +25,9 @@ def _kernel_for_this_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     }
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    # The kernel imports this checkout's biggait, whatever the venv's editable install points at.
+    src = str(NOTEBOOK_DIR.parent / "src")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     return name
 

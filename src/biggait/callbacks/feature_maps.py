@@ -67,7 +67,7 @@ class FeatureMapLogger(Callback):
         self._dir: Path | None = None
         self._batch: dict[str, Any] | None = None
         self._from_validation = False
-        self._last_step = -1
+        self._last: tuple[int, bool] | None = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # trainer.log_dir broadcasts, so it is resolved here on every rank, never inside a rank-0-only hook.
@@ -152,10 +152,11 @@ class FeatureMapLogger(Callback):
         return out
 
     def log_panels(self, trainer: Trainer, pl_module: LightningModule, *, step: int) -> list[Path]:
-        """Render, save under `<dir>/step_XXXXXX/` and send to W&B; at most once per global step."""
-        if step == self._last_step or self._batch is None:
+        """Render, save under `<dir>/step_XXXXXX/` and send to W&B (rank 0; the caller checks)."""
+        # Once per step and batch; a validation batch (with ground truth) may redo a step drawn from training.
+        if self._batch is None or (step, self._from_validation) == self._last:
             return []
-        self._last_step = step
+        self._last = (step, self._from_validation)
         out_dir = (self._dir or Path(trainer.default_root_dir) / "feature_maps") / f"step_{step:06d}"
         paths: list[tuple[str, Path]] = []
         seqs = self.sequences(pl_module)

@@ -6,8 +6,11 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
+
+from biggait.data import SequenceRecord, write_shards
 
 from .io import read_sequences, records_to_batch
 from .panels import PanelSequence, comparison_indices, select_sequence
@@ -28,12 +31,53 @@ def tiny_random_model(*, seed: int = 0) -> torch.nn.Module:
         return BigGait(**TINY_MODEL).eval()
 
 
-def make_demo_shards(out: str | Path, *, seed: int = 0) -> Path:
-    """A small synthetic set (few subjects, short sequences) in `out`, built in seconds on a CPU."""
-    from biggait.data_prep import synthetic
+# CCPG naming (spec §8.1), so the CCPG protocol and the comparison trio (two outfits of one person) work.
+DEMO_TYPES = ("U0_D0", "U0_D0_BG", "U1_D0", "U1_D1", "U2_D2", "U3_D3", "U0_D3")
+DEMO_VIEWS = ("1_0", "2_90")
 
-    cfg = synthetic.SyntheticConfig(seed=seed, **synthetic.TINY)
-    synthetic.prepare(out, cfg, workers=1)
+
+def _walker(
+    spec: tuple[int, str, str], *, frames: int = 8, size: tuple[int, int] = (128, 64)
+) -> SequenceRecord:
+    # A stick-figure walker: body proportions and gait speed follow the subject, upper / lower clothing
+    # colours follow the outfit code U<k>_D<k>, so "same person, other outfit" is visible in the panels.
+    subject, seq_type, view = spec
+    h, w = size
+    rng = np.random.default_rng([subject, DEMO_TYPES.index(seq_type), DEMO_VIEWS.index(view)])
+    palette = np.random.default_rng(7).integers(40, 255, (8, 3))
+    up, down = palette[int(seq_type[1])], palette[4 + int(seq_type[4])]
+    width, speed = 10 + 2 * (subject % 4), 0.5 + 0.15 * subject
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.zeros((frames, h, w, 3), np.uint8)
+    sil = np.zeros((frames, h, w), np.uint8)
+    for t in range(frames):
+        cx = w / 2 + 2 * np.sin(speed * t)
+        head = (yy - 18) ** 2 + (xx - cx) ** 2 < 7**2
+        torso = (yy >= 26) & (yy < 66) & (np.abs(xx - cx) < width / 2)
+        legs = np.zeros_like(head)
+        for side in (-1, 1):  # legs swing in opposite phase
+            lx = cx + side * (3 + 8 * np.sin(speed * t) * (yy - 66) / 52)
+            legs |= (yy >= 66) & (yy < 118) & (np.abs(xx - lx) < 3)
+        rgb[t] = rng.integers(0, 40, (h, w, 3))
+        rgb[t][head] = (230, 190, 160)
+        rgb[t][torso] = up
+        rgb[t][legs] = down
+        if seq_type.endswith("_BG"):  # a bag on the side
+            bag = (yy >= 40) & (yy < 60) & (xx >= cx + width / 2) & (xx < cx + width / 2 + 8)
+            rgb[t][bag] = (120, 80, 30)
+            sil[t][bag] = 255
+        sil[t][head | torso | legs] = 255
+    return SequenceRecord(f"{subject:03d}", seq_type, view, rgb, np.full(frames, 0.45, np.float32), sil)
+
+
+def make_demo_shards(out: str | Path, *, seed: int = 0, subjects: int = 4) -> Path:
+    """A tiny CCPG-style set of stick-figure walkers (`subjects` x 7 outfits x 2 views, 8 frames) in `out`.
+
+    Seconds on a CPU; for the full synthetic world use `make data` (`biggait.data_prep.synthetic`).
+    """
+    specs = [(seed * 1000 + s, t, v) for s in range(subjects) for t in DEMO_TYPES for v in DEMO_VIEWS]
+    for split in ("train", "test"):
+        write_shards(specs, _walker, out, dataset="demo", split=split, shard_size=32, progress=False)
     return Path(out)
 
 
@@ -74,14 +118,13 @@ def rank1_heatmaps(
     *,
     split: str = "test",
     protocol: str = "ccpg",
-    max_sequences: int = 64,
+    max_sequences: int | None = None,
     max_frames: int = 8,
     batch_size: int = 8,
-    checkpoint: str | None = None,
+    label: str = "",
 ) -> list[Figure]:
-    """Evaluate `model` on the first `max_sequences` sequences of a split and draw one heatmap per condition.
-
-    A quick look, not the reported numbers (those come from `make eval` over the whole split).
+    """Evaluate `model` on (the first `max_sequences` sequences of) a split, on the first `max_frames` frames of
+    each, and draw one rank-1 heatmap per condition. A quick look: `make eval` gives the reported numbers.
     """
     from biggait.evaluation.metric import GaitRetrievalMetric
     from biggait.evaluation.report import rank1_heatmap
@@ -94,11 +137,8 @@ def rank1_heatmaps(
         features = model.forward_features(batch["frames"], batch["ratios"])
         out = model.forward_head(features, lengths=batch["lengths"])
         metric.update(out["embeddings"].float(), batch["subjects"], batch["types"], batch["views"])
-    result = metric.compute_detailed()
-    source = Path(checkpoint).name if checkpoint else "tiny random model"
+    result = metric.compute()
     return [
-        rank1_heatmap(
-            matrix, probe_views, gallery_views, title=f"{condition} rank-1 (%), {source}, {len(records)} seqs"
-        )
+        rank1_heatmap(matrix, probe_views, gallery_views, title=f"{condition} rank-1 (%) {label}".strip())
         for condition, (probe_views, gallery_views, matrix) in result.matrices.items()
     ]
