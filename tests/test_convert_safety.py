@@ -112,3 +112,19 @@ def test_sequence_folders_without_the_named_pickles(tmp_path) -> None:
         DatasetNotFoundError, match=r"(?s)1 sequence folder\(s\) hold none.*Camera-RGB_raw.*found"
     ):
         sustech1k.prepare(tmp_path / "raw", tmp_path / "out")
+
+
+def test_right_names_wrong_contents_fail_before_the_conversion(tmp_path) -> None:
+    for subject in ("001", "002"):
+        folder = tmp_path / "raw" / subject / "nm-01" / "000"
+        folder.mkdir(parents=True)
+        (folder / "000-rgbs.pkl").write_bytes(
+            pickle.dumps(np.zeros((2, 128, 128, 3), np.uint8))
+        )  # HWC, not CHW
+        (folder / "000-ratios.pkl").write_bytes(pickle.dumps(np.float32([0.4, 0.5])))
+        (folder / "000-sils.pkl").write_bytes(pickle.dumps(np.zeros((2, 128, 128), np.uint8)))
+    with pytest.raises(
+        CorruptDataError, match=r"(?s)none of the first 2 sequences.*expected frames \[T,3,H,W\]"
+    ):
+        casiab.prepare(tmp_path / "raw", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "train").exists()

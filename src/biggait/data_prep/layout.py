@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from biggait.data.shards import write_shards
-from biggait.errors import ConfigError, DatasetNotFoundError
+from biggait.errors import ConfigError, CorruptDataError, DatasetNotFoundError
 
 __all__ = [
     "REPORT",
@@ -28,6 +28,7 @@ __all__ = [
     "discover",
     "note_skipped_frames",
     "prepare_dataset",
+    "probe",
     "read_partition",
     "run_main",
 ]
@@ -155,11 +156,14 @@ def note_skipped_frames(spec: SeqSpec, out: str | None, skipped: list[str]) -> N
 
     Workers run in other processes, so each sequence leaves a small JSON note (atomic write) under OUT.
     """
-    if out is None or not skipped:
+    if out is None:
         return
     notes = Path(out) / _FRAME_NOTES
-    notes.mkdir(parents=True, exist_ok=True)
     name = re.sub(r"[^A-Za-z0-9_-]", "-", f"{spec.subject}_{spec.seq_type}_{spec.view}") + ".json"
+    if not skipped:
+        (notes / name).unlink(missing_ok=True)  # a note from an earlier run is stale now
+        return
+    notes.mkdir(parents=True, exist_ok=True)
     _atomic_json(notes / name, {"sequence": f"{spec.subject}/{spec.seq_type}/{spec.view}", "frames": skipped})
 
 
@@ -176,6 +180,22 @@ def _gather_frame_notes(out: Path, names: set[str]) -> list[dict[str, Any]]:
         if note["sequence"] in names:  # notes of sequences no longer converted are stale
             notes.append(note)
     return notes
+
+
+def probe(specs: Sequence[SeqSpec], load: Callable[[SeqSpec], Any], *, dataset: str, n: int = 3) -> None:
+    """Load the first few sequences before the real work: if none loads, one error now, not after hours."""
+    reasons = []
+    for spec in specs[:n]:
+        try:
+            if load(spec) is not None:
+                return
+            reasons.append(f"{spec.path}: no readable frames")
+        except Exception as exc:  # the reason is what the user needs, whatever its type
+            reasons.append(f"{type(exc).__name__}: {exc}")
+    raise CorruptDataError(
+        f"{dataset}: none of the first {len(reasons)} sequences could be read, so the RAW files do not have the "
+        f"expected content (see docs/readme/datasets.md):\n  " + "\n  ".join(reasons)
+    )
 
 
 def prepare_dataset(
@@ -198,6 +218,7 @@ def prepare_dataset(
     Training shards are shuffled (seeded), test shards keep the sorted order (docs/design.md).
     """
     out = Path(out)
+    probe(specs, load, dataset=dataset)
     splits: dict[str, list[SeqSpec]] = {"train": [], "test": []}
     unassigned: set[str] = set()
     for spec in specs:
