@@ -155,8 +155,7 @@ def test_casiab_shards_are_bit_exact_and_split(tmp_path) -> None:
 def make_sustech(raw: Path, rng: np.random.Generator) -> dict[tuple, dict]:
     truth = {}
     for subject in ("0000", "0001", "0002", "0003"):
-        for seq_type in ("00-nm", "01-bg"):
-            view = "000"
+        for seq_type, view in (("00-nm", "000"), ("01-bg", "090-far")):
             t = int(rng.integers(2, 5))
             hw = np.stack([rng.integers(100, 300, t), rng.integers(30, 120, t)], 1).astype(np.float64)
             rgb = rng.integers(0, 256, (t, 64, 64, 3), dtype=np.uint8)

@@ -29,12 +29,12 @@ MODALITIES = PickleModalities(
 LAYOUT = layout_for(
     MODALITIES,
     name="SUSTech1K",
-    description="<id 0000-1049>/<seq>-<covariate>/<view 000..>/ with 04-<view>-Camera-Ratios-HW.pkl [T,2] "
+    description="<id 0000-1049>/<seq>-<covariate>/<view 000.. | 000-far ..>/ with 04-<view>-Camera-Ratios-HW.pkl [T,2] "
     "and 05-<view>-Camera-RGB_raw.pkl [T,64,64,3]",
     example="0000/00-nm/000/05-000-Camera-RGB_raw.pkl",
-    id_pattern=r"\d{4}",
+    id_pattern=r"\d{3,4}",
     type_pattern=r"\d{2}-.+",
-    view_pattern=r"\d{3}",
+    view_pattern=r"\d{3}(-.+)?",  # e.g. 000, 000-far
 )
 
 
