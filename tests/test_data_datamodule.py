@@ -419,3 +419,44 @@ def test_ddp_spawn_ranks_take_their_rank_from_the_trainer(tmp_path) -> None:
     passes = [_first_pass([tuple(k) for k in r["keys"]]) for r in runs]
     assert not set(passes[0]) & set(passes[1])
     assert set(passes[0]) | set(passes[1]) == {seq_id(s) for s in train}
+
+
+def test_color_jitter_changes_colours_per_sequence_alike_for_all_frames(tmp_path) -> None:
+    import albumentations as A  # noqa: F401  (the transform under test)
+
+    from biggait.data.pipeline import ShardInfo, TrainStream
+
+    frames = np.zeros((6, 16, 8, 3), np.uint8)
+    frames[:, 4:12, 2:6] = (200, 40, 40)
+    specs = [(s, t) for s in range(3) for t in range(2)]
+    from biggait.data.records import SequenceRecord
+    from biggait.data.shards import read_manifest, write_shards
+
+    def load(spec):
+        return SequenceRecord(
+            f"{spec[0]:03d}", f"t{spec[1]}", "v", frames.copy(), np.full(6, 0.5, np.float32)
+        )
+
+    write_shards(specs, load, tmp_path, dataset="x", split="train", shard_size=6, progress=False)
+    shards = [
+        ShardInfo(str(tmp_path / "train" / s["name"]), s["n_samples"])
+        for s in read_manifest(tmp_path / "train")["shards"]
+    ]
+    labels = {f"{i:03d}": i for i in range(3)}
+    common = dict(
+        labels=labels,
+        frames_per_sequence=6,
+        ids_per_batch=3,
+        seqs_per_id=2,
+        steps_per_epoch=4,
+        shuffle_buffer=6,
+        flip_prob=0.0,
+    )
+    plain = next(iter(TrainStream(shards, color_jitter=0.0, **common)))["frames"]
+    jittered = torch.cat([b["frames"] for b in TrainStream(shards, color_jitter=1.0, **common)])
+    assert torch.all(plain[:, :, :, 4:12, 2:6] == torch.tensor([200, 40, 40])[None, None, :, None, None])
+    person = jittered[:, :, :, 4:12, 2:6].float()
+    # the same colour on every frame of a sequence, different colours across sequences
+    assert torch.all(person.std(dim=1) == 0)
+    assert len({tuple(c.tolist()) for c in person[:, 0, :, 0, 0]}) > 3
+    assert torch.all(jittered[:, :, :, :4] == 0)  # the black pad stays black

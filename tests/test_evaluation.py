@@ -237,5 +237,7 @@ def test_results_do_not_depend_on_input_order_even_with_ties() -> None:
     emb[::3] = emb[0]  # and identical embeddings across identities
     want = evaluate("ccpg", emb, subj, types, views)
     perm = np.random.default_rng(0).permutation(len(subj))
-    got = evaluate("ccpg", emb[perm], [subj[i] for i in perm], [types[i] for i in perm], [views[i] for i in perm])
+    got = evaluate(
+        "ccpg", emb[perm], [subj[i] for i in perm], [types[i] for i in perm], [views[i] for i in perm]
+    )
     assert got == want

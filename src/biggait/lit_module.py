@@ -181,7 +181,9 @@ class BigGaitModule(LightningModule):
                 t = int(lengths[i]) if lengths is not None else features["foreground"].shape[1]
                 iou.update(
                     foreground_iou(
-                        features["foreground"][i, :t], batch["silhouettes"][i, :t], ratios=batch["ratios"][i, :t]
+                        features["foreground"][i, :t],
+                        batch["silhouettes"][i, :t],
+                        ratios=batch["ratios"][i, :t],
                     )
                 )
 

@@ -241,6 +241,7 @@ class TrainStream(_ShardStream):
         steps_per_epoch: int = 1000,
         shuffle_buffer: int = 256,
         flip_prob: float = 0.5,
+        color_jitter: float = 0.0,
         rank: int = 0,
         world_size: int = 1,
         seed: int = 0,
@@ -258,6 +259,9 @@ class TrainStream(_ShardStream):
                 raise ConfigError(f"{name} must be >= 1, got {value}")
         if not 0.0 <= flip_prob <= 1.0:
             raise ConfigError(f"flip_prob must be in [0, 1], got {flip_prob}")
+        if not 0.0 <= color_jitter <= 1.0:
+            raise ConfigError(f"color_jitter must be in [0, 1], got {color_jitter}")
+        self.color_jitter = color_jitter
         self.labels = dict(labels)
         self.frames_per_sequence, self.P, self.K = frames_per_sequence, ids_per_batch, seqs_per_id
         self.steps_per_epoch, self.flip_prob = steps_per_epoch, flip_prob
@@ -313,7 +317,17 @@ class TrainStream(_ShardStream):
     def _batches(self, worker: int, num_workers: int, epoch: int = 0) -> Iterator[dict[str, Any]]:
         seq = self._seed_sequence(worker, num_workers, epoch)
         rng = np.random.default_rng(seq)
-        flip = A.Compose([A.HorizontalFlip(p=self.flip_prob)], seed=int(seq.generate_state(1)[0]))
+        transforms = [A.HorizontalFlip(p=self.flip_prob)]
+        if self.color_jitter > 0:
+            # Not in the paper recipe (spec §3.2): an option that makes clothing colour useless for identity
+            # (hue rotation + channel shuffle, value untouched so the black pad stays black).
+            transforms += [
+                A.HueSaturationValue(
+                    hue_shift_limit=90, sat_shift_limit=40, val_shift_limit=0, p=self.color_jitter
+                ),
+                A.ChannelShuffle(p=self.color_jitter),
+            ]
+        flip = A.Compose(transforms, seed=int(seq.generate_state(1)[0]))
         samples = self._samples(worker, num_workers, rng)
         buffer: dict[str, list[RawSample]] = {}
         size = 0
@@ -369,7 +383,7 @@ class TrainStream(_ShardStream):
         picks = list(range(len(decoded)))
         if len(picks) < self.K:
             picks += rng.choice(len(decoded), self.K - len(picks), replace=True).tolist()
-        # One flip decision per sequence, the same for all its frames (spec §3.2).
+        # One flip (and colour) decision per sequence, the same for all its frames (spec §3.2).
         return [(decoded[i][0], flip(images=decoded[i][1])["images"]) for i in picks]
 
     def _collate(self, batch: list[tuple[RawSample, np.ndarray]]) -> dict[str, Any]:
