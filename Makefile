@@ -22,7 +22,7 @@ export HF_HUB_OFFLINE := 1
 export WANDB_SILENT := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help venv data train eval test test-fast test-slow lint format bench-data notebook clean
+.PHONY: help venv data train eval test test-fast lint format bench-data bench-model baselines notebook clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -64,7 +64,14 @@ test-fast: $(STAMP) ## only the fast tests
 bench-data: $(STAMP) ## data-pipeline throughput (frames/s, sequences/s) for 1 and 2 workers
 	$(PY) bench/bench_data.py $(ARGS)
 
-notebook: $(STAMP) ## open the feature-map notebook
+bench-model: $(STAMP) ## model training/inference frames/s and memory (ARGS="--preset vits14 --precision 16-mixed" on a GPU)
+	$(PY) bench/bench_model.py $(ARGS)
+
+baselines: $(STAMP) ## the two non-learned baselines on the synthetic test split (data_prep/README.md)
+	$(PY) data_prep/baselines.py $(ARGS)
+
+notebook: $(STAMP) ## open the feature-map notebook (installs the optional Jupyter UI first)
+	$(PY) -m pip install --quiet -e '.[notebook]'
 	$(VENV)/bin/jupytext --sync notebooks/feature_maps.py
 	$(PY) -m jupyter notebook notebooks/feature_maps.ipynb
 
