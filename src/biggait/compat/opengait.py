@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
+import io
 import re
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import torch
 
 from biggait.errors import BiggaitError
+from biggait.io import atomic_write_bytes
 from biggait.models import BACKBONE_PRESETS, BigGait
 
 __all__ = [
@@ -193,15 +193,9 @@ def export_opengait_state_dict(model: BigGait) -> dict[str, torch.Tensor]:
 
 
 def _atomic_save(obj: Any, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(out, buffer.getvalue())
 
 
 def export_lightning_checkpoint(model: BigGait, out: str | Path) -> Path:

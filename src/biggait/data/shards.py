@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from biggait.data.records import SequenceRecord
 from biggait.errors import ConfigError, CorruptDataError, DatasetNotFoundError
+from biggait.io import atomic_write_json
 
 __all__ = [
     "FORMAT_VERSION",
@@ -92,19 +93,6 @@ def encode_record(
         if record.silhouettes is not None:
             sample[silhouette_field(t)] = _encode_image(record.silhouettes[t], "png", jpeg_quality)
     return sample
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
 
 
 def _fingerprint(items: Sequence[tuple[int, Any]], options: dict[str, Any]) -> str:
@@ -194,7 +182,7 @@ def _write_one_shard(task: dict[str, Any]) -> dict[str, Any]:
         raise
     os.replace(tmp, path)
     entry = {"name": path.name, **stats, "fingerprint": task["fingerprint"]}
-    _atomic_write_json(sidecar, entry)  # written last: tar + matching sidecar = complete shard
+    atomic_write_json(sidecar, entry)  # written last: tar + matching sidecar = complete shard
     return entry | {"reused": False}
 
 
@@ -304,7 +292,7 @@ def _write_manifest(split_dir: Path, entries: list[dict[str, Any]], **info: Any)
     for e in entries:
         subjects.update(e["subjects"])
     skipped = [s | {"shard": e["name"]} for e in entries for s in e["skipped"]]
-    _atomic_write_json(split_dir / SKIP_REPORT, {"n_skipped": len(skipped), "skipped": skipped})
+    atomic_write_json(split_dir / SKIP_REPORT, {"n_skipped": len(skipped), "skipped": skipped})
     if len(sizes) > 1:
         raise CorruptDataError(
             f"{split_dir}: sequences have different frame sizes {sorted(sizes)}; resize them in the builder "
@@ -332,7 +320,7 @@ def _write_manifest(split_dir: Path, entries: list[dict[str, Any]], **info: Any)
         "n_skipped": len(skipped),
         "skip_report": SKIP_REPORT,
     }
-    _atomic_write_json(split_dir / MANIFEST, manifest)
+    atomic_write_json(split_dir / MANIFEST, manifest)
     return manifest
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from biggait.data.shards import write_shards
 from biggait.errors import ConfigError, CorruptDataError, DatasetNotFoundError
+from biggait.io import atomic_write_json
 
 __all__ = [
     "REPORT",
@@ -164,13 +165,9 @@ def note_skipped_frames(spec: SeqSpec, out: str | None, skipped: list[str]) -> N
         (notes / name).unlink(missing_ok=True)  # a note from an earlier run is stale now
         return
     notes.mkdir(parents=True, exist_ok=True)
-    _atomic_json(notes / name, {"sequence": f"{spec.subject}/{spec.seq_type}/{spec.view}", "frames": skipped})
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(
+        notes / name, {"sequence": f"{spec.subject}/{spec.seq_type}/{spec.view}", "frames": skipped}
+    )
 
 
 def _gather_frame_notes(out: Path, names: set[str]) -> list[dict[str, Any]]:
@@ -261,7 +258,7 @@ def prepare_dataset(
     report["ignored_folders"] = {k: v[:50] for k, v in (ignored or {}).items()}
     report["n_ignored_folders"] = {k: len(v) for k, v in (ignored or {}).items()}
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_json(out / REPORT, report)
+    atomic_write_json(out / REPORT, report)
     return report
 
 

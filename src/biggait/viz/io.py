@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from matplotlib.figure import Figure
 
 from biggait.data import SequenceRecord, normalize_frames, read_manifest
 from biggait.data.pipeline import decode_frames, decode_silhouettes, iter_tar, parse_sample, select_frames
+from biggait.io import atomic_write_bytes
 
 from .maps import VizInputError
 
@@ -30,17 +29,7 @@ def figure_png(fig: Figure, *, dpi: int = 100) -> bytes:
 
 def save_png(fig: Figure, path: str | Path, *, dpi: int = 100) -> Path:
     """Write `fig` to `path` as PNG atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, figure_png(fig, dpi=dpi))
 
 
 def read_sequences(
