@@ -75,3 +75,50 @@ def test_two_process_gradient_equals_single_process() -> None:
         torch.testing.assert_close(ddp[name], value, rtol=1e-5, atol=1e-6, msg=f"{name} differs")
     # Without the gather the triplet only sees half the pairs: the update must differ (the check can fail).
     assert not torch.allclose(ddp_local["net.weight"], single["net.weight"], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_module_ddp_spawn_evaluation_equals_single_process(tiny_shards, tmp_path) -> None:
+    """BigGaitModule tested by 2 spawned gloo processes (each reading its own shards, embeddings gathered
+    by the metric) gives exactly the 1-process numbers on the same weights."""
+    import json
+
+    from biggait.callbacks import EvaluationReport
+    from biggait.data import GaitDataModule
+    from biggait.lit_module import BigGaitModule
+
+    model = dict(
+        backbone="tiny",
+        num_classes=6,
+        image_size=(112, 56),
+        map_size=(32, 16),
+        channels=(8, 16, 32, 64),
+        fusion_squeeze=4,
+        embed_dim=16,
+    )
+    torch.manual_seed(0)
+    module = BigGaitModule(model=model, protocol="ccpg")
+    numbers = {}
+    for name, kwargs in (("single", dict(devices=1)), ("spawn", dict(devices=2, strategy="ddp_spawn"))):
+        dm = GaitDataModule(
+            root=str(tiny_shards),
+            protocol="ccpg",
+            eval_batch_size=3,
+            num_workers=0,
+            eval_frames_limit=6,
+            load_silhouettes=True,
+        )
+        trainer = L.Trainer(
+            accelerator="cpu",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[EvaluationReport(output_dir=str(tmp_path / name))],
+            **kwargs,
+        )
+        trainer.test(module, datamodule=dm)
+        numbers[name] = json.loads(next((tmp_path / name).glob("test-step*/results.json")).read_text())[
+            "metrics"
+        ]
+    assert len(numbers["single"]) >= 20
+    assert numbers["spawn"] == pytest.approx(numbers["single"], abs=1e-6)

@@ -63,9 +63,10 @@ class GaitDataModule(L.LightningDataModule):
         """The split's manifest; a missing root, split or manifest is a `DatasetNotFoundError` naming the fix."""
         if split not in self._manifests:
             if not self.root.is_dir():
+                raw = "" if self.dataset == "synthetic" else f" RAW=/path/to/your/{self.dataset}"
                 raise DatasetNotFoundError(
                     f"dataset root {self.root} does not exist; build it with "
-                    f"`make data DATASET={self.dataset} OUT={self.root}`"
+                    f"`make data DATASET={self.dataset}{raw} OUT={self.root}` (see README, Data preparation)"
                 )
             self._manifests[split] = read_manifest(self.root / split, dataset=self.dataset)
         return self._manifests[split]
