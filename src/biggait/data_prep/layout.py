@@ -191,7 +191,7 @@ def probe(specs: Sequence[SeqSpec], load: Callable[[SeqSpec], Any], *, dataset: 
             reasons.append(f"{type(exc).__name__}: {exc}")
     raise CorruptDataError(
         f"{dataset}: none of the first {len(reasons)} sequences could be read, so the RAW files do not have the "
-        f"expected content (see docs/readme/datasets.md):\n  " + "\n  ".join(reasons)
+        f"expected content (see the README section 'Real datasets'):\n  " + "\n  ".join(reasons)
     )
 
 
@@ -266,7 +266,7 @@ def build_parser(name: str, doc: str) -> argparse.ArgumentParser:
     """The options every converter takes; dataset modules add their own."""
     parser = argparse.ArgumentParser(prog=f"python -m biggait.data_prep {name}", description=doc)
     parser.add_argument(
-        "--raw", required=True, help="your copy of the raw dataset (see docs/readme/datasets.md)"
+        "--raw", required=True, help="your copy of the raw dataset (see the README section 'Real datasets')"
     )
     parser.add_argument("--out", required=True, help="output folder for <split>/*.tar + manifest.json")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
