@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 
 from biggait.models import BigGait, DinoV2Backbone, interpolate_pos_embed, mid4_indices
+from biggait.models.backbone import BackboneFileError
 
 
 def _cubic(t: np.ndarray, a: float = -0.75) -> np.ndarray:
@@ -108,8 +109,11 @@ def test_unknown_preset_and_bad_size_are_clear_errors() -> None:
 
 
 def test_custom_width_refuses_pretrained_weights(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="custom width/depth"):
-        DinoV2Backbone(preset="tiny", image_size=(112, 56), pretrained=str(tmp_path / "x.pth"))
+    official = tmp_path / "x.pth"
+    torch.save({"pos_embed": torch.zeros(1, 1370, 64)}, official)  # a DINOv2-format file, not ours
+    for source in ("hub", str(official)):
+        with pytest.raises(ValueError, match="custom width/depth"):
+            DinoV2Backbone(preset="tiny", image_size=(112, 56), pretrained=source)
 
 
 def test_loads_official_pth_through_timm_converter(tmp_path: Path) -> None:
@@ -127,7 +131,7 @@ def test_loads_official_pth_through_timm_converter(tmp_path: Path) -> None:
 
 
 def test_missing_weights_file_is_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="DINOv2 weights file not found"):
+    with pytest.raises(FileNotFoundError, match="backbone weights file not found"):
         DinoV2Backbone(preset="vits14", pretrained=str(tmp_path / "nope.pth"))
 
 
@@ -183,3 +187,28 @@ def test_bicubic_reference_helper_is_not_trivial() -> None:
         F.interpolate(patches, size=(32, 16), mode="bilinear").permute(0, 2, 3, 1).reshape(-1, 2).numpy()
     )
     assert np.abs(ref[1:] - bilinear).max() > 1e-3
+
+
+def _tiny_backbone(**kwargs) -> DinoV2Backbone:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return DinoV2Backbone(preset="tiny", image_size=(112, 56), **kwargs)
+
+
+def test_saved_backbone_round_trips_into_biggait(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    saved = _tiny_backbone()
+    path = saved.save(tmp_path / "lvm.pt", note="test")
+    model = BigGait("tiny", 5, image_size=(112, 56), map_size=(16, 8), pretrained=str(path))
+    for name, value in saved.state_dict().items():
+        torch.testing.assert_close(model.backbone.state_dict()[name], value, rtol=0, atol=0)
+    images = torch.randn(2, 3, 112, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(model.backbone(images)[0], saved.eval()(images)[0])
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic write left nothing behind
+
+
+def test_saved_backbone_with_other_architecture_is_clear_error(tmp_path: Path) -> None:
+    path = _tiny_backbone(depth=2).save(tmp_path / "lvm.pt")
+    with pytest.raises(BackboneFileError, match="saved for architecture.*depth.: 2"):
+        _tiny_backbone(pretrained=str(path))

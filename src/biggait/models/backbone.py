@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from dataclasses import dataclass
@@ -12,7 +13,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BACKBONE_PRESETS", "BackbonePreset", "DinoV2Backbone", "interpolate_pos_embed", "mid4_indices"]
+__all__ = [
+    "BACKBONE_FILE_FORMAT",
+    "BACKBONE_PRESETS",
+    "SYNTHETIC_LVM_FILE",
+    "BackboneFileError",
+    "BackbonePreset",
+    "DinoV2Backbone",
+    "interpolate_pos_embed",
+    "mid4_indices",
+]
+
+# Marker of backbone files written by `DinoV2Backbone.save` (e.g. the synthetic world's stand-in LVM).
+BACKBONE_FILE_FORMAT = "biggait-backbone/1"
+# `pretrained="synthetic"`: the tiny stand-in LVM shipped with the package (biggait.synthetic_lvm, `make lvm`).
+SYNTHETIC_LVM_FILE = Path(__file__).resolve().parent.parent / "assets" / "synthetic_lvm_tiny.pt"
+
+
+class BackboneFileError(ValueError):
+    """A backbone weights file that does not fit the backbone being built."""
 
 
 @dataclass(frozen=True)
@@ -124,8 +143,55 @@ class DinoV2Backbone(nn.Module):
     def mid4_dim(self) -> int:
         return 4 * self.embed_dim
 
+    def architecture(self) -> dict[str, object]:
+        """What a saved backbone file must match to load into this backbone."""
+        return {
+            "timm_name": self.timm_name,
+            "embed_dim": self.embed_dim,
+            "depth": self.depth,
+            "num_heads": self.num_heads,
+        }
+
+    def save(self, path: str | Path, **info: object) -> Path:
+        """Write this backbone's weights atomically in BACKBONE_FILE_FORMAT (loadable as `pretrained=path`)."""
+        from biggait.io import atomic_write_bytes
+
+        buf = io.BytesIO()
+        state = {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
+        payload = {"format": BACKBONE_FILE_FORMAT, "architecture": self.architecture(), "info": info}
+        torch.save({**payload, "state_dict": state}, buf)
+        return atomic_write_bytes(Path(path), buf.getvalue())
+
+    def _load_own(self, payload: dict, path: Path) -> None:
+        arch = payload.get("architecture")
+        if arch != self.architecture():
+            raise BackboneFileError(
+                f"backbone file {path} was saved for architecture {arch}, but this backbone is "
+                f"{self.architecture()}; build the model with the matching preset/width/depth/heads"
+            )
+        self.load_state_dict(payload["state_dict"], strict=True)
+
     def load_pretrained(self, source: str | Path) -> None:
-        """Load DINOv2 weights: "hub" (timm hub id) or a local official `dinov2_vitX14_pretrain.pth`."""
+        """Load weights: "hub" (timm), "synthetic" (the shipped tiny stand-in LVM), a local official
+        `dinov2_vitX14_pretrain.pth`, or a file written by `save`."""
+        if str(source) == "synthetic":
+            if not SYNTHETIC_LVM_FILE.is_file():
+                raise FileNotFoundError(
+                    f"the synthetic stand-in LVM {SYNTHETIC_LVM_FILE} is missing; rebuild it with `make lvm`"
+                )
+            source = SYNTHETIC_LVM_FILE
+        payload: dict = {}
+        if str(source) != "hub":
+            path = Path(source)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"backbone weights file not found: {path} (pass pretrained='hub', a DINOv2 .pth or a "
+                    "file written by DinoV2Backbone.save)"
+                )
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(payload, dict) and payload.get("format") == BACKBONE_FILE_FORMAT:
+                self._load_own(payload, path)
+                return
         released = {(p.timm_name, p.embed_dim, p.depth) for k, p in BACKBONE_PRESETS.items() if k != "tiny"}
         if (self.timm_name, self.embed_dim, self.depth) not in released:
             raise ValueError(
@@ -135,13 +201,8 @@ class DinoV2Backbone(nn.Module):
         kwargs: dict = {}
         mask_token = None
         if str(source) != "hub":
-            path = Path(source)
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"DINOv2 weights file not found: {path} (pass pretrained='hub' or a .pth)"
-                )
-            kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
-            mask_token = torch.load(path, map_location="cpu", weights_only=True).get("mask_token")
+            kwargs["pretrained_cfg_overlay"] = {"file": str(source)}
+            mask_token = payload.get("mask_token") if isinstance(payload, dict) else None
         # Built at the native 518 size so timm's converter keeps the 37x37 table untouched (notes §D).
         ref = timm.create_model(f"{self.timm_name}.lvd142m", pretrained=True, num_classes=0, **kwargs)
         state = ref.state_dict()
