@@ -22,7 +22,7 @@ export HF_HUB_OFFLINE := 1
 export WANDB_SILENT := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help venv data train eval test test-fast lint format bench-data bench-model baselines notebook clean
+.PHONY: help venv data lvm train eval test test-fast lint format bench-data bench-model baselines notebook clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ venv: $(STAMP) ## create .venv with pinned dependencies (idempotent)
 
 data: $(STAMP) ## write shards: make data DATASET=synthetic | ccpg|casiab|sustech1k RAW=/path OUT=data/<name>
 	$(PY) -m biggait.data_prep --dataset $(DATASET) --out $(OUT) $(if $(RAW),--raw $(RAW)) --workers $(WORKERS) $(ARGS)
+
+lvm: $(STAMP) ## rebuild the synthetic default's stand-in LVM src/biggait/assets/synthetic_lvm_tiny.pt (~6 min CPU)
+	$(PY) -m biggait.synthetic_lvm $(ARGS)
 
 train: $(STAMP) ## train (and evaluate): make train DATASET=synthetic ARGS="trainer.max_steps=100"
 	$(PY) -m biggait.train experiment=$(if $(filter synthetic,$(DATASET)),synthetic,biggait_$(DATASET)) $(ARGS)
