@@ -9,6 +9,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
+from biggait.callbacks import EvaluationReport
+from biggait.errors import ConfigError
+from biggait.train import instantiate_callbacks, instantiate_loggers
+
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
@@ -76,6 +80,16 @@ def test_group_entries_compose(group_entry: str, tmp_path: Path) -> None:
 def test_eval_config_composes(experiment: str, tmp_path: Path) -> None:
     cfg = _compose("eval", [f"experiment={experiment}", "ckpt_path=x.ckpt"], tmp_path)
     assert cfg.ckpt_path == "x.ckpt" and cfg.data.protocol
+    # the experiment's callback deltas (written for train) must build under eval too
+    callbacks = instantiate_callbacks(cfg.callbacks)
+    assert any(isinstance(cb, EvaluationReport) for cb in callbacks)
+    assert instantiate_loggers(cfg.logger) == []
+
+
+def test_callback_without_target_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = _compose("train", ["+callbacks.early_stop.patience=3"], tmp_path)
+    with pytest.raises(ConfigError, match=r"callbacks\.early_stop has no _target_"):
+        instantiate_callbacks(cfg.callbacks)
 
 
 def test_unknown_key_is_an_error(tmp_path: Path) -> None:

@@ -85,6 +85,7 @@ def test_train_then_eval_reproduces_the_numbers(tiny_shards: Path, tmp_path: Pat
         ecfg = compose(
             config_name="eval",
             overrides=[
+                "experiment=synthetic",  # what `make eval` passes: its train-only deltas must compose
                 "data.eval_batch_size=4",
                 "data.num_workers=0",
                 f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
@@ -167,6 +168,38 @@ def test_missing_dataset_is_one_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(DatasetNotFoundError, match="make data DATASET="):
         train(cfg)
+
+
+@pytest.mark.parametrize(
+    ("entry", "override", "message"),
+    [
+        ("biggait.eval", "ckpt_path=nowhere.ckpt", "ckpt_path='nowhere.ckpt' is not a file"),
+        # raised inside Hydra's instantiation of a callback: still one line, not a wrapped traceback
+        ("biggait.train", "callbacks.mask_branch_schedule.freeze_at_step=-1", "freeze_at_step must be >= 0"),
+    ],
+)
+def test_cli_bad_input_is_one_error_line_and_exit_2(
+    entry: str, override: str, message: str, tiny_shards: Path, tmp_path: Path
+) -> None:
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            entry,
+            override,
+            f"data.root={tiny_shards}",
+            "logger=none",
+            "data_prep=none",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 2, run.stderr[-2000:]
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
 
 
 @pytest.mark.slow

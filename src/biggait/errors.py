@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["BiggaitError", "ConfigError", "CorruptDataError", "DatasetNotFoundError"]
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["BiggaitError", "ConfigError", "CorruptDataError", "DatasetNotFoundError", "exit_on_error"]
 
 
 class BiggaitError(Exception):
@@ -19,3 +23,22 @@ class DatasetNotFoundError(BiggaitError, FileNotFoundError):
 
 class CorruptDataError(BiggaitError, ValueError):
     """A record, shard or manifest is malformed."""
+
+
+@contextmanager
+def exit_on_error() -> Iterator[None]:
+    """For command-line entry points: a BiggaitError becomes one `error: ...` line on stderr and exit status 2.
+
+    Hydra wraps errors raised while instantiating a config (InstantiationException): the chain is searched,
+    so a bad callback option reads the same as a bad path. Any other exception keeps its traceback.
+    """
+    try:
+        yield
+    except Exception as exc:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, BiggaitError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -8,7 +8,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from biggait.errors import ConfigError
+from biggait.errors import ConfigError, exit_on_error
 from biggait.lit_module import BigGaitModule
 from biggait.train import instantiate_callbacks, instantiate_loggers
 
@@ -36,7 +36,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    evaluate_checkpoint(cfg)
+    with exit_on_error():
+        evaluate_checkpoint(cfg)
 
 
 if __name__ == "__main__":

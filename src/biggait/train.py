@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from biggait.errors import ConfigError
+from biggait.errors import ConfigError, exit_on_error
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +28,29 @@ def build_shards_if_missing(cfg: DictConfig) -> None:
     hydra.utils.instantiate(cfg.data_prep)()
 
 
+def _instantiate_group(group: str, cfg: DictConfig | None) -> list[Any]:
+    built = []
+    for name, entry in (cfg or {}).items():
+        if entry is None:
+            continue
+        if "_target_" not in entry:
+            # e.g. an experiment delta for a callback the chosen group does not define
+            raise ConfigError(
+                f"{group}.{name} has no _target_ (keys: {sorted(entry)}): it is not defined by the selected "
+                f"{group} config; add it there, or drop the {group}.{name} overrides"
+            )
+        built.append(hydra.utils.instantiate(entry))
+    return built
+
+
 def instantiate_callbacks(cfg: DictConfig | None) -> list[L.Callback]:
     """Every entry of the `callbacks` group that is not null."""
-    return [hydra.utils.instantiate(c) for c in (cfg or {}).values() if c is not None]
+    return _instantiate_group("callbacks", cfg)
 
 
 def instantiate_loggers(cfg: DictConfig | None) -> list[Any]:
     """Every entry of the `logger` group that is not null."""
-    return [hydra.utils.instantiate(c) for c in (cfg or {}).values() if c is not None]
+    return _instantiate_group("logger", cfg)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -73,7 +88,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    train(cfg)
+    with exit_on_error():
+        train(cfg)
 
 
 if __name__ == "__main__":
