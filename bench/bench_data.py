@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument(
         "--image-format", default="png", choices=["png", "jpg"], help="frames of the generated set"
     )
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="DataLoader worker counts")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root

@@ -5,11 +5,19 @@ from __future__ import annotations
 import json
 import os
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from biggait.data.pipeline import decode_frames, decode_silhouettes, iter_tar, parse_sample
+from biggait.data.pipeline import (
+    TarSlice,
+    decode_frames,
+    decode_silhouettes,
+    iter_tar,
+    parse_sample,
+    read_fields,
+)
 from biggait.data.records import SequenceRecord
 from biggait.data.shards import read_manifest, write_shards
 from biggait.errors import ConfigError, CorruptDataError, DatasetNotFoundError
@@ -306,7 +314,7 @@ def test_bad_arguments_and_missing_data_are_clear_errors(tmp_path) -> None:
         read_manifest(tmp_path / "train")
 
 
-def test_truncated_tar_raises_in_the_reader(tmp_path) -> None:
+def _one_shard(tmp_path) -> str:
     write_shards(
         specs_for(2, 2),
         make_record,
@@ -319,8 +327,43 @@ def test_truncated_tar_raises_in_the_reader(tmp_path) -> None:
         frame_size=None,
         progress=False,
     )
-    path = tmp_path / "train" / "toy-train-000000.tar"
+    return str(tmp_path / "train" / "toy-train-000000.tar")
+
+
+def test_truncated_tar_raises_in_the_reader(tmp_path) -> None:
+    path = Path(_one_shard(tmp_path))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2 + 100])
     with pytest.raises((tarfile.TarError, EOFError, OSError)):
         list(iter_tar(str(path)))
+
+
+def test_lazy_reader_reads_only_meta_and_gives_the_same_bytes_on_demand(tmp_path) -> None:
+    path = _one_shard(tmp_path)
+    eager, lazy = list(iter_tar(path)), list(iter_tar(path, lazy=True))
+    assert [k for k, _ in lazy] == [k for k, _ in eager] and len(lazy) == 4
+    for (_, full), (_, slices) in zip(eager, lazy):
+        assert slices.keys() == full.keys()
+        assert isinstance(slices["meta.json"], bytes)
+        others = [name for name in full if name != "meta.json"]
+        assert others and all(isinstance(slices[name], TarSlice) for name in others)
+        assert read_fields([slices[name] for name in others]) == [full[name] for name in others]
+    # a sample read lazily decodes to the same frames and silhouettes
+    (key, fields), (_, full) = lazy[1], eager[1]
+    a = parse_sample(key, fields, "toy", silhouettes=True)
+    b = parse_sample(key, full, "toy", silhouettes=True)
+    np.testing.assert_array_equal(decode_frames(a), decode_frames(b))
+    np.testing.assert_array_equal(decode_silhouettes(a), decode_silhouettes(b))
+
+
+def test_lazy_reader_detects_truncation_in_the_index_and_on_read(tmp_path) -> None:
+    path = _one_shard(tmp_path)
+    lazy = list(iter_tar(path, lazy=True))
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2 + 100])
+    with pytest.raises(tarfile.ReadError, match="unexpected end of data"):
+        list(iter_tar(path, lazy=True))
+    # slices taken before the file was cut fail with a clear error, never with short bytes
+    last = lazy[-1][1]
+    with pytest.raises(CorruptDataError, match="truncated"):
+        read_fields([v for k, v in last.items() if k != "meta.json"])

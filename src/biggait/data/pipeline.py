@@ -19,7 +19,16 @@ from webdataset.tariterators import base_plus_ext
 from biggait.data.shards import decode_image, frame_field, silhouette_field
 from biggait.errors import ConfigError, CorruptDataError
 
-__all__ = ["BadDataWarning", "EvalStream", "RawSample", "ShardInfo", "TrainStream", "consumer_split"]
+__all__ = [
+    "BadDataWarning",
+    "EvalStream",
+    "RawSample",
+    "ShardInfo",
+    "TarSlice",
+    "TrainStream",
+    "consumer_split",
+    "read_fields",
+]
 
 
 class BadDataWarning(UserWarning):
@@ -45,8 +54,39 @@ class RawSample:
     view: str
     frame_size: tuple[int, int]
     ratios: np.ndarray  # float32 [t], for the kept frames
-    frames: list[bytes]  # kept frames, in the order they will be stacked
-    silhouettes: list[bytes] | None = None
+    frames: list[bytes | TarSlice]  # kept frames, in the order they will be stacked
+    silhouettes: list[bytes | TarSlice] | None = None
+
+
+@dataclass(frozen=True)
+class TarSlice:
+    """Where a tar member's bytes are, so that only the frames a sample keeps are ever read."""
+
+    path: str
+    offset: int
+    size: int
+
+
+def read_fields(items: Sequence[bytes | TarSlice]) -> list[bytes]:
+    """The bytes of each item, reading every slice from its shard (one open per shard)."""
+    out: list[bytes] = [b""] * len(items)
+    by_path: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        if isinstance(item, TarSlice):
+            by_path.setdefault(item.path, []).append(i)
+        else:
+            out[i] = item
+    for path, indices in by_path.items():
+        try:
+            with open(path, "rb") as stream:
+                for i in sorted(indices, key=lambda j: items[j].offset):
+                    stream.seek(items[i].offset)
+                    out[i] = stream.read(items[i].size)
+                    if len(out[i]) != items[i].size:
+                        raise CorruptDataError(f"{Path(path).name} ends inside a member (truncated?)")
+        except OSError as exc:
+            raise CorruptDataError(f"cannot read {path}: {exc}") from exc
+    return out
 
 
 def consumer_split(
@@ -65,12 +105,15 @@ def consumer_split(
     return list(range(len(shards))), n, c
 
 
-def iter_tar(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+def iter_tar(path: str, *, lazy: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
     """Stream (key, {field: bytes}) groups from a webdataset tar; raises on a corrupt or truncated tar.
 
+    `lazy=True` reads only the headers and `meta.json`: every other field is a `TarSlice`, read later by
+    `read_fields` (a training sample keeps a few of its frames, so most bytes are never read).
     A group is yielded only once the next key starts, so a truncated last sample is never yielded.
     """
-    with tarfile.open(path, mode="r|") as tar:
+    # "r:" seeks over the data of members nobody asks for; "r|" streams (and reads) everything.
+    with tarfile.open(path, mode="r:" if lazy else "r|") as tar:
         key, fields = None, {}
         for member in tar:
             if not member.isfile():
@@ -78,7 +121,10 @@ def iter_tar(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
             prefix, field = base_plus_ext(member.name)
             if prefix is None:
                 continue
-            data = tar.extractfile(member).read()
+            if not lazy or field == "meta.json":
+                data: Any = tar.extractfile(member).read()
+            else:  # tarfile still checks, when it seeks past it, that the member's data is all there
+                data = TarSlice(path, member.offset_data, member.size)
             if prefix != key:
                 if key is not None:
                     yield key, fields
@@ -88,7 +134,9 @@ def iter_tar(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
             yield key, fields
 
 
-def parse_sample(key: str, fields: dict[str, bytes], shard: str, *, silhouettes: bool) -> RawSample:
+def parse_sample(
+    key: str, fields: dict[str, bytes | TarSlice], shard: str, *, silhouettes: bool
+) -> RawSample:
     """Check the fields of one tar sample; raises `CorruptDataError` naming what is missing."""
     if "meta.json" not in fields:
         raise CorruptDataError(f"sample {key} in {shard} has no meta.json")
@@ -137,8 +185,12 @@ def select_frames(sample: RawSample, indices: np.ndarray) -> RawSample:
 
 def decode_frames(sample: RawSample) -> np.ndarray:
     """uint8 [t, H, W, 3] RGB; raises `CorruptDataError` for an undecodable or mis-sized frame."""
+    try:
+        buffers = read_fields(sample.frames)
+    except CorruptDataError as exc:
+        raise CorruptDataError(f"sample {sample.key} in {sample.shard}: {exc}") from exc
     frames = []
-    for t, buf in enumerate(sample.frames):
+    for t, buf in enumerate(buffers):
         try:
             image = decode_image(buf, colour=True)
         except CorruptDataError as exc:
@@ -153,7 +205,7 @@ def decode_frames(sample: RawSample) -> np.ndarray:
 
 def decode_silhouettes(sample: RawSample) -> np.ndarray:
     try:
-        return np.stack([decode_image(buf, colour=False) for buf in sample.silhouettes])
+        return np.stack([decode_image(buf, colour=False) for buf in read_fields(sample.silhouettes)])
     except CorruptDataError as exc:
         raise CorruptDataError(f"sample {sample.key} in {sample.shard}: silhouette: {exc}") from exc
 
@@ -195,7 +247,7 @@ class _ShardStream(IterableDataset):
         shard = self.shards[index]
         name, seen = Path(shard.path).name, 0
         try:
-            for position, (key, fields) in enumerate(iter_tar(shard.path)):
+            for position, (key, fields) in enumerate(iter_tar(shard.path, lazy=True)):
                 seen += 1
                 if keep is not None and (offset + position) % keep != consumer:
                     continue
