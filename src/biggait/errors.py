@@ -29,15 +29,16 @@ class CorruptDataError(BiggaitError, ValueError):
 def exit_on_error() -> Iterator[None]:
     """For command-line entry points: a BiggaitError becomes one `error: ...` line on stderr and exit status 2.
 
-    Hydra wraps errors raised while instantiating a config (InstantiationException): the chain is searched,
-    so a bad callback option reads the same as a bad path. Any other exception keeps its traceback.
+    Hydra wraps errors raised while instantiating a config (`raise InstantiationException(...) from err`): the
+    `__cause__` chain is searched, so a bad callback option reads the same as a bad path. Any other exception
+    keeps its traceback.
     """
     try:
         yield
     except Exception as exc:
         cause: BaseException | None = exc
         while cause is not None and not isinstance(cause, BiggaitError):
-            cause = cause.__cause__ or cause.__context__
+            cause = cause.__cause__
         if cause is None:
             raise
         print(f"error: {cause}", file=sys.stderr)

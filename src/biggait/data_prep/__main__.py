@@ -5,11 +5,8 @@ from __future__ import annotations
 import sys
 
 from biggait.data_prep import main
-from biggait.errors import BiggaitError
+from biggait.errors import exit_on_error
 
 if __name__ == "__main__":
-    try:
+    with exit_on_error():
         sys.exit(main())
-    except BiggaitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
