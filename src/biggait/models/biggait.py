@@ -79,6 +79,7 @@ class BigGait(nn.Module):
         parts: int = 16,
         shape_connect_layout: Literal["faithful", "fixed"] = "faithful",
         padding_resize_crop: Literal["left", "center"] = "left",
+        static_shapes: bool = True,
     ) -> None:
         super().__init__()
         if shape_connect_layout not in ("faithful", "fixed"):
@@ -108,11 +109,15 @@ class BigGait(nn.Module):
             "parts": parts,
             "shape_connect_layout": shape_connect_layout,
             "padding_resize_crop": padding_resize_crop,
+            "static_shapes": static_shapes,
         }
         self.image_size = tuple(image_size)
         self.map_size = tuple(map_size)
         self.shape_connect_layout = shape_connect_layout
         self.padding_resize_crop = padding_resize_crop
+        # eval mode: GRE branches on every pixel, then masked (docs/export.md); training always gathers
+        self.static_shapes = static_shapes
+        self.fuse_gre_upsampling = True  # the dense form's upsampling order (bench/bench_export.py)
         self.backbone_trainable = backbone_trainable
         self.backbone = DinoV2Backbone(
             preset=backbone,
@@ -195,6 +200,12 @@ class BigGait(nn.Module):
         self.mask_branch.load_state_dict(state, strict=True)
         return self.freeze_mask_branch() if freeze else []
 
+    @property
+    def uses_dense_gre(self) -> bool:
+        """Whether `forward_features` runs the GRE branches densely: `static_shapes` and no branch training."""
+        branches = (self.mask_branch, self.denoising_branch, self.appearance_branch)
+        return self.static_shapes and not any(b.training for b in branches)
+
     # -------------------------------------------------------------------------------------- forward
     def forward_features(self, frames: torch.Tensor, ratios: torch.Tensor) -> dict[str, torch.Tensor]:
         """frames [n, s, 3, H, W] (ImageNet-normalised), ratios [n, s] (w/h) -> per-frame maps [n, s, C, h, w]."""
@@ -205,20 +216,29 @@ class BigGait(nn.Module):
         n, s = frames.shape[:2]
         x = frames.flatten(0, 1)
         r = ratios.reshape(-1).to(frames.device)
+        dense = self.uses_dense_gre
         with torch.set_grad_enabled(self.backbone_trainable and torch.is_grad_enabled()):
             images = prepare_images(x, r, image_size=self.image_size, crop=self.padding_resize_crop)
             f_last, f_mid4 = self.backbone(images)
-            last_map = _upsample(f_last, self.map_size)
-            mid4_map = _upsample(f_mid4, self.map_size)
+            if not dense:
+                last_map = _upsample(f_last, self.map_size)
+                mid4_map = _upsample(f_mid4, self.map_size)
         valid = valid_region_mask(r, self.map_size).to(frames.device) > 0
-        # mask branch on the valid pixels (spec §4)
-        mask_out, shape_mse = self.mask_branch(gather_pixels(last_map, valid))
-        mask_probs = scatter_pixels(mask_out, valid)
-        foreground_prob, foreground = select_foreground(mask_probs.detach())
-        # denoising and appearance branches on the foreground pixels only
-        mid4_fg = gather_pixels(mid4_map, foreground)
-        denoising = scatter_pixels(self.denoising_branch(mid4_fg)[0], foreground)
-        appearance = scatter_pixels(self.appearance_branch(mid4_fg)[0], foreground)
+        if dense:  # static shapes: every pixel, then masked (docs/export.md)
+            fuse = self.fuse_gre_upsampling
+            mask_probs, shape_mse = self.mask_branch.forward_dense(f_last, valid, fuse_upsampling=fuse)
+            foreground_prob, foreground = select_foreground(mask_probs.detach())
+            denoising = self.denoising_branch.forward_dense(f_mid4, foreground, fuse_upsampling=fuse)[0]
+            appearance = self.appearance_branch.forward_dense(f_mid4, foreground, fuse_upsampling=fuse)[0]
+        else:
+            # mask branch on the valid pixels (paper Sec. 3.2; opengait/modeling/models/BigGait.py)
+            mask_out, shape_mse = self.mask_branch(gather_pixels(last_map, valid))
+            mask_probs = scatter_pixels(mask_out, valid)
+            foreground_prob, foreground = select_foreground(mask_probs.detach())
+            # denoising and appearance branches on the foreground pixels only
+            mid4_fg = gather_pixels(mid4_map, foreground)
+            denoising = scatter_pixels(self.denoising_branch(mid4_fg)[0], foreground)
+            appearance = scatter_pixels(self.appearance_branch(mid4_fg)[0], foreground)
 
         def per_seq(t: torch.Tensor) -> torch.Tensor:
             return t.view(n, s, *t.shape[1:])
