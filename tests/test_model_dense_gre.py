@@ -6,12 +6,14 @@ import warnings
 
 import pytest
 import torch
-from test_model_parity import CASES, _load, rel, tiny  # noqa: F401  (tiny is a fixture)
 
 from biggait.models import BigGait
 from biggait.models.gre import DistillationBranch, gather_pixels
+from test_model_parity import CASES, _load, rel, tiny  # noqa: F401  (tiny is a fixture)
 
-SMALL = dict(image_size=(224, 112), map_size=(32, 16), channels=(16, 32, 64, 128), fusion_squeeze=4, embed_dim=32)
+SMALL = dict(
+    image_size=(224, 112), map_size=(32, 16), channels=(16, 32, 64, 128), fusion_squeeze=4, embed_dim=32
+)
 MAPS = ("mask_probs", "foreground_prob", "foreground", "denoising", "appearance")
 
 
