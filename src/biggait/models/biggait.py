@@ -23,6 +23,7 @@ from .gre import (
     select_foreground,
     shape_connect_loss,
     sobel_connect_loss,
+    upsample_maps,
 )
 from .input import prepare_images, valid_region_mask
 
@@ -43,14 +44,6 @@ def _official_init(module: nn.Module) -> None:
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.affine:
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
-
-
-def _upsample(x: torch.Tensor, size: tuple[int, int], *, max_elements: int = 2**31 - 1) -> torch.Tensor:
-    """Bilinear resize of [N, C, h, w] maps (spec §2), in frame chunks below CUDA's INT_MAX-element limit."""
-    per_frame = x.shape[1] * size[0] * size[1]
-    chunk = max(1, max_elements // per_frame)
-    parts = [F.interpolate(c, size=size, mode="bilinear", align_corners=False) for c in x.split(chunk)]
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class BigGait(nn.Module):
@@ -221,8 +214,8 @@ class BigGait(nn.Module):
             images = prepare_images(x, r, image_size=self.image_size, crop=self.padding_resize_crop)
             f_last, f_mid4 = self.backbone(images)
             if not dense:
-                last_map = _upsample(f_last, self.map_size)
-                mid4_map = _upsample(f_mid4, self.map_size)
+                last_map = upsample_maps(f_last, self.map_size)
+                mid4_map = upsample_maps(f_mid4, self.map_size)
         valid = valid_region_mask(r, self.map_size).to(frames.device) > 0
         if dense:  # static shapes: every pixel, then masked (docs/export.md)
             fuse = self.fuse_gre_upsampling

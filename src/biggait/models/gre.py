@@ -18,6 +18,7 @@ __all__ = [
     "select_foreground",
     "shape_connect_loss",
     "sobel_connect_loss",
+    "upsample_maps",
 ]
 
 # spec §4.5: weights as applied by the official loss aggregator
@@ -119,9 +120,21 @@ def _per_pixel(fn, x: torch.Tensor) -> torch.Tensor:
 
 
 def _upsample_rows(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling (align_corners=False) of a channels-last [B, h, w, C] map -> [B, H, W, C]."""
-    up = F.interpolate(x.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False)
-    return up.permute(0, 2, 3, 1)
+    """Bilinear upsampling of a channels-last [B, h, w, C] map -> [B, H, W, C] (no copy back to NCHW)."""
+    return upsample_maps(x.permute(0, 3, 1, 2), size).permute(0, 2, 3, 1)
+
+
+def upsample_maps(x: torch.Tensor, size: tuple[int, int], *, max_elements: int = 2**31 - 1) -> torch.Tensor:
+    """Bilinear resize (align_corners=False) of [N, C, h, w] maps, in frame chunks below CUDA's INT_MAX limit.
+
+    While exporting or compiling the batch size is symbolic: one call, no chunks (static graph).
+    """
+    per_frame = x.shape[1] * size[0] * size[1]
+    chunk = max(1, max_elements // per_frame)
+    if torch.compiler.is_compiling():
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    parts = [F.interpolate(c, size=size, mode="bilinear", align_corners=False) for c in x.split(chunk)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def scatter_pixels(values: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
