@@ -57,7 +57,8 @@ class EmbeddingModel(nn.Module):
             raise ConfigError(
                 "export needs the dense GRE path: build the model with static_shapes=True (the default)"
             )
-        self.model = model.eval()
+        self.model = model
+        self.eval()  # the wrapper too: exporters warn about (and trace) training mode
 
     def forward(self, frames: torch.Tensor, ratios: torch.Tensor) -> torch.Tensor:
         return self.model(frames, ratios)["embeddings"]
@@ -114,7 +115,9 @@ def export_onnx(model: BigGait, out: str | os.PathLike, *, frame_size: Sequence[
     """
     wrapper = EmbeddingModel(model)
     args = example_inputs(_frame_size(model, frame_size))
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # n and s share their constraints across the two inputs: the exporter names each axis once
+        warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape")
         program = torch.onnx.export(
             wrapper,
             args,
