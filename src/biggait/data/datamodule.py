@@ -130,6 +130,7 @@ class GaitDataModule(L.LightningDataModule):
             # with the stream of the epoch it stopped at (a checkpoint at the last batch of epoch e still
             # says current_epoch=e, so the epoch is derived from the step, not read).
             start_epoch=int(getattr(getattr(self, "trainer", None), "global_step", 0)) // hp.steps_per_epoch,
+            frame_size=tuple(self.manifest("train")["frame_size"]),
         )
 
     def eval_dataset(self) -> EvalStream:
@@ -146,6 +147,7 @@ class GaitDataModule(L.LightningDataModule):
             silhouettes=hp.load_silhouettes,
             rank=self.rank,
             world_size=self.world_size,
+            frame_size=tuple(self.manifest("test")["frame_size"]),
         )
 
     def _loader(self, dataset: TrainStream | EvalStream, *, persistent: bool) -> DataLoader:
