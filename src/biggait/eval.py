@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from biggait.errors import ConfigError, exit_on_error
 from biggait.lit_module import BigGaitModule
-from biggait.train import instantiate_callbacks, instantiate_loggers
+from biggait.train import check_accelerator, instantiate_callbacks, instantiate_loggers
 
 __all__ = ["evaluate_checkpoint"]
 
@@ -23,10 +23,12 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
             f"ckpt_path={ckpt!r} is not a file: pass a Lightning checkpoint (outputs/.../checkpoints/last.ckpt, "
             "or one converted with `python -m biggait.compat.opengait IN OUT`)"
         )
+    check_accelerator(cfg, cpu_fallback=True)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     # The protocol follows the evaluation data, not the training data (cross-dataset tables).
     module = BigGaitModule.load_from_checkpoint(ckpt, map_location="cpu", protocol=cfg.data.protocol)
+    module.checkpoint_path = str(ckpt)  # reported with the results (results.json, printed table)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -111,6 +111,7 @@ class BigGaitModule(LightningModule):
         self.last_evaluation: dict[str, EvaluationResult] = {}
         self._black_da_generator: torch.Generator | None = None
         self.checkpoint_step = 0
+        self.checkpoint_path: str | None = None  # the file the weights were loaded from (set by biggait.eval)
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -172,7 +173,13 @@ class BigGaitModule(LightningModule):
     def _eval_step(self, batch: dict[str, Any], metric: GaitRetrievalMetric, iou: MeanMetric) -> None:
         features = self.model.forward_features(batch["frames"], batch["ratios"])
         out = self.model.forward_head(features, lengths=batch.get("lengths"))
-        metric.update(out["embeddings"].float(), batch["subjects"], batch["types"], batch["views"])
+        metric.update(
+            out["embeddings"].float(),
+            batch["subjects"],
+            batch["types"],
+            batch["views"],
+            skipped=batch.get("n_skipped", 0),
+        )
         if "silhouettes" in batch:
             from biggait.viz import foreground_iou
 
@@ -193,10 +200,34 @@ class BigGaitModule(LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.test_metric, self.test_foreground_iou)
 
+    def _evaluation_limits(self, stage: str) -> list[str]:
+        """Trainer settings that make this evaluation read part of the test set (fast_dev_run, limit_*)."""
+        trainer = self.trainer
+        if trainer.fast_dev_run:
+            return [f"fast_dev_run={trainer.fast_dev_run}"]
+        name = "limit_val_batches" if stage == "val" else "limit_test_batches"
+        limit = getattr(trainer, name)
+        return [] if limit == 1.0 else [f"{name}={limit}"]
+
+    def _expected_sequences(self) -> int | None:
+        """The test split's sequence count from its manifest, when the data comes from a GaitDataModule."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        manifest = getattr(datamodule, "manifest", None)
+        if manifest is None:
+            return None
+        shards = manifest("test")["shards"]
+        return int(sum(s["n_samples"] for s in shards))
+
     def _eval_epoch_end(self, stage: str, metric: GaitRetrievalMetric, iou: MeanMetric) -> None:
+        metric.expected_sequences = self._expected_sequences()
+        metric.limits = self._evaluation_limits(stage)
         result = metric.compute()
         metric.reset()
         values = {f"{stage}/{k}": v for k, v in result.metrics.items()}
+        # What the numbers were computed on, next to them in every logger (W&B, CSV).
+        values[f"{stage}/partial"] = float(bool(result.partial))
+        values[f"{stage}/sequences_evaluated"] = float(result.counts["sequences"])
+        values[f"{stage}/sequences_skipped"] = float(result.counts["sequences_skipped"])
         if iou.update_count > 0:
             values[f"{stage}/foreground_iou"] = float(iou.compute()) * 100.0
             iou.reset()

@@ -15,7 +15,13 @@ from biggait.errors import ConfigError, exit_on_error
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "build_shards_if_missing", "instantiate_callbacks", "instantiate_loggers"]
+__all__ = [
+    "build_shards_if_missing",
+    "check_accelerator",
+    "instantiate_callbacks",
+    "instantiate_loggers",
+    "train",
+]
 
 
 def build_shards_if_missing(cfg: DictConfig) -> None:
@@ -53,8 +59,38 @@ def instantiate_loggers(cfg: DictConfig | None) -> list[Any]:
     return _instantiate_group("logger", cfg)
 
 
+_GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+def check_accelerator(cfg: DictConfig, *, cpu_fallback: bool) -> None:
+    """A GPU trainer config on a machine without a GPU: evaluation falls back to one CPU process (with a
+    one-line warning); training stops with one line (40k steps of a paper recipe on a CPU is never meant)."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator not in _GPU_ACCELERATORS or torch.cuda.is_available():
+        return
+    if not cpu_fallback:
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but no GPU is visible: run this recipe on a GPU machine, or add "
+            "trainer=cpu to run it on the CPU (very slow)"
+        )
+    log.warning(
+        "no GPU is visible: evaluating on the CPU (one process, 32-bit); this is slow for large test sets"
+    )
+    with open_dict(cfg):
+        cfg.trainer.update(
+            accelerator="cpu", devices=1, strategy="auto", sync_batchnorm=False, precision="32-true"
+        )
+        cfg.trainer.pop("num_nodes", None)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Build data, model, callbacks, loggers and trainer from `cfg`; fit, then test; return the metrics."""
+    check_accelerator(cfg, cpu_fallback=False)
+    if "pretrained" in cfg.model.get("model", {}) and cfg.model.model.pretrained is None:
+        raise ConfigError(
+            "model.model.pretrained is null: name the backbone weights: hub (DINOv2 from the Hugging Face hub), "
+            "/path/dinov2_vits14_pretrain.pth, synthetic (the tiny stand-in LVM) or random (random features)"
+        )
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
     build_shards_if_missing(cfg)
