@@ -204,7 +204,7 @@ class BigGaitModule(LightningModule):
         """Trainer settings that make this evaluation read part of the test set (fast_dev_run, limit_*)."""
         trainer = self.trainer
         if trainer.fast_dev_run:
-            return [f"fast_dev_run={trainer.fast_dev_run}"]
+            return ["fast_dev_run"]
         name = "limit_val_batches" if stage == "val" else "limit_test_batches"
         limit = getattr(trainer, name)
         return [] if limit == 1.0 else [f"{name}={limit}"]
