@@ -24,7 +24,7 @@ import webdataset as wds
 from biggait.data import GaitDataModule, SequenceRecord
 from biggait.data.pipeline import BadDataWarning, iter_tar
 from biggait.data.shards import encode_record
-from biggait.errors import CorruptDataError, DatasetNotFoundError
+from biggait.errors import CorruptDataError, DatasetNotFoundError, one_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,64 +65,62 @@ def _png(width: int, height: int) -> bytes:
     )
 
 
-def truncate_shards(root: Path) -> None:
-    for tar in sorted(root.glob("*/*.tar")):
+def truncate_shards(root: Path, every: int = 1) -> None:
+    for tar in sorted(root.glob("*/*.tar"))[::every]:
         data = tar.read_bytes()
         tar.write_bytes(data[: int(len(data) * 0.6)])
 
 
-def flip_frame_bytes(root: Path) -> None:
-    def mutate(key, fields, i):
-        frame = bytearray(fields["f0001.png"])
-        for j in range(len(frame) // 2, len(frame) // 2 + 16):
-            frame[j] ^= 0xFF
-        return fields | {"f0001.png": bytes(frame)}
-
-    every_shard(root, mutate)
+def flip_frame_bytes(key: str, fields: dict, i: int) -> dict:
+    frame = bytearray(fields["f0001.png"])
+    for j in range(len(frame) // 2, len(frame) // 2 + 16):
+        frame[j] ^= 0xFF
+    return fields | {"f0001.png": bytes(frame)}
 
 
-def oversized_header(root: Path) -> None:
+def oversized_header(key: str, fields: dict, i: int) -> dict:
     """40000 x 40000 declared: cv2.imdecode raises cv2.error (or allocates gigabytes at 20000 x 20000)."""
-    every_shard(root, lambda key, fields, i: fields | {"f0000.png": _png(40000, 40000)})
+    return fields | {"f0000.png": _png(40000, 40000)}
 
 
-def odd_size_sample(root: Path) -> None:
+def odd_size_sample(key: str, fields: dict, i: int) -> dict:
     """Frames and meta.json agree (32x16) but the manifest says 64x32."""
-
-    def mutate(key, fields, i):
-        meta = json.loads(fields["meta.json"])
-        rng = np.random.default_rng(i)
-        record = SequenceRecord(
-            meta["subject"],
-            meta["type"],
-            meta["view"],
-            rng.integers(0, 255, (meta["n_frames"], 32, 16, 3), dtype=np.uint8),
-            np.full(meta["n_frames"], 0.5, np.float32),
-            np.zeros((meta["n_frames"], 32, 16), np.uint8),
-        )
-        return {k: v for k, v in encode_record(record, key).items() if k != "__key__"}
-
-    every_shard(root, mutate)
+    meta = json.loads(fields["meta.json"])
+    rng = np.random.default_rng(i)
+    record = SequenceRecord(
+        meta["subject"],
+        meta["type"],
+        meta["view"],
+        rng.integers(0, 255, (meta["n_frames"], 32, 16, 3), dtype=np.uint8),
+        np.full(meta["n_frames"], 0.5, np.float32),
+        np.zeros((meta["n_frames"], 32, 16), np.uint8),
+    )
+    return {k: v for k, v in encode_record(record, key).items() if k != "__key__"}
 
 
-def bad_ratios(root: Path) -> None:
+def bad_ratios(key: str, fields: dict, i: int) -> dict:
     values = [math.nan, math.inf, -0.5, 0.0]
-
-    def mutate(key, fields, i):
-        meta = json.loads(fields["meta.json"])
-        meta["ratios"][i % len(meta["ratios"])] = values[i % len(values)]
-        return fields | {"meta.json": json.dumps(meta).encode()}  # json writes NaN / Infinity
-
-    every_shard(root, mutate)
+    meta = json.loads(fields["meta.json"])
+    meta["ratios"][i % len(meta["ratios"])] = values[i % len(values)]
+    return fields | {"meta.json": json.dumps(meta).encode()}  # json writes NaN / Infinity
 
 
-DATA_FAULTS = {
-    "truncated_tar": truncate_shards,
+SAMPLE_FAULTS = {
     "flipped_frame_bytes": flip_frame_bytes,
     "oversized_image_header": oversized_header,
     "odd_size_sample": odd_size_sample,
     "bad_ratios": bad_ratios,
 }
+DATA_FAULTS = {name: (lambda root, m=mutate: every_shard(root, m)) for name, mutate in SAMPLE_FAULTS.items()}
+DATA_FAULTS["truncated_tar"] = truncate_shards
+
+
+def all_faults(root: Path) -> None:
+    """Shard j gets sample fault j mod 4 in its first sample; every third shard is then truncated too."""
+    faults = list(SAMPLE_FAULTS.values())
+    for j, tar in enumerate(sorted(root.glob("*/*.tar"))):
+        rewrite_first_sample(tar, lambda key, fields, j=j: faults[j % len(faults)](key, fields, j))
+    truncate_shards(root, every=3)
 
 
 def datamodule(root: Path) -> GaitDataModule:
@@ -226,16 +224,21 @@ def test_bad_manifest_fields_are_one_error_naming_the_field(
 
 
 def test_understated_count_without_sidecars_stops_when_read(tiny_shards: Path, tmp_path: Path) -> None:
-    """No sidecar to check against: the reader finds the extra sample and names the manifest field."""
+    """No sidecar to check against: the reader finds the extra sample and names the manifest field, in one
+    line also when the error comes back from a data-loader worker process."""
     root = copy_shards(tiny_shards, tmp_path)
     for sidecar in (root / "train").glob("tiny-train-*.json"):
         sidecar.unlink()
     _edit_manifest(root, _understated)
     dm = datamodule(root)
+    dm.hparams.num_workers = 1
     dm.setup("fit")
-    with pytest.raises(CorruptDataError, match=r"n_samples"):
+    with pytest.raises(CorruptDataError) as info:
         for _ in zip(range(50), dm.train_dataloader()):
             pass
+    assert "DataLoader worker" in str(info.value)  # torch re-raises it with the worker's traceback ...
+    message = one_line(info.value)  # ... which the CLIs' `error:` line leaves out
+    assert "\n" not in message and "shards[].n_samples" in message and "tiny-train-000000.tar" in message
 
 
 def test_missing_shard_is_one_error(tiny_shards: Path, tmp_path: Path) -> None:
@@ -293,8 +296,7 @@ def assert_one_error_line(proc: subprocess.CompletedProcess, pattern: str) -> No
 @pytest.mark.slow
 def test_train_cli_trains_on_over_every_data_fault_and_reports_it(tiny_shards: Path, tmp_path: Path) -> None:
     root = copy_shards(tiny_shards, tmp_path)
-    for inject in DATA_FAULTS.values():
-        inject(root)
+    all_faults(root)
     out = tmp_path / "run"
     proc = run_cli(
         "biggait.train",
