@@ -20,26 +20,21 @@ from torch.utils.data import DataLoader
 from biggait.callbacks import StepCheckpoint
 from biggait.io import remove_stale_temporaries
 
-# A real Trainer with the real StepCheckpoint; the module carries a big frozen tensor so a save takes a while.
+# A real Trainer with the real StepCheckpoint; the module carries a big buffer so that a save takes a while.
 CHILD = r"""
 import sys
 from pathlib import Path
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
 from biggait.callbacks import StepCheckpoint
 
-class Big(L.LightningModule):
+sys.path.insert(0, sys.argv[3])
+from test_checkpoint_atomic import _Tiny
+
+class Big(_Tiny):
     def __init__(self):
         super().__init__()
-        self.lin = torch.nn.Linear(4, 1)
         self.register_buffer("ballast", torch.arange(6_000_000, dtype=torch.float32))  # 24 MB
-    def training_step(self, batch, batch_idx):
-        return self.lin(batch).pow(2).mean()
-    def train_dataloader(self):
-        return DataLoader(torch.randn(64, 4), batch_size=4)
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
 
 out, final = Path(sys.argv[1]), sys.argv[2] == "final"
 last = out / "last.ckpt"
@@ -54,6 +49,7 @@ trainer = L.Trainer(
 print("started", flush=True)
 trainer.fit(Big(), ckpt_path=resume)
 """
+TESTS = str(Path(__file__).resolve().parent)
 
 
 class _Tiny(L.LightningModule):
@@ -141,7 +137,7 @@ def test_killed_saves_leave_a_loadable_last_ckpt_and_no_temporaries(tmp_path: Pa
     try:
         for _ in range(12):
             child = subprocess.Popen(
-                [sys.executable, "-c", CHILD, str(out), "kill"],
+                [sys.executable, "-c", CHILD, str(out), "kill", TESTS],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
@@ -169,7 +165,9 @@ def test_killed_saves_leave_a_loadable_last_ckpt_and_no_temporaries(tmp_path: Pa
         assert killed_mid_save >= 6, f"only {killed_mid_save} of 12 kills hit a save: the test proves nothing"
         assert loads >= 10
         # The next run resumes from what was left and removes the killed saves' temporaries.
-        done = subprocess.run([sys.executable, "-c", CHILD, str(out), "final"], env=env, capture_output=True)
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD, str(out), "final", TESTS], env=env, capture_output=True
+        )
         assert done.returncode == 0, done.stderr.decode()[-2000:]
         assert _temporaries(out, shm) == []
         assert torch.load(out / "last.ckpt", weights_only=True)["global_step"] > 0

@@ -25,6 +25,8 @@ from biggait.data import GaitDataModule, SequenceRecord
 from biggait.data.pipeline import BadDataWarning, iter_tar
 from biggait.data.shards import encode_record
 from biggait.errors import CorruptDataError, DatasetNotFoundError, one_line
+from test_data_datamodule import datamodule as tiny_datamodule  # tests/ is on sys.path (rootdir conftest)
+from test_reliability import RUN
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,18 +126,7 @@ def all_faults(root: Path) -> None:
 
 
 def datamodule(root: Path) -> GaitDataModule:
-    return GaitDataModule(
-        root=str(root),
-        protocol="ccpg",
-        frames_per_sequence=4,
-        ids_per_batch=3,
-        seqs_per_id=2,
-        steps_per_epoch=4,
-        eval_batch_size=4,
-        num_workers=0,
-        shuffle_buffer=8,
-        load_silhouettes=True,
-    )
+    return tiny_datamodule(root, frames_per_sequence=4, eval_batch_size=4, load_silhouettes=True)
 
 
 @pytest.mark.parametrize("fault", sorted(DATA_FAULTS))
@@ -249,28 +240,7 @@ def test_missing_shard_is_one_error(tiny_shards: Path, tmp_path: Path) -> None:
 
 
 # --- the CLIs -----------------------------------------------------------------------------------------------
-TINY_RUN = [
-    "model.model.image_size=[112,56]",
-    "model.model.map_size=[32,16]",
-    "model.model.channels=[8,16,32,64]",
-    "model.model.embed_dim=16",
-    "data.frames_per_sequence=4",
-    "data.ids_per_batch=3",
-    "data.seqs_per_id=2",
-    "data.eval_batch_size=4",
-    "data.num_workers=0",
-    "data.shuffle_buffer=16",
-    "data.steps_per_epoch=3",
-    "data_prep=none",
-    "callbacks.feature_maps.every_n_steps=0",
-    "callbacks.mask_branch_schedule.freeze_at_step=2",
-    "callbacks.progress_bar.refresh_rate=0",
-    "callbacks.model_checkpoint.every_n_train_steps=2",
-    "trainer.max_steps=3",
-    "trainer.val_check_interval=1000",
-    "trainer.log_every_n_steps=1",
-    "trainer.accelerator=cpu",
-]
+TINY_RUN = [*RUN, "trainer.accelerator=cpu"]
 
 
 def run_cli(module: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -22,27 +22,17 @@ from biggait.eval import evaluate_checkpoint
 from biggait.evaluation import evaluate_detailed
 from biggait.models.backbone import DinoV2Backbone
 from biggait.train import check_accelerator, train
+from test_train import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 PAPER = ["biggait_ccpg", "biggait_casiab", "biggait_sustech1k"]
-TINY = [
-    "model.model.image_size=[112,56]",
-    "model.model.map_size=[32,16]",
-    "model.model.channels=[8,16,32,64]",
-    "model.model.embed_dim=16",
-    "data.frames_per_sequence=4",
-    "data.ids_per_batch=3",
-    "data.seqs_per_id=2",
-    "data.eval_batch_size=4",
-    "data.num_workers=0",
-    "data.shuffle_buffer=16",
+# test_train's CPU-sized model and loop, for 3 steps (checkpoints at 2 and 3) without panels or a logger
+RUN = [
+    *TINY,
     "data.steps_per_epoch=3",
-    "data_prep=none",
     "logger=none",
     "callbacks.feature_maps.every_n_steps=0",
-    "callbacks.mask_branch_schedule.freeze_at_step=2",
-    "callbacks.progress_bar.refresh_rate=0",
     "callbacks.model_checkpoint.every_n_train_steps=2",
     "trainer.max_steps=3",
     "trainer.val_check_interval=1000",
@@ -71,7 +61,7 @@ def test_random_features_only_by_name(tiny_shards: Path, tmp_path: Path) -> None
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # asked for by name: no "NO pretrained weights" warning
         DinoV2Backbone(preset="tiny", image_size=(112, 56), pretrained="random")
-    cfg = _compose("train", [*TINY, "model.model.pretrained=null"], tmp_path, tiny_shards)
+    cfg = _compose("train", [*RUN, "model.model.pretrained=null"], tmp_path, tiny_shards)
     with pytest.raises(ConfigError, match=r"model\.model\.pretrained is null.*random"):
         train(cfg)
 
@@ -150,7 +140,7 @@ def test_evaluation_counts_per_condition() -> None:
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tiny_shards: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ckpt_run")
-    train(_compose("train", [*TINY, "test_after_fit=false"], out, tiny_shards))
+    train(_compose("train", [*RUN, "test_after_fit=false"], out, tiny_shards))
     return out / "checkpoints" / "last.ckpt"
 
 
@@ -198,7 +188,7 @@ def test_limited_evaluation_is_marked_partial_everywhere(
 
 
 def test_fast_dev_run_works_and_is_partial(tiny_shards: Path, tmp_path: Path) -> None:
-    cfg = _compose("train", [*TINY, "+trainer.fast_dev_run=1"], tmp_path, tiny_shards)
+    cfg = _compose("train", [*RUN, "+trainer.fast_dev_run=1"], tmp_path, tiny_shards)
     metrics = train(cfg)
     assert metrics["test/partial"] == 1.0
     results = json.loads(next((tmp_path / "evaluation").glob("test-step*/results.json")).read_text())

@@ -28,8 +28,11 @@ class EvaluationReport(Callback):
 
     @staticmethod
     def _checkpoint(trainer: Trainer, pl_module: LightningModule) -> str | None:
-        """The checkpoint whose weights were evaluated: the file loaded, or the last one this run saved."""
-        loaded = getattr(pl_module, "checkpoint_path", None) or trainer.ckpt_path
+        """The checkpoint whose weights were evaluated: the file loaded for evaluation, or the one this run saved
+        at the current step (None when the weights evaluated are in no file)."""
+        loaded = getattr(pl_module, "checkpoint_path", None)
+        if loaded is None and trainer.state.fn == "test":
+            loaded = trainer.ckpt_path  # trainer.test(ckpt_path=...)
         if loaded:
             return str(loaded)
         callback = trainer.checkpoint_callback
