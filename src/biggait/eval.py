@@ -8,8 +8,8 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
+from biggait.checkpoint import load_module
 from biggait.errors import ConfigError, exit_on_error
-from biggait.lit_module import BigGaitModule
 from biggait.train import instantiate_callbacks, instantiate_loggers
 
 __all__ = ["evaluate_checkpoint"]
@@ -24,9 +24,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
             "or one converted with `python -m biggait.compat.opengait IN OUT`)"
         )
     L.seed_everything(cfg.seed, workers=True)
+    # Checked first (one error line for a bad file, before Lightning reads it). The protocol follows the
+    # evaluation data, not the training data (cross-dataset tables); the backbone's `pretrained` file is not
+    # read (the checkpoint holds every weight).
+    module = load_module(ckpt, protocol=cfg.data.protocol)
     datamodule = hydra.utils.instantiate(cfg.data)
-    # The protocol follows the evaluation data, not the training data (cross-dataset tables).
-    module = BigGaitModule.load_from_checkpoint(ckpt, map_location="cpu", protocol=cfg.data.protocol)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
