@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from biggait.checkpoint import load_module
 from biggait.errors import ConfigError, exit_on_error
+from biggait.paths import conf_dir
 from biggait.train import instantiate_callbacks, instantiate_loggers
 
 __all__ = ["evaluate_checkpoint"]
@@ -36,7 +37,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="eval")
 def main(cfg: DictConfig) -> None:
     with exit_on_error():
         evaluate_checkpoint(cfg)

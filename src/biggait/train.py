@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from biggait.checkpoint import validate_checkpoint
 from biggait.errors import ConfigError, exit_on_error
 from biggait.models import weights_from_checkpoint
+from biggait.paths import conf_dir
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def main(cfg: DictConfig) -> None:
     with exit_on_error():
         train(cfg)

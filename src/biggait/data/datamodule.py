@@ -166,6 +166,10 @@ class GaitDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.eval_dataset(), persistent=False)
 
+    def predict_dataloader(self) -> DataLoader:
+        """The test split, every sequence once (trainer.predict embeds it; callbacks.GalleryWriter saves it)."""
+        return self._loader(self.eval_dataset(), persistent=False)
+
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         frames = batch["frames"]
         if frames.dtype == torch.uint8:
