@@ -67,7 +67,7 @@ def test_chunked_batched_embedding_equals_one_forward_pass(model: BigGait, batch
 
 
 def test_padded_batch_embedding_equals_the_evaluation_forward(model: BigGait) -> None:
-    (a, ra), (b, rb) = _frames(5, 0), _frames(3, 1)
+    (a, _), (b, _) = _frames(5, 0), _frames(3, 1)
     frames = torch.zeros(2, 5, 3, 64, 32, dtype=torch.uint8)
     frames[0] = torch.from_numpy(a).permute(0, 3, 1, 2)
     frames[1, :3] = torch.from_numpy(b).permute(0, 3, 1, 2)
@@ -109,7 +109,7 @@ def _write_tree(root: Path, ids=("023", "024"), types=("U0_D0", "U1_D1"), n=3) -
 
 def _write_video(path: Path, frames: list[np.ndarray]) -> Path:
     h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (w, h))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), 10, (w, h))
     assert writer.isOpened()
     for f in frames:
         writer.write(np.ascontiguousarray(f[..., ::-1]))
