@@ -20,7 +20,8 @@ __all__ = [
     "GalleryError",
     "iter_gallery_embeddings",
     "load_gallery",
-    "read_gallery_index",
+    "read_gallery_model",
+    "read_gallery_strings",
 ]
 
 GALLERY_FORMAT = "biggait-gallery/1"
@@ -108,30 +109,39 @@ def _open(path: Path) -> np.lib.npyio.NpzFile:
         ) from None
 
 
-def _read_header(path: Path, npz: np.lib.npyio.NpzFile) -> dict[str, np.ndarray]:
+def _read_header(
+    path: Path, npz: np.lib.npyio.NpzFile, strings: tuple[str, ...] = _STRINGS
+) -> dict[str, np.ndarray]:
     missing = _KEYS - set(npz.files)
     if missing:
         raise GalleryError(f"gallery {path} lacks {sorted(missing)}: it is not a biggait gallery")
     out = {}
     try:
-        for key in ("format", "model", *_STRINGS):
+        for key in ("format", "model", *strings):
             out[key] = npz[key]
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise GalleryError(f"gallery {path}: field cannot be read ({type(exc).__name__}: {exc})") from None
     if out["format"].shape != () or str(out["format"]) != GALLERY_FORMAT:
         raise GalleryError(f"gallery {path} has format {out['format']!r}, expected {GALLERY_FORMAT}")
-    for key in ("model", *_STRINGS):
+    for key in ("model", *strings):
         if out[key].dtype.kind != "U":
             raise GalleryError(f"gallery {path}: {key} must be a unicode array, got {out[key].dtype}")
     return out
 
 
-def read_gallery_index(path: str | Path) -> tuple[str, list[str], list[str], list[str]]:
-    """(model fingerprint, labels, identities, sources) of a gallery file without reading its embeddings."""
+def read_gallery_model(path: str | Path) -> str:
+    """The model fingerprint of a gallery file, after checking its fields (nothing large is read)."""
     path = Path(path)
     with _open(path) as npz:
-        head = _read_header(path, npz)
-    return str(head["model"]), *(head[k].tolist() for k in _STRINGS)
+        return str(_read_header(path, npz, strings=())["model"])
+
+
+def read_gallery_strings(path: str | Path, *names: str) -> dict[str, np.ndarray]:
+    """Some of `labels` / `identities` / `sources` of a gallery file, as unicode arrays (not Python lists)."""
+    path = Path(path)
+    with _open(path) as npz:
+        head = _read_header(path, npz, strings=names)
+    return {name: head[name] for name in names}
 
 
 def load_gallery(path: str | Path) -> Gallery:
@@ -161,22 +171,27 @@ def iter_gallery_embeddings(path: str | Path, *, rows: int = 65536) -> Iterator[
     """(first row, embeddings [r, E, p]) chunks of a gallery file read straight from its uncompressed member,
     so a huge gallery never sits in memory whole."""
     path = Path(path)
-    with zipfile.ZipFile(path) as zf:
+    try:
+        zf = zipfile.ZipFile(path)
         info = zf.getinfo("embeddings.npy")
-        with zf.open(info) as f:
-            version = np.lib.format.read_magic(f)
-            if version not in _HEADER_READERS:
-                raise GalleryError(f"gallery {path}: unsupported .npy version {version}")
-            shape, fortran, dtype = _HEADER_READERS[version](f)
-            if fortran or dtype != np.float32 or len(shape) != 3:
-                raise GalleryError(f"gallery {path}: embeddings must be C-order float32 [N, E, parts]")
-            row_bytes = int(np.prod(shape[1:])) * 4
-            for start in range(0, shape[0], rows):
-                n = min(rows, shape[0] - start)
-                data = f.read(n * row_bytes)
-                if len(data) != n * row_bytes:
-                    raise GalleryError(f"gallery {path}: embeddings are truncated at row {start}")
-                chunk = np.frombuffer(bytearray(data), np.float32).reshape(n, *shape[1:])
-                if not np.isfinite(chunk).all():
-                    raise GalleryError(f"gallery {path}: embeddings contain NaN or inf")
-                yield start, chunk
+    except (OSError, KeyError, zipfile.BadZipFile) as exc:
+        raise GalleryError(
+            f"gallery {path}: embeddings cannot be read ({type(exc).__name__}: {exc})"
+        ) from None
+    with zf, zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in _HEADER_READERS:
+            raise GalleryError(f"gallery {path}: unsupported .npy version {version}")
+        shape, fortran, dtype = _HEADER_READERS[version](f)
+        if fortran or dtype != np.float32 or len(shape) != 3:
+            raise GalleryError(f"gallery {path}: embeddings must be C-order float32 [N, E, parts]")
+        row_bytes = int(np.prod(shape[1:])) * 4
+        for start in range(0, shape[0], rows):
+            n = min(rows, shape[0] - start)
+            data = f.read(n * row_bytes)
+            if len(data) != n * row_bytes:
+                raise GalleryError(f"gallery {path}: embeddings are truncated at row {start}")
+            chunk = np.frombuffer(bytearray(data), np.float32).reshape(n, *shape[1:])
+            if not np.isfinite(chunk).all():
+                raise GalleryError(f"gallery {path}: embeddings contain NaN or inf")
+            yield start, chunk

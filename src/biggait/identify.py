@@ -19,13 +19,21 @@ import torch
 
 from biggait.errors import ConfigError, exit_on_error
 from biggait.evaluation.distance import part_euclidean
-from biggait.gallery import Gallery, GalleryError, iter_gallery_embeddings, load_gallery, read_gallery_index
+from biggait.gallery import (
+    Gallery,
+    GalleryError,
+    iter_gallery_embeddings,
+    load_gallery,
+    read_gallery_model,
+    read_gallery_strings,
+)
 from biggait.io import atomic_write_json
 
 __all__ = ["format_table", "identify", "main"]
 
 # distance-matrix elements per gallery chunk ([probes, rows] float32): 64 MiB
 _BUDGET = 1 << 24
+_CHUNK_BYTES = 64 << 20  # gallery embeddings read per chunk
 
 
 def _chunks(gallery: Gallery | str | Path, rows: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -52,26 +60,20 @@ def identify(
     """
     if top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {top_k}")
-    if isinstance(gallery, Gallery):
-        model, labels, identities = gallery.model, gallery.labels, gallery.identities
-        shape = gallery.embeddings.shape[1:]
-    else:
-        model, labels, identities, _ = read_gallery_index(gallery)
-        shape = None
+    model = gallery.model if isinstance(gallery, Gallery) else read_gallery_model(gallery)
     if model != probes.model:
         raise GalleryError(
             f"the gallery was embedded by model {model[:12]} and the probes by model {probes.model[:12]}: "
             "embeddings of different models cannot be compared; embed both with one model"
         )
-    if len(labels) == 0:
-        raise GalleryError("the gallery is empty")
     q = torch.from_numpy(probes.embeddings)
-    rows = max(1, budget // max(1, len(probes)))
+    row_bytes = 4 * int(np.prod(probes.embeddings.shape[1:]))
+    rows = max(1, min(_CHUNK_BYTES // row_bytes, budget // max(1, len(probes))))
     best_d = torch.empty(len(probes), 0)
     best_i = torch.empty(len(probes), 0, dtype=torch.int64)
+    n_gallery = 0
     for start, chunk in _chunks(gallery, rows):
-        if shape is None:
-            shape = chunk.shape[1:]
+        n_gallery = start + chunk.shape[0]
         if tuple(chunk.shape[1:]) != tuple(q.shape[1:]):
             raise GalleryError(
                 f"gallery embeddings {tuple(chunk.shape[1:])} and probes {tuple(q.shape[1:])} differ"
@@ -82,10 +84,20 @@ def identify(
         k = min(top_k, d.shape[1])
         best_d, order = d.topk(k, dim=1, largest=False, sorted=True)
         best_i = idx.gather(1, order)
+    if n_gallery == 0:
+        raise GalleryError("the gallery is empty")
+    # labels are read after the ranking, as arrays: a million of them are not held as Python strings
+    if isinstance(gallery, Gallery):
+        labels, identities = np.asarray(gallery.labels), np.asarray(gallery.identities)
+    else:
+        fields = read_gallery_strings(gallery, "labels", "identities")
+        labels, identities = fields["labels"], fields["identities"]
+        if len(labels) != n_gallery or len(identities) != n_gallery:
+            raise GalleryError(f"gallery {gallery}: {n_gallery} embeddings but {len(labels)} labels")
     results = []
     for p, label in enumerate(probes.labels):
         matches = [
-            {"label": labels[i], "identity": identities[i], "distance": float(dist)}
+            {"label": str(labels[i]), "identity": str(identities[i]), "distance": float(dist)}
             for dist, i in zip(best_d[p].tolist(), best_i[p].tolist())
             if threshold is None or dist <= threshold
         ]
@@ -133,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with exit_on_error():
         probes = load_gallery(args.probes)
-        read_gallery_index(args.gallery)  # one error line for a broken file before any work
+        read_gallery_model(args.gallery)  # one error line for a broken file before any work
         results = identify(args.gallery, probes, top_k=args.top_k, threshold=args.threshold)
         if args.json is not None:
             atomic_write_json(args.json, results)
