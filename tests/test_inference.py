@@ -24,17 +24,7 @@ from biggait.inference import embed_padded, embed_sequences
 from biggait.models import BigGait
 from biggait.preprocess import normalize_frames, pad_and_resize, prepare_crops
 from biggait.sources import InputError, discover_inputs, read_tracks
-
-TINY = {
-    "backbone": "tiny",
-    "num_classes": 5,
-    "image_size": (112, 56),
-    "map_size": (32, 16),
-    "channels": (8, 16, 32, 64),
-    "embed_dim": 16,
-    "fusion_squeeze": 4,
-    "frame_size": (64, 32),
-}
+from test_checkpoint import TINY
 
 
 @pytest.fixture(scope="module")
