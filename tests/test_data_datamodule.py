@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from biggait.data import GaitDataModule, SequenceRecord, write_shards
-from biggait.data.datamodule import IMAGENET_MEAN, IMAGENET_STD
 from biggait.data.pipeline import BadDataWarning, iter_tar
 from biggait.errors import ConfigError, DatasetNotFoundError
+from biggait.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 H, W = 64, 32
 

@@ -8,8 +8,9 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
+from biggait.checkpoint import load_module
 from biggait.errors import ConfigError, exit_on_error
-from biggait.lit_module import BigGaitModule
+from biggait.paths import conf_dir
 from biggait.train import check_accelerator, instantiate_callbacks, instantiate_loggers
 
 __all__ = ["evaluate_checkpoint"]
@@ -25,9 +26,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
         )
     check_accelerator(cfg, cpu_fallback=True)
     L.seed_everything(cfg.seed, workers=True)
+    # Checked first (one error line for a bad file, before Lightning reads it). The protocol follows the
+    # evaluation data, not the training data (cross-dataset tables); the backbone's `pretrained` file is not
+    # read (the checkpoint holds every weight).
+    module = load_module(ckpt, protocol=cfg.data.protocol)
     datamodule = hydra.utils.instantiate(cfg.data)
-    # The protocol follows the evaluation data, not the training data (cross-dataset tables).
-    module = BigGaitModule.load_from_checkpoint(ckpt, map_location="cpu", protocol=cfg.data.protocol)
     module.checkpoint_path = str(ckpt)  # reported with the results (results.json, printed table)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
@@ -36,7 +39,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="eval")
 def main(cfg: DictConfig) -> None:
     with exit_on_error():
         evaluate_checkpoint(cfg)

@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric
 
 from biggait.evaluation import EvaluationResult
 from biggait.evaluation.metric import GaitRetrievalMetric
+from biggait.inference import embed_padded
 from biggait.losses import cross_entropy_loss, triplet_loss
 from biggait.models import BigGait
 
@@ -217,6 +218,26 @@ class BigGaitModule(LightningModule):
             return None
         shards = manifest("test")["shards"]
         return int(sum(s["n_samples"] for s in shards))
+
+    # -- prediction (embedding a gallery with trainer.predict; callbacks.GalleryWriter writes it) -------
+    predict_batch_frames = 256  # frames per forward pass: long sequences are embedded in chunks
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """An evaluation batch -> {"embeddings" [n, E, p] on the CPU, "labels", "identities", "sources"}."""
+        embeddings = embed_padded(
+            self.model,
+            batch["frames"],
+            batch["ratios"],
+            batch.get("lengths"),
+            batch_frames=self.predict_batch_frames,
+        )
+        labels = [f"{s}/{t}/{v}" for s, t, v in zip(batch["subjects"], batch["types"], batch["views"])]
+        return {
+            "embeddings": embeddings.float().cpu(),
+            "labels": labels,
+            "identities": list(batch["subjects"]),
+            "sources": list(batch.get("sources", labels)),
+        }
 
     def _eval_epoch_end(self, stage: str, metric: GaitRetrievalMetric, iou: MeanMetric) -> None:
         metric.expected_sequences = self._expected_sequences()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,10 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from biggait.checkpoint import validate_checkpoint
 from biggait.errors import ConfigError, exit_on_error
+from biggait.models import weights_from_checkpoint
+from biggait.paths import conf_dir
 
 log = logging.getLogger(__name__)
 
@@ -94,27 +98,34 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
     build_shards_if_missing(cfg)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None:
+        validate_checkpoint(ckpt_path)  # one error line for a bad file, before Lightning reads it
     datamodule = hydra.utils.instantiate(cfg.data)
     num_classes = datamodule.num_classes
+    # The stored frame size travels in the checkpoint's hyper-parameters, so inference prepares crops alike.
+    frame_size = [int(v) for v in datamodule.manifest("train")["frame_size"]]
     with open_dict(cfg):
-        configured = cfg.model.model.get("num_classes")
-        if configured is not None and configured != num_classes:
-            raise ConfigError(
-                f"model.model.num_classes={configured} but the train split of {cfg.data.root} has "
-                f"{num_classes} identities: drop the override or fix the dataset"
-            )
-        cfg.model.model.num_classes = num_classes
-    module = hydra.utils.instantiate(cfg.model, _convert_="all")
+        for key, value in (("num_classes", num_classes), ("frame_size", frame_size)):
+            configured = cfg.model.model.get(key)
+            if configured is not None:
+                configured = [int(v) for v in configured] if key == "frame_size" else configured
+                if configured != value:
+                    raise ConfigError(
+                        f"model.model.{key}={configured} but the train split of {cfg.data.root} has "
+                        f"{key} {value}: drop the override or fix the dataset"
+                    )
+            cfg.model.model[key] = value
+    # Resuming restores every weight from the checkpoint: the backbone's `pretrained` source is not read.
+    with weights_from_checkpoint() if ckpt_path is not None else nullcontext():
+        module = hydra.utils.instantiate(cfg.model, _convert_="all")
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path is not None and not Path(ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path} does not exist: give the .ckpt to resume from, or drop it")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test_after_fit", True):
         trainer.test(module, datamodule=datamodule)
@@ -122,7 +133,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def main(cfg: DictConfig) -> None:
     with exit_on_error():
         train(cfg)

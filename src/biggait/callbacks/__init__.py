@@ -2,6 +2,7 @@
 
 from .checkpoint import AtomicCheckpointIO, StepCheckpoint
 from .feature_maps import FeatureMapLogger
+from .gallery_writer import GalleryWriter
 from .mask_schedule import MaskBranchSchedule
 from .report import EvaluationReport
 from .throughput import TrainThroughput
@@ -10,6 +11,7 @@ __all__ = [
     "AtomicCheckpointIO",
     "EvaluationReport",
     "FeatureMapLogger",
+    "GalleryWriter",
     "MaskBranchSchedule",
     "StepCheckpoint",
     "TrainThroughput",

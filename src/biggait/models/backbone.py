@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextvars
 import io
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +27,30 @@ __all__ = [
     "DinoV2Backbone",
     "interpolate_pos_embed",
     "mid4_indices",
+    "weights_from_checkpoint",
 ]
 
 # Marker of backbone files written by `DinoV2Backbone.save` (e.g. the synthetic world's stand-in LVM).
 BACKBONE_FILE_FORMAT = "biggait-backbone/1"
 # `pretrained="synthetic"`: the tiny stand-in LVM shipped with the package (biggait.synthetic_lvm, `make lvm`).
 SYNTHETIC_LVM_FILE = Path(__file__).resolve().parent.parent / "assets" / "synthetic_lvm_tiny.pt"
+
+
+_RESTORING = contextvars.ContextVar("biggait_backbone_restoring", default=False)
+
+
+@contextmanager
+def weights_from_checkpoint() -> Iterator[None]:
+    """Backbones built inside skip `pretrained` (no file, no network, no warning): a checkpoint restores them.
+
+    `pretrained` matters only when training starts; evaluating, embedding or resuming a checkpoint must not
+    need the original weight file (it may have moved) nor the network.
+    """
+    token = _RESTORING.set(True)
+    try:
+        yield
+    finally:
+        _RESTORING.reset(token)
 
 
 class BackboneFileError(ValueError):
@@ -131,9 +152,9 @@ class DinoV2Backbone(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + OFFICIAL_GRID**2, self.embed_dim))
         self.mask_token = nn.Parameter(torch.zeros(1, self.embed_dim))  # unused, kept for lossless import
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        if pretrained == "random":  # random features, asked for by name
-            return
-        if pretrained is None:
+        if _RESTORING.get() or pretrained == "random":
+            pass  # every weight comes from the checkpoint being loaded, or random features asked for by name
+        elif pretrained is None:
             warnings.warn(
                 "BigGait backbone has NO pretrained weights: DINOv2 features are random. Pass "
                 "pretrained='hub' or a path to dinov2_vitX14_pretrain.pth for real features ('random' to "

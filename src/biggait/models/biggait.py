@@ -79,8 +79,11 @@ class BigGait(nn.Module):
         parts: int = 16,
         shape_connect_layout: Literal["faithful", "fixed"] = "faithful",
         padding_resize_crop: Literal["left", "center"] = "left",
+        frame_size: tuple[int, int] = (256, 128),
     ) -> None:
         super().__init__()
+        if len(frame_size) != 2 or min(int(v) for v in frame_size) < 1:
+            raise ValueError(f"frame_size must be (H, W) of positive ints, got {frame_size!r}")
         if shape_connect_layout not in ("faithful", "fixed"):
             raise ValueError(
                 f"shape_connect_layout must be 'faithful' or 'fixed', got {shape_connect_layout!r}"
@@ -108,11 +111,15 @@ class BigGait(nn.Module):
             "parts": parts,
             "shape_connect_layout": shape_connect_layout,
             "padding_resize_crop": padding_resize_crop,
+            "frame_size": tuple(int(v) for v in frame_size),
         }
         self.image_size = tuple(image_size)
         self.map_size = tuple(map_size)
         self.shape_connect_layout = shape_connect_layout
         self.padding_resize_crop = padding_resize_crop
+        # The stored frame size the model is trained on (the converters' pad-and-resize canvas, e.g. 256x128 for
+        # CCPG, 128x64 for the synthetic world); inference prepares new person crops to it (biggait.preprocess).
+        self.frame_size = self.config["frame_size"]
         self.backbone_trainable = backbone_trainable
         self.backbone = DinoV2Backbone(
             preset=backbone,

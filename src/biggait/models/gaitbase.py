@@ -156,15 +156,23 @@ class GaitBaseHead(nn.Module):
         self.fcs = SeparateFCs(parts, channels[3], embed_dim)
         self.bnneck = SeparateBNNeck(parts, embed_dim, num_classes)
 
-    def forward(
-        self, denoising: torch.Tensor, appearance: torch.Tensor, lengths: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor]:
-        """[n, s, C, h, w] denoising and appearance maps -> embeddings [n, E, p] and logits [n, K, p]."""
+    def frame_maps(self, denoising: torch.Tensor, appearance: torch.Tensor) -> torch.Tensor:
+        """[n, s, C, h, w] denoising and appearance maps -> per-frame feature maps [n, s, C', h', w'] (before
+        the temporal max; frame by frame, so long sequences can be processed in chunks in eval mode)."""
         n, s = denoising.shape[:2]
         den = self.denoising_stem(denoising.flatten(0, 1))
         app = self.appearance_stem(appearance.flatten(0, 1))
         x = self.body(self.fusion(den, app))
-        x = temporal_max(x.view(n, s, *x.shape[1:]), lengths)
-        embeddings = self.fcs(horizontal_pooling(x, self.parts))
+        return x.view(n, s, *x.shape[1:])
+
+    def embed(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Temporally pooled maps [n, C', h', w'] -> embeddings [n, E, p] (horizontal pooling, separate FCs)."""
+        return self.fcs(horizontal_pooling(pooled, self.parts))
+
+    def forward(
+        self, denoising: torch.Tensor, appearance: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """[n, s, C, h, w] denoising and appearance maps -> embeddings [n, E, p] and logits [n, K, p]."""
+        embeddings = self.embed(temporal_max(self.frame_maps(denoising, appearance), lengths))
         _, logits = self.bnneck(embeddings)
         return {"embeddings": embeddings, "logits": logits}
