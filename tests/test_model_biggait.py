@@ -227,7 +227,7 @@ def test_config_records_constructor_kwargs() -> None:
 def test_upsample_in_chunks_equals_one_call() -> None:
     import torch.nn.functional as F
 
-    from biggait.models.biggait import _upsample
+    from biggait.models.gre import upsample_maps as _upsample
 
     x = torch.randn(5, 3, 4, 2)
     whole = F.interpolate(x, size=(8, 4), mode="bilinear", align_corners=False)

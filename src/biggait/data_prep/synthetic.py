@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 from biggait.data.records import SequenceRecord
 from biggait.data.shards import write_shards
 from biggait.errors import ConfigError
+from biggait.io import atomic_write_bytes
 from biggait.preprocess import pad_and_resize
 
 __all__ = [
@@ -30,7 +32,11 @@ __all__ = [
     "list_sequences",
     "main",
     "prepare",
+    "render_scene",
     "render_sequence",
+    "Scene",
+    "write_raw_crops",
+    "write_scene_video",
 ]
 
 # Every type the CCPG protocol reads (spec §8.1): U = upper outfit state, D = lower, _BG = carrying a bag.
@@ -202,14 +208,9 @@ _LIMBS = [
 ]
 
 
-def _textures(cfg: SyntheticConfig, spec: tuple[int, str, int, int], size: int) -> np.ndarray:
-    """Per-label colour images [7, size, size, 3] for this sequence: background, skin, hair, outfits, bag."""
-    subject, seq_type, _, _ = spec
-    upper_state, lower_state = int(seq_type[1]), int(seq_type[4])
-    r = _rng(cfg, "scene", spec)
-    yy, xx = np.mgrid[0:size, 0:size]
-    tex = np.zeros((7, size, size, 3), np.uint8)
-    # background: a gradient plus random clutter (boxes, discs, lines), different for every sequence
+def _background(r: np.random.Generator, size: int) -> np.ndarray:
+    """A square [size, size, 3] background: a gradient plus random clutter (boxes, discs, lines)."""
+    yy = np.mgrid[0:size, 0:size][0]
     base = r.integers(30, 220, 3)
     grad = r.uniform(-60, 60, 3)
     bg = np.clip(base + grad * (yy / size)[..., None] + r.normal(0, 6, (size, size, 3)), 0, 255).astype(
@@ -227,7 +228,17 @@ def _textures(cfg: SyntheticConfig, spec: tuple[int, str, int, int], size: int) 
         else:
             q = r.integers(0, size, 2)
             cv2.line(bg, (int(p[0]), int(p[1])), (int(q[0]), int(q[1])), colour, int(r.integers(1, 5)))
-    tex[0] = bg
+    return bg
+
+
+def _textures(cfg: SyntheticConfig, spec: tuple[int, str, int, int], size: int) -> np.ndarray:
+    """Per-label colour images [7, size, size, 3] for this sequence: background, skin, hair, outfits, bag."""
+    subject, seq_type, _, _ = spec
+    upper_state, lower_state = int(seq_type[1]), int(seq_type[4])
+    r = _rng(cfg, "scene", spec)
+    yy, xx = np.mgrid[0:size, 0:size]
+    tex = np.zeros((7, size, size, 3), np.uint8)
+    tex[0] = _background(r, size)
     ident = _rng(cfg, "skin", subject)
     tex[_SKIN] = np.array(
         [ident.uniform(150, 240), ident.uniform(100, 190), ident.uniform(70, 150)], np.uint8
@@ -250,19 +261,12 @@ def _textures(cfg: SyntheticConfig, spec: tuple[int, str, int, int], size: int) 
     return tex
 
 
-def render_sequence(
-    spec: tuple[int, str, int, int], cfg: SyntheticConfig | None = None, *, background: int | None = None
-) -> SequenceRecord:
-    """Render one sequence: RGB crops, ground-truth silhouettes (body and bag) and crop ratios (w/h).
-
-    `background` replaces the scene's background with another seed (tests: only background pixels change).
-    """
-    cfg = cfg or SyntheticConfig()
-    subject, seq_type, view, repeat = spec
-    if view not in cfg.views or seq_type not in cfg.types:
-        raise ConfigError(
-            f"spec {spec} does not belong to this SyntheticConfig (views {cfg.views}, types {cfg.types})"
-        )
+def _walker_frames(
+    spec: tuple[int, str, int, int], cfg: SyntheticConfig, *, background: int | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]]:
+    """Per frame of one sequence: the RGB canvas [S, S, 3], the body mask [S, S] (bool, person and bag) and the
+    person-crop box (y0, y1, x0, x1) with this sequence's slack, i.e. what a detector and tracker would crop."""
+    subject, seq_type, view, _ = spec
     r = _rng(cfg, "sequence", spec)
     jitter = {
         k: v * (1 + r.normal(0, cfg.shape_jitter)) for k, v in identity_parameters(cfg, subject).items()
@@ -285,9 +289,6 @@ def render_sequence(
     margin = r.uniform(0.02, 0.12, 4)  # bounding-box slack (left, right, top, bottom): position jitter
     thick = jitter["build"] * jitter["height"]
 
-    frames = np.zeros((length, *cfg.frame_size, 3), np.uint8)
-    sils = np.zeros((length, *cfg.frame_size), np.uint8)
-    ratios = np.zeros(length, np.float32)
     rows = np.arange(size)[:, None]
     cols = np.arange(size)[None, :]
     for t in range(length):
@@ -356,12 +357,191 @@ def render_sequence(
         y1 = min(size, int(y1 + margin[3] * bh))
         x0 = max(0, int(x0 - margin[0] * bw))
         x1 = min(size, int(x1 + margin[1] * bw))
-        ratios[t] = (x1 - x0) / (y1 - y0)
-        frames[t] = pad_and_resize(np.ascontiguousarray(rgb[y0:y1, x0:x1]), cfg.frame_size)
-        sils[t] = pad_and_resize(
-            np.ascontiguousarray(body[y0:y1, x0:x1].astype(np.uint8) * 255), cfg.frame_size
+        yield rgb, body, (y0, y1, x0, x1)
+
+
+def render_sequence(
+    spec: tuple[int, str, int, int], cfg: SyntheticConfig | None = None, *, background: int | None = None
+) -> SequenceRecord:
+    """Render one sequence: RGB crops, ground-truth silhouettes (body and bag) and crop ratios (w/h).
+
+    `background` replaces the scene's background with another seed (tests: only background pixels change).
+    """
+    cfg = cfg or SyntheticConfig()
+    subject, seq_type, view, _ = spec
+    if view not in cfg.views or seq_type not in cfg.types:
+        raise ConfigError(
+            f"spec {spec} does not belong to this SyntheticConfig (views {cfg.views}, types {cfg.types})"
         )
-    return SequenceRecord(f"{subject:03d}", seq_type, cfg.view_name(view), frames, ratios, sils)
+    frames, sils, ratios = [], [], []
+    for rgb, body, (y0, y1, x0, x1) in _walker_frames(spec, cfg, background=background):
+        ratios.append((x1 - x0) / (y1 - y0))
+        frames.append(pad_and_resize(np.ascontiguousarray(rgb[y0:y1, x0:x1]), cfg.frame_size))
+        sils.append(
+            pad_and_resize(np.ascontiguousarray(body[y0:y1, x0:x1].astype(np.uint8) * 255), cfg.frame_size)
+        )
+    return SequenceRecord(
+        f"{subject:03d}",
+        seq_type,
+        cfg.view_name(view),
+        np.stack(frames),
+        np.asarray(ratios, np.float32),
+        np.stack(sils),
+    )
+
+
+# --------------------------------------------------------------------------------------- raw footage
+def write_raw_crops(
+    out: str | Path,
+    cfg: SyntheticConfig | None = None,
+    *,
+    split: str = "test",
+    specs: Sequence[tuple[int, str, int, int]] | None = None,
+) -> list[Path]:
+    """The walkers of `split` (or of `specs`) as a raw CCPG tree `<out>/<id>/<type>/<view>/<frame>.png`.
+
+    The PNGs are the person crops *before* pad-and-resize (what a detector and tracker would produce), so the
+    CCPG converter (`python -m biggait.data_prep ccpg`) turns the tree into the frames and ratios of
+    `render_sequence` (exactly, at frame_size 256x128, the converter's size). Returns the sequence folders.
+    """
+    cfg = cfg or SyntheticConfig()
+    if cfg.seqs_per_type != 1:
+        raise ConfigError(
+            "the CCPG layout holds one sequence per id/type/view: use seqs_per_type=1 for raw crops"
+        )
+    folders = []
+    for spec in list_sequences(cfg, split) if specs is None else specs:
+        subject, seq_type, view, _ = spec
+        folder = Path(out) / f"{subject:03d}" / seq_type / cfg.view_name(view)
+        for t, (rgb, _, (y0, y1, x0, x1)) in enumerate(_walker_frames(spec, cfg)):
+            ok, png = cv2.imencode(".png", np.ascontiguousarray(rgb[y0:y1, x0:x1, ::-1]))  # RGB -> BGR file
+            if not ok:
+                raise OSError(f"cannot encode frame {t} of {folder} as PNG")
+            atomic_write_bytes(folder / f"{t:04d}.png", png.tobytes())
+        folders.append(folder)
+    return folders
+
+
+@dataclass
+class Scene:
+    """A wide synthetic video with several walkers and its tracks (`render_scene`)."""
+
+    frames: np.ndarray  # uint8 [T, H, W, 3] RGB
+    tracks: list[
+        tuple[int, int, int, int, int, int]
+    ]  # (frame, id, x, y, w, h): 1-based frame, 0-based pixels
+    labels: np.ndarray  # int32 [T, H, W]: the track id of the walker seen at each pixel, 0 = background
+    walkers: dict[
+        int, tuple[int, str, int, int]
+    ]  # track id -> the walker's spec (subject, type, view, repeat)
+
+    def tracks_text(self) -> str:
+        """MOTChallenge lines `frame,id,x,y,w,h,conf,-1,-1,-1`."""
+        return "".join(f"{f},{i},{x},{y},{w},{h},1,-1,-1,-1\n" for f, i, x, y, w, h in self.tracks)
+
+
+def render_scene(
+    cfg: SyntheticConfig | None = None,
+    *,
+    walkers: int = 3,
+    length: int = 96,
+    size: tuple[int, int] = (256, 512),
+    seq_type: str = "U0_D0",
+    view: int | None = None,
+    seed: int = 0,
+) -> Scene:
+    """Render `walkers` test-split identities crossing a wide scene from left to right, entering one after another.
+
+    Track id = the walker's subject number. Each walker is a new sequence of its identity (repeat index
+    `cfg.seqs_per_type + seed`, never one of the dataset's); `view` defaults to 90 (side view) when the config
+    has it. A track row is written for every frame in which the walker's whole body is inside the frame; its box
+    is the body's bounding box plus a slack of 5 % (at least 2 px), clipped to the frame.
+    """
+    cfg = cfg or SyntheticConfig()
+    ids = list(_ids(cfg, "test"))
+    if not 1 <= walkers <= len(ids):
+        raise ConfigError(f"walkers must be between 1 and the {len(ids)} test identities, got {walkers}")
+    if seq_type not in cfg.types:
+        raise ConfigError(f"seq_type {seq_type!r} is not one of {cfg.types}")
+    view = view if view is not None else (90 if 90 in cfg.views else cfg.views[0])
+    if view not in cfg.views:
+        raise ConfigError(f"view {view} is not one of {cfg.views}")
+    height, width = size
+    canvas = cfg.canvas
+    if height < canvas or width < canvas or length < 2:
+        raise ConfigError(f"scene size {size} must be at least the {canvas}px canvas and length >= 2")
+    r = _rng(cfg, "scene-video", seed, walkers, size)
+    frames = np.repeat(_background(r, max(height, width))[None, :height, :width], length, axis=0)
+    labels = np.zeros((length, height, width), np.int32)
+    specs, starts, speeds, grounds = {}, [], [], []
+    gap = length // (walkers + 1)
+    for i in range(walkers):
+        subject = ids[i]
+        specs[subject] = (subject, seq_type, view, cfg.seqs_per_type + seed)
+        body, gait = identity_parameters(cfg, subject), gait_parameters(cfg, subject)
+        # stride: two steps per gait cycle, each ~2 * leg * sin(hip swing); cadence is rad per frame
+        metres = (
+            4 * body["leg"] * body["height"] * math.sin(gait["hip_swing"]) * gait["cadence"] / (2 * math.pi)
+        )
+        speeds.append(metres * canvas * 0.77 / body["height"] * math.sin(math.radians(view)))
+        starts.append(i * gap)
+        grounds.append(height - 12 - 10 * (walkers - 1 - i))  # later walkers nearer the camera, drawn on top
+    tracks = []
+    for i, (subject, spec) in enumerate(specs.items()):
+        walker_cfg = replace(cfg, length=(length - starts[i], length - starts[i]))
+        oy = grounds[i] - round(canvas * 0.92)
+        for k, (rgb, body, _) in enumerate(_walker_frames(spec, walker_cfg)):
+            t = starts[i] + k
+            ox = round(speeds[i] * k) - canvas // 2
+            ys, xs = np.nonzero(body)
+            ys, xs = ys + oy, xs + ox
+            inside = (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)
+            frames[t, ys[inside], xs[inside]] = rgb[body][inside]
+            labels[t, ys[inside], xs[inside]] = subject
+            y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+            my, mx = max(2, round(0.05 * (y1 - y0))), max(2, round(0.05 * (x1 - x0)))
+            y0, y1, x0, x1 = y0 - my, y1 + my, x0 - mx, x1 + mx
+            if y0 >= 0 and x0 >= 0 and y1 <= height and x1 <= width:  # the whole walker and its slack in view
+                tracks.append((t + 1, subject, int(x0), int(y0), int(x1 - x0), int(y1 - y0)))
+    tracks.sort()
+    return Scene(frames, tracks, labels, specs)
+
+
+_VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}  # FFV1 is lossless
+
+
+def write_scene_video(
+    video: str | Path,
+    tracks: str | Path | None = None,
+    *,
+    fps: float = 25.0,
+    scene: Scene | None = None,
+    **options: Any,
+) -> Scene:
+    """Write `render_scene(**options)` (or `scene`) as a video (.mp4 mp4v, .avi MJPG, .mkv lossless FFV1) and its
+    MOTChallenge tracks file (default: the video path with suffix .txt), both atomically."""
+    video = Path(video)
+    codec = _VIDEO_CODECS.get(video.suffix.lower())
+    if codec is None:
+        raise ConfigError(f"{video}: choose a video suffix among {sorted(_VIDEO_CODECS)}")
+    scene = scene if scene is not None else render_scene(**options)
+    tracks = Path(tracks) if tracks is not None else video.with_suffix(".txt")
+    video.parent.mkdir(parents=True, exist_ok=True)
+    tmp = video.with_name(f".{video.stem}.tmp{video.suffix}")
+    height, width = scene.frames.shape[1:3]
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), fps, (width, height))
+    try:
+        if not writer.isOpened():
+            raise ConfigError(f"OpenCV cannot write {video.suffix} video ({codec}) to {video.parent}")
+        for frame in scene.frames:
+            writer.write(np.ascontiguousarray(frame[..., ::-1]))
+        writer.release()
+        os.replace(tmp, video)
+    finally:
+        writer.release()
+        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(tracks, scene.tracks_text().encode())
+    return scene
 
 
 class _Loader:
@@ -402,10 +582,10 @@ def prepare(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m biggait.data_prep synthetic --out DIR [--workers N] [knobs]`."""
+    """`python -m biggait.data_prep synthetic --out DIR [--workers N] [knobs] [--raw-crops DIR] [--scene-video PATH]`."""
     defaults = SyntheticConfig()
     p = argparse.ArgumentParser(prog="python -m biggait.data_prep synthetic", description=__doc__)
-    p.add_argument("--out", required=True, help="output directory (train/ and test/ shards)")
+    p.add_argument("--out", help="output directory (train/ and test/ shards)")
     p.add_argument("--raw", help="unused: the synthetic world needs no raw data")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--shard-size", type=int, default=32)
@@ -416,9 +596,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seqs-per-type", type=int, default=defaults.seqs_per_type)
     p.add_argument("--frame-size", type=int, nargs=2, default=list(defaults.frame_size), metavar=("H", "W"))
     p.add_argument("--length", type=int, nargs=2, default=list(defaults.length), metavar=("MIN", "MAX"))
+    raw = p.add_argument_group("raw footage (data_prep/README.md, 'Raw footage')")
+    raw.add_argument(
+        "--raw-crops",
+        metavar="DIR",
+        help="also write the walkers as a raw CCPG tree DIR/<id>/<type>/<view>/<frame>.png of person crops "
+        "(before pad-and-resize), for `python -m biggait.data_prep ccpg --raw DIR`",
+    )
+    raw.add_argument(
+        "--raw-split", choices=("train", "test"), default="test", help="split written by --raw-crops"
+    )
+    raw.add_argument(
+        "--scene-video",
+        metavar="PATH",
+        help="also render a wide scene video (.mp4, .avi or lossless .mkv) of test-split walkers, with a "
+        "MOTChallenge tracks file (track id = subject number)",
+    )
+    raw.add_argument("--scene-tracks", metavar="PATH", help="tracks file (default: the video path with .txt)")
+    raw.add_argument("--scene-walkers", type=int, default=3, help="walkers in the scene (default 3)")
+    raw.add_argument("--scene-frames", type=int, default=96, help="frames of the scene video (default 96)")
+    raw.add_argument(
+        "--scene-size", type=int, nargs=2, default=[256, 512], metavar=("H", "W"), help="scene frame size"
+    )
     args = p.parse_args(argv)
     if args.raw:
         raise ConfigError("the synthetic dataset is generated: drop RAW= / --raw")
+    if not (args.out or args.raw_crops or args.scene_video):
+        raise ConfigError(
+            "nothing to write: pass --out DIR (shards), --raw-crops DIR and/or --scene-video PATH"
+        )
     cfg = SyntheticConfig(
         seed=args.seed,
         num_train_ids=args.train_ids,
@@ -428,7 +634,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         frame_size=tuple(args.frame_size),
         length=tuple(args.length),
     )
-    manifests = prepare(args.out, cfg, workers=args.workers, shard_size=args.shard_size)
-    for split, manifest in manifests.items():
-        print(f"{split}: {manifest.get('n_sequences', '?')} sequences in {len(manifest['shards'])} shards")
+    if args.scene_video:
+        scene = write_scene_video(
+            args.scene_video,
+            args.scene_tracks,
+            cfg=cfg,
+            walkers=args.scene_walkers,
+            length=args.scene_frames,
+            size=tuple(args.scene_size),
+        )
+        print(f"scene: {args.scene_video}, {len(scene.tracks)} boxes of tracks {sorted(scene.walkers)}")
+    if args.raw_crops:
+        folders = write_raw_crops(args.raw_crops, cfg, split=args.raw_split)
+        print(f"raw crops: {len(folders)} sequences under {args.raw_crops}")
+    if args.out:
+        manifests = prepare(args.out, cfg, workers=args.workers, shard_size=args.shard_size)
+        for split, manifest in manifests.items():
+            print(
+                f"{split}: {manifest.get('n_sequences', '?')} sequences in {len(manifest['shards'])} shards"
+            )
     return 0

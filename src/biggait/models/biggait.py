@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from biggait.errors import BiggaitError
@@ -23,6 +22,7 @@ from .gre import (
     select_foreground,
     shape_connect_loss,
     sobel_connect_loss,
+    upsample_maps,
 )
 from .input import prepare_images, valid_region_mask
 
@@ -43,14 +43,6 @@ def _official_init(module: nn.Module) -> None:
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.affine:
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
-
-
-def _upsample(x: torch.Tensor, size: tuple[int, int], *, max_elements: int = 2**31 - 1) -> torch.Tensor:
-    """Bilinear resize of [N, C, h, w] maps (spec §2), in frame chunks below CUDA's INT_MAX-element limit."""
-    per_frame = x.shape[1] * size[0] * size[1]
-    chunk = max(1, max_elements // per_frame)
-    parts = [F.interpolate(c, size=size, mode="bilinear", align_corners=False) for c in x.split(chunk)]
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class BigGait(nn.Module):
@@ -80,6 +72,7 @@ class BigGait(nn.Module):
         shape_connect_layout: Literal["faithful", "fixed"] = "faithful",
         padding_resize_crop: Literal["left", "center"] = "left",
         frame_size: tuple[int, int] = (256, 128),
+        static_shapes: bool = True,
     ) -> None:
         super().__init__()
         if len(frame_size) != 2 or min(int(v) for v in frame_size) < 1:
@@ -112,6 +105,7 @@ class BigGait(nn.Module):
             "shape_connect_layout": shape_connect_layout,
             "padding_resize_crop": padding_resize_crop,
             "frame_size": tuple(int(v) for v in frame_size),
+            "static_shapes": static_shapes,
         }
         self.image_size = tuple(image_size)
         self.map_size = tuple(map_size)
@@ -120,6 +114,9 @@ class BigGait(nn.Module):
         # The stored frame size the model is trained on (the converters' pad-and-resize canvas, e.g. 256x128 for
         # CCPG, 128x64 for the synthetic world); inference prepares new person crops to it (biggait.preprocess).
         self.frame_size = self.config["frame_size"]
+        # eval mode: GRE branches on every pixel, then masked (docs/export.md); training always gathers
+        self.static_shapes = static_shapes
+        self.fuse_gre_upsampling = True  # the dense form's upsampling order (bench/bench_export.py)
         self.backbone_trainable = backbone_trainable
         self.backbone = DinoV2Backbone(
             preset=backbone,
@@ -202,6 +199,12 @@ class BigGait(nn.Module):
         self.mask_branch.load_state_dict(state, strict=True)
         return self.freeze_mask_branch() if freeze else []
 
+    @property
+    def uses_dense_gre(self) -> bool:
+        """Whether `forward_features` runs the GRE branches densely: `static_shapes` and no branch training."""
+        branches = (self.mask_branch, self.denoising_branch, self.appearance_branch)
+        return self.static_shapes and not any(b.training for b in branches)
+
     # -------------------------------------------------------------------------------------- forward
     def forward_features(self, frames: torch.Tensor, ratios: torch.Tensor) -> dict[str, torch.Tensor]:
         """frames [n, s, 3, H, W] (ImageNet-normalised), ratios [n, s] (w/h) -> per-frame maps [n, s, C, h, w]."""
@@ -212,20 +215,29 @@ class BigGait(nn.Module):
         n, s = frames.shape[:2]
         x = frames.flatten(0, 1)
         r = ratios.reshape(-1).to(frames.device)
+        dense = self.uses_dense_gre
         with torch.set_grad_enabled(self.backbone_trainable and torch.is_grad_enabled()):
             images = prepare_images(x, r, image_size=self.image_size, crop=self.padding_resize_crop)
             f_last, f_mid4 = self.backbone(images)
-            last_map = _upsample(f_last, self.map_size)
-            mid4_map = _upsample(f_mid4, self.map_size)
+            if not dense:
+                last_map = upsample_maps(f_last, self.map_size)
+                mid4_map = upsample_maps(f_mid4, self.map_size)
         valid = valid_region_mask(r, self.map_size).to(frames.device) > 0
-        # mask branch on the valid pixels (spec §4)
-        mask_out, shape_mse = self.mask_branch(gather_pixels(last_map, valid))
-        mask_probs = scatter_pixels(mask_out, valid)
-        foreground_prob, foreground = select_foreground(mask_probs.detach())
-        # denoising and appearance branches on the foreground pixels only
-        mid4_fg = gather_pixels(mid4_map, foreground)
-        denoising = scatter_pixels(self.denoising_branch(mid4_fg)[0], foreground)
-        appearance = scatter_pixels(self.appearance_branch(mid4_fg)[0], foreground)
+        if dense:  # static shapes: every pixel, then masked (docs/export.md)
+            fuse = self.fuse_gre_upsampling
+            mask_probs, shape_mse = self.mask_branch.forward_dense(f_last, valid, fuse_upsampling=fuse)
+            foreground_prob, foreground = select_foreground(mask_probs.detach())
+            denoising = self.denoising_branch.forward_dense(f_mid4, foreground, fuse_upsampling=fuse)[0]
+            appearance = self.appearance_branch.forward_dense(f_mid4, foreground, fuse_upsampling=fuse)[0]
+        else:
+            # mask branch on the valid pixels (paper Sec. 3.2; opengait/modeling/models/BigGait.py)
+            mask_out, shape_mse = self.mask_branch(gather_pixels(last_map, valid))
+            mask_probs = scatter_pixels(mask_out, valid)
+            foreground_prob, foreground = select_foreground(mask_probs.detach())
+            # denoising and appearance branches on the foreground pixels only
+            mid4_fg = gather_pixels(mid4_map, foreground)
+            denoising = scatter_pixels(self.denoising_branch(mid4_fg)[0], foreground)
+            appearance = scatter_pixels(self.appearance_branch(mid4_fg)[0], foreground)
 
         def per_seq(t: torch.Tensor) -> torch.Tensor:
             return t.view(n, s, *t.shape[1:])

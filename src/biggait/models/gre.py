@@ -18,6 +18,7 @@ __all__ = [
     "select_foreground",
     "shape_connect_loss",
     "sobel_connect_loss",
+    "upsample_maps",
 ]
 
 # spec §4.5: weights as applied by the official loss aggregator
@@ -63,6 +64,77 @@ class DistillationBranch(nn.Module):
         out = F.softmax(d, dim=1) if self.softmax else torch.sigmoid(self.bn_out(d))
         mse = F.mse_loss(self.up(out), x) if self.up is not None else None
         return out, mse
+
+    def forward_dense(
+        self, tokens: torch.Tensor, selected: torch.Tensor, *, fuse_upsampling: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Eval form with static shapes: the branch on every pixel, zero where not `selected` (docs/export.md).
+
+        tokens [B, in_dim, h, w] (token grid), selected bool [B, 1, H, W] -> (out [B, out_dim, H, W], MSE).
+        Equal to `forward` on the selected pixels of the bilinear upsampling of `tokens` to (H, W): with
+        running BatchNorm statistics every step is per pixel. `fuse_upsampling` runs the affine steps
+        (BatchNorm, Linear [, BatchNorm]) on the token grid before the upsampling, which commutes with them
+        (bilinear weights sum to 1), so the wide Linear sees h*w tokens instead of H*W pixels.
+        """
+        if self.training:
+            raise RuntimeError(
+                "DistillationBranch.forward_dense needs eval mode: in training BatchNorm normalises with the "
+                "statistics of the selected pixels only, which the dense form cannot reproduce"
+            )
+        size = tuple(selected.shape[-2:])
+        if fuse_upsampling:
+            z = _upsample_rows(_per_pixel(self._affine, tokens.permute(0, 2, 3, 1)), size)
+        else:
+            z = _per_pixel(self._affine, _upsample_rows(tokens.permute(0, 2, 3, 1), size))
+        out = _per_pixel(self._rest, z).permute(0, 3, 1, 2)
+        out = torch.where(selected, out, out.new_zeros(())).contiguous()
+        if self.up is None:
+            return out, None
+        # reconstruction MSE over the selected pixels only, as `forward` computes it on the gathered ones
+        x = _upsample_rows(tokens.permute(0, 2, 3, 1), size).permute(0, 3, 1, 2)
+        err = (F.linear(out.permute(0, 2, 3, 1), self.up.weight, self.up.bias).permute(0, 3, 1, 2) - x) ** 2
+        count = selected.sum() * x.shape[1]
+        return out, torch.where(selected, err, err.new_zeros(())).sum() / count.clamp(min=1)
+
+    def _affine(self, x: torch.Tensor) -> torch.Tensor:
+        # the affine prefix of the branch (eval mode): BN_in, Linear [, BN_hidden] or [, BN_out]
+        x = self.bn_in(x)
+        if isinstance(self.down, nn.Sequential):
+            return self.down[1](self.down[0](x))
+        d = self.down(x)
+        return d if self.softmax else self.bn_out(d)
+
+    def _rest(self, z: torch.Tensor) -> torch.Tensor:
+        # the per-pixel rest after `_affine` (`forward` = _rest(_affine(x)) in eval mode)
+        if isinstance(self.down, nn.Sequential):
+            z = self.down[3](self.down[2](z))
+            if not self.softmax:
+                z = self.bn_out(z)
+        return F.softmax(z, dim=1) if self.softmax else torch.sigmoid(z)
+
+
+def _per_pixel(fn, x: torch.Tensor) -> torch.Tensor:
+    """Apply a row-wise `fn` ([N, C] -> [N, D]) to a channels-last [B, h, w, C] map -> [B, h, w, D]."""
+    b, h, w, c = x.shape
+    return fn(x.reshape(b * h * w, c)).view(b, h, w, -1)
+
+
+def _upsample_rows(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of a channels-last [B, h, w, C] map -> [B, H, W, C] (no copy back to NCHW)."""
+    return upsample_maps(x.permute(0, 3, 1, 2), size).permute(0, 2, 3, 1)
+
+
+def upsample_maps(x: torch.Tensor, size: tuple[int, int], *, max_elements: int = 2**31 - 1) -> torch.Tensor:
+    """Bilinear resize (align_corners=False) of [N, C, h, w] maps, in frame chunks below CUDA's INT_MAX limit.
+
+    While exporting or compiling the batch size is symbolic: one call, no chunks (static graph).
+    """
+    per_frame = x.shape[1] * size[0] * size[1]
+    chunk = max(1, max_elements // per_frame)
+    if torch.compiler.is_compiling():
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    parts = [F.interpolate(c, size=size, mode="bilinear", align_corners=False) for c in x.split(chunk)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def scatter_pixels(values: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,251 @@
+"""Export the inference model (frames + ratios -> embeddings) to ONNX and to `torch.export` (docs/export.md).
+
+    python -m biggait.export MODEL.ckpt --onnx biggait.onnx --torch-export biggait.pt2 --frame-size 128 64
+
+The exported graph takes what `BigGait.forward` takes: `frames` float32 [n, s, 3, H, W], ImageNet-normalised
+(`biggait.data.datamodule.normalize_frames`), and `ratios` float32 [n, s] (width / height of each original
+person crop); it returns `embeddings` float32 [n, E, parts]. The numbers of sequences n and of frames s are
+dynamic; the frame size H x W is fixed at export time. The GRE runs in its dense, static-shape form
+(`BigGait.static_shapes`), equal to the gather/scatter form in eval mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import pickle
+import sys
+import warnings
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from biggait.errors import BiggaitError, ConfigError, exit_on_error
+from biggait.io import atomic_write_bytes
+from biggait.models import BigGait
+
+__all__ = [
+    "EmbeddingModel",
+    "ExportError",
+    "check_exported",
+    "example_inputs",
+    "export_onnx",
+    "export_program",
+    "export_torch",
+    "main",
+    "relative_error",
+]
+
+INPUT_NAMES = ("frames", "ratios")
+OUTPUT_NAME = "embeddings"
+
+
+class ExportError(BiggaitError, ValueError):
+    """A model file that cannot be exported, or an export that does not match the eager model."""
+
+
+class EmbeddingModel(nn.Module):
+    """The inference graph of a `BigGait`: frames [n, s, 3, H, W] + ratios [n, s] -> embeddings [n, E, p]."""
+
+    def __init__(self, model: BigGait) -> None:
+        super().__init__()
+        if not model.static_shapes:
+            raise ConfigError(
+                "export needs the dense GRE path: build the model with static_shapes=True (the default)"
+            )
+        self.model = model
+        self.eval()  # the wrapper too: exporters warn about (and trace) training mode
+
+    def forward(self, frames: torch.Tensor, ratios: torch.Tensor) -> torch.Tensor:
+        return self.model(frames, ratios)["embeddings"]
+
+
+def example_inputs(
+    frame_size: tuple[int, int], *, sequences: int = 2, frames: int = 3, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random normalised frames [sequences, frames, 3, H, W] and ratios in [0.3, 0.6) (a partial valid region)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(sequences, frames, 3, *frame_size, generator=g)
+    return x, 0.3 + 0.3 * torch.rand(sequences, frames, generator=g)
+
+
+def _dynamic_shapes() -> dict[str, dict[int, torch.export.Dim]]:
+    # example_inputs trace with n, s >= 2: torch.export would specialise a dimension traced at size 1
+    n, s = torch.export.Dim("sequences", min=1), torch.export.Dim("frames", min=1)
+    return {"frames": {0: n, 1: s}, "ratios": {0: n, 1: s}}
+
+
+def _frame_size(model: BigGait, frame_size: Sequence[int] | None) -> tuple[int, int]:
+    size = frame_size if frame_size is not None else model.config.get("frame_size")
+    if size is None:
+        raise ConfigError(
+            "the model does not record the frame size it was trained on: pass frame_size (CLI: --frame-size H W, "
+            "e.g. 256 128 for CCPG, 128 64 for the synthetic world)"
+        )
+    if len(size) != 2 or min(size) < 1:
+        raise ConfigError(f"frame size must be two positive integers H W, got {list(size)}")
+    return int(size[0]), int(size[1])
+
+
+def export_program(
+    model: BigGait, *, frame_size: Sequence[int] | None = None
+) -> torch.export.ExportedProgram:
+    """`torch.export` of `EmbeddingModel(model)` with dynamic n and s, static frame size."""
+    wrapper = EmbeddingModel(model)
+    args = example_inputs(_frame_size(model, frame_size))
+    with torch.no_grad():
+        return torch.export.export(wrapper, args, dynamic_shapes=_dynamic_shapes())
+
+
+def export_torch(model: BigGait, out: str | os.PathLike, *, frame_size: Sequence[int] | None = None) -> Path:
+    """Write a `torch.export` program (`.pt2`, load with `torch.export.load`) atomically; returns the path."""
+    buffer = io.BytesIO()
+    torch.export.save(export_program(model, frame_size=frame_size), buffer)
+    return atomic_write_bytes(out, buffer.getvalue())
+
+
+def export_onnx(model: BigGait, out: str | os.PathLike, *, frame_size: Sequence[int] | None = None) -> Path:
+    """Write an ONNX model (inputs `frames`, `ratios`; output `embeddings`) atomically; returns the path.
+
+    Uses the torch.export-based ONNX exporter (`dynamo=True`, needs onnxscript: `pip install biggait[export]`).
+    """
+    wrapper = EmbeddingModel(model)
+    args = example_inputs(_frame_size(model, frame_size))
+    with torch.no_grad(), warnings.catch_warnings():
+        # n and s share their constraints across the two inputs: the exporter names each axis once
+        warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape")
+        program = torch.onnx.export(
+            wrapper,
+            args,
+            dynamo=True,
+            dynamic_shapes=_dynamic_shapes(),
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
+            verbose=False,
+        )
+    return atomic_write_bytes(out, program.model_proto.SerializeToString())
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """|got - want| / |want| (Frobenius norms, in float64)."""
+    got, want = torch.as_tensor(got).double(), want.double()
+    return float((got - want).norm() / want.norm().clamp(min=1e-30))
+
+
+def check_exported(
+    model: BigGait,
+    *,
+    onnx_path: str | os.PathLike | None = None,
+    torch_path: str | os.PathLike | None = None,
+    frame_size: Sequence[int] | None = None,
+    sequences: int = 3,
+    frames: int = 5,
+    tolerance: float = 1e-4,
+) -> dict[str, float]:
+    """Run the exported files and the eager model on the same random inputs (other n, s than at export time).
+
+    Returns the relative error of each; raises `ExportError` when one exceeds `tolerance`.
+    """
+    x, r = example_inputs(_frame_size(model, frame_size), sequences=sequences, frames=frames, seed=1)
+    with torch.no_grad():
+        want = EmbeddingModel(model)(x, r)
+    errors: dict[str, float] = {}
+    if torch_path is not None:
+        program = torch.export.load(str(torch_path))
+        with torch.no_grad():
+            errors["torch.export"] = relative_error(program.module()(x, r), want)
+    if onnx_path is not None:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        got = session.run([OUTPUT_NAME], {"frames": x.numpy(), "ratios": r.numpy()})[0]
+        errors["onnx"] = relative_error(torch.from_numpy(got), want)
+    bad = {k: v for k, v in errors.items() if not v <= tolerance}
+    if bad:
+        raise ExportError(f"exported model differs from eager: relative errors {bad} > {tolerance}")
+    return errors
+
+
+def load_checkpoint(path: str | os.PathLike) -> BigGait:
+    """A `BigGait` (eval) from one of our Lightning `.ckpt` files, loaded with weights_only=True.
+
+    Stand-in until `biggait.load_model` (issue 12) lands; the backbone weights come from the checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"model file {path} does not exist; pass the .ckpt written by `make train`")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(
+            f"{path} is not a loadable biggait checkpoint (refused or unreadable with weights_only=True: {reason})"
+        ) from exc
+    try:
+        kwargs = dict(ckpt["hyper_parameters"]["model"])
+        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ExportError(
+            f"{path} has no hyper_parameters['model'] / state_dict: not a biggait Lightning checkpoint "
+            "(convert official weights with `python -m biggait.compat.opengait` first)"
+        ) from exc
+    kwargs["pretrained"] = None  # every backbone weight is in the checkpoint: never read the original file
+    try:
+        with warnings.catch_warnings():  # "NO pretrained weights": they are about to come from the checkpoint
+            warnings.filterwarnings("ignore", message=".*NO pretrained weights")
+            model = BigGait(**kwargs)
+        if ckpt.get("biggait", {}).get("mask_branch_frozen"):
+            model.freeze_mask_branch()
+        model.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise ExportError(f"{path}: the weights do not fit the model it describes ({reason})") from exc
+    return model.eval()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m biggait.export",
+        description="Export a trained BigGait (frames + ratios -> embeddings) to ONNX and/or torch.export, "
+        "then check each file against the eager model (docs/export.md).",
+    )
+    p.add_argument("model", type=Path, help="our Lightning checkpoint (.ckpt), e.g. from `make train`")
+    p.add_argument("--onnx", type=Path, metavar="OUT.onnx", help="write an ONNX model here")
+    p.add_argument("--torch-export", type=Path, metavar="OUT.pt2", help="write a torch.export program here")
+    p.add_argument(
+        "--frame-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="input frame size the model was trained on (256 128 for CCPG, 128 64 for the synthetic world); "
+        "default: the size the checkpoint records",
+    )
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max relative error against eager (1e-4)")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    with exit_on_error():
+        if args.onnx is None and args.torch_export is None:
+            raise ConfigError("nothing to write: pass --onnx OUT.onnx and/or --torch-export OUT.pt2")
+        model = load_checkpoint(args.model)
+        size = _frame_size(model, args.frame_size)
+        if args.torch_export is not None:
+            print(f"wrote {export_torch(model, args.torch_export, frame_size=size)}")
+        if args.onnx is not None:
+            print(f"wrote {export_onnx(model, args.onnx, frame_size=size)}")
+        errors = check_exported(
+            model,
+            onnx_path=args.onnx,
+            torch_path=args.torch_export,
+            frame_size=size,
+            tolerance=args.tolerance,
+        )
+        for name, err in errors.items():
+            print(f"{name}: relative error against eager {err:.2e} (<= {args.tolerance:g})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
