@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from biggait.errors import ConfigError, exit_on_error
 from biggait.lit_module import BigGaitModule
-from biggait.train import instantiate_callbacks, instantiate_loggers
+from biggait.train import instantiate_callbacks, instantiate_loggers, resolve_trainer_precision
 
 __all__ = ["evaluate_checkpoint"]
 
@@ -24,6 +24,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
             "or one converted with `python -m biggait.compat.opengait IN OUT`)"
         )
     L.seed_everything(cfg.seed, workers=True)
+    resolve_trainer_precision(cfg)
     datamodule = hydra.utils.instantiate(cfg.data)
     # The protocol follows the evaluation data, not the training data (cross-dataset tables).
     module = BigGaitModule.load_from_checkpoint(ckpt, map_location="cpu", protocol=cfg.data.protocol)

@@ -12,10 +12,27 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from biggait.errors import ConfigError, exit_on_error
+from biggait.precision import describe_precision
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "build_shards_if_missing", "instantiate_callbacks", "instantiate_loggers"]
+__all__ = [
+    "train",
+    "build_shards_if_missing",
+    "instantiate_callbacks",
+    "instantiate_loggers",
+    "resolve_trainer_precision",
+]
+
+
+def resolve_trainer_precision(cfg: DictConfig) -> str:
+    """Replace `trainer.precision` "auto" (or fp32/bf16/fp16) by the Lightning string it means here; log it."""
+    requested = str(cfg.trainer.get("precision", "32-true"))
+    choice = describe_precision(requested, accelerator=str(cfg.trainer.get("accelerator", "auto")))
+    with open_dict(cfg):
+        cfg.trainer.precision = choice.precision
+    log.info("trainer.precision=%s -> %s", requested, choice)
+    return choice.precision
 
 
 def build_shards_if_missing(cfg: DictConfig) -> None:
@@ -58,6 +75,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
     build_shards_if_missing(cfg)
+    resolve_trainer_precision(cfg)
     datamodule = hydra.utils.instantiate(cfg.data)
     num_classes = datamodule.num_classes
     with open_dict(cfg):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,6 +80,8 @@ class BigGait(nn.Module):
         parts: int = 16,
         shape_connect_layout: Literal["faithful", "fixed"] = "faithful",
         padding_resize_crop: Literal["left", "center"] = "left",
+        backbone_precision: Literal["bf16", "fp16", "fp32"] | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if shape_connect_layout not in ("faithful", "fixed"):
@@ -87,6 +90,11 @@ class BigGait(nn.Module):
             )
         if padding_resize_crop not in ("left", "center"):
             raise ValueError(f"padding_resize_crop must be 'left' or 'center', got {padding_resize_crop!r}")
+        if backbone_precision not in (None, "bf16", "fp16", "fp32"):
+            raise ValueError(
+                f"backbone_precision must be null (follow the trainer), 'bf16', 'fp16' or 'fp32', "
+                f"got {backbone_precision!r}"
+            )
         self.config: dict[str, Any] = {
             "backbone": backbone,
             "num_classes": num_classes,
@@ -108,12 +116,15 @@ class BigGait(nn.Module):
             "parts": parts,
             "shape_connect_layout": shape_connect_layout,
             "padding_resize_crop": padding_resize_crop,
+            "backbone_precision": backbone_precision,
+            "channels_last": channels_last,
         }
         self.image_size = tuple(image_size)
         self.map_size = tuple(map_size)
         self.shape_connect_layout = shape_connect_layout
         self.padding_resize_crop = padding_resize_crop
         self.backbone_trainable = backbone_trainable
+        self.backbone_precision = backbone_precision
         self.backbone = DinoV2Backbone(
             preset=backbone,
             embed_dim=backbone_width,
@@ -137,6 +148,7 @@ class BigGait(nn.Module):
             embed_dim=embed_dim,
             parts=parts,
             num_classes=num_classes,
+            channels_last=channels_last,
         )
         for module in (self.mask_branch, self.denoising_branch, self.appearance_branch, self.head):
             _official_init(module)
@@ -196,6 +208,15 @@ class BigGait(nn.Module):
         return self.freeze_mask_branch() if freeze else []
 
     # -------------------------------------------------------------------------------------- forward
+    def _backbone_autocast(self, device: torch.device) -> AbstractContextManager:
+        """The backbone's own precision (docs/performance.md): None follows the surrounding autocast."""
+        if self.backbone_precision is None:
+            return nullcontext()
+        if self.backbone_precision == "fp32":
+            return torch.autocast(device.type, enabled=False)
+        dtype = torch.bfloat16 if self.backbone_precision == "bf16" else torch.float16
+        return torch.autocast(device.type, dtype=dtype)
+
     def forward_features(self, frames: torch.Tensor, ratios: torch.Tensor) -> dict[str, torch.Tensor]:
         """frames [n, s, 3, H, W] (ImageNet-normalised), ratios [n, s] (w/h) -> per-frame maps [n, s, C, h, w]."""
         if frames.dim() != 5 or frames.shape[2] != 3:
@@ -207,7 +228,9 @@ class BigGait(nn.Module):
         r = ratios.reshape(-1).to(frames.device)
         with torch.set_grad_enabled(self.backbone_trainable and torch.is_grad_enabled()):
             images = prepare_images(x, r, image_size=self.image_size, crop=self.padding_resize_crop)
-            f_last, f_mid4 = self.backbone(images)
+            with self._backbone_autocast(images.device):
+                f_last, f_mid4 = self.backbone(images)
+            f_last, f_mid4 = f_last.to(frames.dtype), f_mid4.to(frames.dtype)
             last_map = _upsample(f_last, self.map_size)
             mid4_map = _upsample(f_mid4, self.map_size)
         valid = valid_region_mask(r, self.map_size).to(frames.device) > 0
