@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from opengait_official import load_official_biggait  # noqa: E402
 
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_LIGHTNING = {"32": "fp32", "32-true": "fp32", "bf16-mixed": "bf16", "16-mixed": "fp16"}
 _TINY = dict(channels=(16, 32, 64, 128), fusion_squeeze=4, embed_dim=64)
 
 
@@ -194,8 +195,8 @@ def main() -> None:
     p.add_argument("--frame-size", type=int, nargs=2, default=(256, 128))
     p.add_argument("--image-size", type=int, nargs=2, default=None, help="default: 448 224 (tiny: 224 112)")
     p.add_argument("--map-size", type=int, nargs=2, default=None, help="default: 64 32 (tiny: 32 16)")
-    p.add_argument("--precision", nargs="+", default=None, choices=sorted(_DTYPES),
-                   help="default: fp32 bf16 on a CPU, fp32 fp16 bf16 on a GPU")
+    p.add_argument("--precision", nargs="+", default=None, choices=sorted(_DTYPES) + sorted(_LIGHTNING),
+                   help="default: fp32 bf16 on a CPU, fp32 fp16 bf16 on a GPU (Lightning names work too)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per configuration (medians)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-train", action="store_true", help="inference only")
@@ -208,7 +209,9 @@ def main() -> None:
     if args.map_size is None:
         args.map_size = (32, 16) if args.preset == "tiny" else (64, 32)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precisions = args.precision or (["fp32", "fp16", "bf16"] if device.type == "cuda" else ["fp32", "bf16"])
+    precisions = [_LIGHTNING.get(x, x) for x in args.precision] if args.precision else (
+        ["fp32", "fp16", "bf16"] if device.type == "cuda" else ["fp32", "bf16"]
+    )
     print(f"machine: {machine_name(device)}; torch {torch.__version__}")
     print(f"precision=auto here: {describe_precision('auto', accelerator=device.type)}")
     peaks = {prec: matmul_gflops(device, _DTYPES[prec] or torch.float32, size=args.matmul_size, repeats=5)
