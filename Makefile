@@ -83,7 +83,7 @@ test-fast: $(STAMP) ## only the fast tests
 bench-data: $(STAMP) ## data-pipeline throughput (frames/s, sequences/s) for 1 and 2 workers
 	$(PY) bench/bench_data.py $(ARGS)
 
-bench-model: $(STAMP) ## model training/inference frames/s and memory (ARGS="--preset vits14 --precision 16-mixed" on a GPU)
+bench-model: $(STAMP) ## model frames/s per precision, vs the official code with OPENGAIT_SRC (docs/performance.md)
 	$(PY) bench/bench_model.py $(ARGS)
 
 baselines: $(STAMP) ## the two non-learned baselines on the synthetic test split (data_prep/README.md)

@@ -11,7 +11,12 @@ from omegaconf import DictConfig
 from biggait.checkpoint import load_module
 from biggait.errors import ConfigError, exit_on_error
 from biggait.paths import conf_dir
-from biggait.train import check_accelerator, instantiate_callbacks, instantiate_loggers
+from biggait.train import (
+    check_accelerator,
+    instantiate_callbacks,
+    instantiate_loggers,
+    resolve_trainer_precision,
+)
 
 __all__ = ["evaluate_checkpoint"]
 
@@ -30,6 +35,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     # evaluation data, not the training data (cross-dataset tables); the backbone's `pretrained` file is not
     # read (the checkpoint holds every weight).
     module = load_module(ckpt, protocol=cfg.data.protocol)
+    resolve_trainer_precision(cfg)
     datamodule = hydra.utils.instantiate(cfg.data)
     module.checkpoint_path = str(ckpt)  # reported with the results (results.json, printed table)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))

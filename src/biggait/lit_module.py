@@ -58,6 +58,10 @@ def _set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def _is_compiled(module: torch.nn.Module) -> bool:
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
 class _ContiguousGrad(torch.autograd.Function):
     """Identity whose backward makes the gradient contiguous.
 
@@ -95,6 +99,7 @@ class BigGaitModule(LightningModule):
         black_da_rate: float = 0.2,
         seed: int = 0,
         compile_backbone: bool = False,
+        compile_head: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -116,10 +121,14 @@ class BigGaitModule(LightningModule):
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        if self.hparams.compile_backbone and stage == "fit":
-            # Only the frozen backbone has static shapes; the GRE's masked selection breaks graphs
-            # (engineering notes §G).
-            self.model.backbone = torch.compile(self.model.backbone)
+        # torch.compile for every stage (fit, validate, test, predict), once. Only the backbone and the
+        # GaitBase head have static shapes; the GRE's masked pixel selection has data-dependent sizes and
+        # would break the graph. Compile time and speed-up: bench/bench_model.py --compile.
+        # nn.Module.compile compiles in place, so the state-dict names (checkpoints) stay the same.
+        if self.hparams.compile_backbone and not _is_compiled(self.model.backbone):
+            self.model.backbone.compile()
+        if self.hparams.compile_head and not _is_compiled(self.model.head):
+            self.model.head.compile()
 
     def _generator(self) -> torch.Generator:
         # Black DA draws from its own seeded generator (per rank) so runs and resumes are reproducible,

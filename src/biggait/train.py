@@ -16,6 +16,7 @@ from biggait.checkpoint import validate_checkpoint
 from biggait.errors import ConfigError, exit_on_error
 from biggait.models import weights_from_checkpoint
 from biggait.paths import conf_dir
+from biggait.precision import describe_precision
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,19 @@ __all__ = [
     "check_accelerator",
     "instantiate_callbacks",
     "instantiate_loggers",
+    "resolve_trainer_precision",
     "train",
 ]
+
+
+def resolve_trainer_precision(cfg: DictConfig) -> str:
+    """Replace `trainer.precision` "auto" (or fp32/bf16/fp16) by the Lightning string it means here; log it."""
+    requested = str(cfg.trainer.get("precision", "32-true"))
+    choice = describe_precision(requested, accelerator=str(cfg.trainer.get("accelerator", "auto")))
+    with open_dict(cfg):
+        cfg.trainer.precision = choice.precision
+    log.info("trainer.precision=%s -> %s", requested, choice)
+    return choice.precision
 
 
 def build_shards_if_missing(cfg: DictConfig) -> None:
@@ -101,6 +113,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None:
         validate_checkpoint(ckpt_path)  # one error line for a bad file, before Lightning reads it
+    resolve_trainer_precision(cfg)
     datamodule = hydra.utils.instantiate(cfg.data)
     num_classes = datamodule.num_classes
     # The stored frame size travels in the checkpoint's hyper-parameters, so inference prepares crops alike.
