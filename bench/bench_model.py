@@ -91,9 +91,16 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype, *, size: int, repeat
 class Runner:
     """One model at one precision: an inference call and a training-step call, timed one at a time."""
 
-    def __init__(self, name: str, precision: str, infer: Callable[[], torch.Tensor],
-                 train_loss: Callable[[], torch.Tensor], params: list[torch.nn.Parameter],
-                 set_mode: Callable[[bool], None], device: torch.device) -> None:
+    def __init__(
+        self,
+        name: str,
+        precision: str,
+        infer: Callable[[], torch.Tensor],
+        train_loss: Callable[[], torch.Tensor],
+        params: list[torch.nn.Parameter],
+        set_mode: Callable[[bool], None],
+        device: torch.device,
+    ) -> None:
         self.name, self.precision, self.device = name, precision, device
         self._infer, self._train_loss, self._set_mode = infer, train_loss, set_mode
         self.opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=5e-4)
@@ -141,18 +148,28 @@ def ours_runner(model: BigGait, precision: str, frames, ratios, labels, device, 
         aux = model.gre_losses(f)
         f = model.black_da(f, rate=0.2, generator=generator)
         out = model.forward_head(f)
-        loss = triplet_loss(out["embeddings"], labels, 0.2) + cross_entropy_loss(out["logits"], labels, 16.0, 0.1)
+        loss = triplet_loss(out["embeddings"], labels, 0.2) + cross_entropy_loss(
+            out["logits"], labels, 16.0, 0.1
+        )
         return loss + sum(aux.values())
 
     params = [p for p in model.parameters() if p.requires_grad]
-    return Runner(name, precision, lambda: model(frames, ratios)["embeddings"], train_loss, params,
-                  model.train, device)
+    return Runner(
+        name, precision, lambda: model(frames, ratios)["embeddings"], train_loss, params, model.train, device
+    )
 
 
 def official_runner(official, precision: str, frames, ratios, labels, device) -> Runner:
     params = [p for p in official.model.parameters() if p.requires_grad]
-    return Runner("official", precision, lambda: official.embeddings(frames, ratios),
-                  lambda: official.training_loss(frames, ratios, labels), params, official.model.train, device)
+    return Runner(
+        "official",
+        precision,
+        lambda: official.embeddings(frames, ratios),
+        lambda: official.training_loss(frames, ratios, labels),
+        params,
+        official.model.train,
+        device,
+    )
 
 
 def count_gflop(fn: Callable[[], object]) -> float:
@@ -168,8 +185,13 @@ def build_model(args: argparse.Namespace, device: torch.device) -> tuple[BigGait
         overrides = dict(image_size=tuple(args.image_size), map_size=tuple(args.map_size))
     else:
         torch.manual_seed(0)
-        kw = dict(backbone=args.preset, num_classes=100, image_size=tuple(args.image_size),
-                  map_size=tuple(args.map_size), **(_TINY if args.preset == "tiny" else {}))
+        kw = dict(
+            backbone=args.preset,
+            num_classes=100,
+            image_size=tuple(args.image_size),
+            map_size=tuple(args.map_size),
+            **(_TINY if args.preset == "tiny" else {}),
+        )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="BigGait backbone has NO pretrained weights")
             source = BigGait(**kw)
@@ -188,15 +210,26 @@ def build_model(args: argparse.Namespace, device: torch.device) -> tuple[BigGait
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="vits14", choices=["tiny", "vits14", "vitb14", "vitl14", "vitg14"])
-    p.add_argument("--checkpoint", help="official-format checkpoint ({'model': state_dict}) instead of random weights")
-    p.add_argument("--sequences", type=int, default=2,
-                   help="sequences per batch, identities in pairs (above 2 the official fp32 training step fails)")
+    p.add_argument(
+        "--checkpoint", help="official-format checkpoint ({'model': state_dict}) instead of random weights"
+    )
+    p.add_argument(
+        "--sequences",
+        type=int,
+        default=2,
+        help="sequences per batch, identities in pairs (above 2 the official fp32 training step fails)",
+    )
     p.add_argument("--frames", type=int, default=8, help="frames per sequence")
     p.add_argument("--frame-size", type=int, nargs=2, default=(256, 128))
     p.add_argument("--image-size", type=int, nargs=2, default=None, help="default: 448 224 (tiny: 224 112)")
     p.add_argument("--map-size", type=int, nargs=2, default=None, help="default: 64 32 (tiny: 32 16)")
-    p.add_argument("--precision", nargs="+", default=None, choices=sorted(_DTYPES) + sorted(_LIGHTNING),
-                   help="default: fp32 bf16 on a CPU, fp32 fp16 bf16 on a GPU (Lightning names work too)")
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        default=None,
+        choices=sorted(_DTYPES) + sorted(_LIGHTNING),
+        help="default: fp32 bf16 on a CPU, fp32 fp16 bf16 on a GPU (Lightning names work too)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed calls per configuration (medians)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-train", action="store_true", help="inference only")
@@ -209,14 +242,21 @@ def main() -> None:
     if args.map_size is None:
         args.map_size = (32, 16) if args.preset == "tiny" else (64, 32)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precisions = [_LIGHTNING.get(x, x) for x in args.precision] if args.precision else (
-        ["fp32", "fp16", "bf16"] if device.type == "cuda" else ["fp32", "bf16"]
+    precisions = (
+        [_LIGHTNING.get(x, x) for x in args.precision]
+        if args.precision
+        else (["fp32", "fp16", "bf16"] if device.type == "cuda" else ["fp32", "bf16"])
     )
     print(f"machine: {machine_name(device)}; torch {torch.__version__}")
     print(f"precision=auto here: {describe_precision('auto', accelerator=device.type)}")
-    peaks = {prec: matmul_gflops(device, _DTYPES[prec] or torch.float32, size=args.matmul_size, repeats=5)
-             for prec in precisions}
-    print(f"matmul peak (GFLOP/s, {args.matmul_size}^3): " + ", ".join(f"{k} {v:,.0f}" for k, v in peaks.items()))
+    peaks = {
+        prec: matmul_gflops(device, _DTYPES[prec] or torch.float32, size=args.matmul_size, repeats=5)
+        for prec in precisions
+    }
+    print(
+        f"matmul peak (GFLOP/s, {args.matmul_size}^3): "
+        + ", ".join(f"{k} {v:,.0f}" for k, v in peaks.items())
+    )
 
     ours, official_state = build_model(args, device)
     n, s = args.sequences, args.frames
@@ -224,8 +264,10 @@ def main() -> None:
     frames = torch.randn(n, s, 3, *args.frame_size, generator=g).to(device)
     ratios = (0.35 + 0.25 * torch.rand(n, s, generator=g)).to(device)
     labels = (torch.arange(n) % max(2, n // 2)).to(device)  # positives and negatives when n >= 4
-    print(f"model: {args.preset}, input {args.image_size[0]}x{args.image_size[1]}, maps "
-          f"{args.map_size[0]}x{args.map_size[1]}, batch {n} sequences x {s} frames = {n * s} frames")
+    print(
+        f"model: {args.preset}, input {args.image_size[0]}x{args.image_size[1]}, maps "
+        f"{args.map_size[0]}x{args.map_size[1]}, batch {n} sequences x {s} frames = {n * s} frames"
+    )
 
     probe = ours_runner(copy.deepcopy(ours), "fp32", frames, ratios, labels, device)
     gflop_infer = count_gflop(probe.infer) / (n * s)
@@ -265,8 +307,10 @@ def main() -> None:
     for r in runners[1:]:
         e = r.infer()
         rel = float((e - ref).norm() / ref.norm())
-        print(f"embeddings {r.name} {r.precision} vs {runners[0].name} {runners[0].precision}: "
-              f"relative difference {rel:.2e}")
+        print(
+            f"embeddings {r.name} {r.precision} vs {runners[0].name} {runners[0].precision}: "
+            f"relative difference {rel:.2e}"
+        )
     for prec, sec in compile_s.items():
         print(f"torch.compile ({prec}): first inference + training step took {sec:.1f} s (compile time)")
 
@@ -286,8 +330,10 @@ def main() -> None:
     base = {(r.name, r.precision): r for r in runners}
     off32 = base.get(("official", "fp32"))
     print()
-    print("| model | precision | inference frames/s | % of matmul peak | training frames/s | % of matmul peak "
-          "| vs official, same precision (inf / train) | vs official fp32 (inf / train) |")
+    print(
+        "| model | precision | inference frames/s | % of matmul peak | training frames/s | % of matmul peak "
+        "| vs official, same precision (inf / train) | vs official fp32 (inf / train) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in runners:
         cells = [r.name, r.precision]

@@ -29,8 +29,9 @@ def main() -> None:
     args = p.parse_args()
     module = BigGaitModule.load_from_checkpoint(args.ckpt, map_location="cpu").eval()
     model = module.model
-    dm = GaitDataModule(root=args.root, protocol="ccpg", eval_frames_limit=args.frames, eval_batch_size=4,
-                        num_workers=0)
+    dm = GaitDataModule(
+        root=args.root, protocol="ccpg", eval_frames_limit=args.frames, eval_batch_size=4, num_workers=0
+    )
     dm.set_rank(0, 1)
     modes = {"bf16 autocast": (torch.bfloat16, None), "backbone bf16 only": (None, "bf16")}
     rel: dict[str, list[float]] = {m: [] for m in modes}
@@ -54,7 +55,9 @@ def main() -> None:
                 for i in range(out.shape[0]):
                     rel[mode].append(float((out[i] - ref[i]).norm() / ref[i].norm()))
                     t = int(lengths[i])
-                    flips[mode].append(float((g["foreground"][i, :t] != f["foreground"][i, :t]).float().mean()))
+                    flips[mode].append(
+                        float((g["foreground"][i, :t] != f["foreground"][i, :t]).float().mean())
+                    )
         seen += frames.shape[0]
         if seen >= args.sequences:
             break
@@ -63,9 +66,11 @@ def main() -> None:
     print(f"checkpoint {args.ckpt}: {ref.shape[0]} test sequences x <= {args.frames} frames")
     for mode in modes:
         low = torch.cat(low_all[mode])
-        print(f"{mode:20s} embeddings relative difference: median {statistics.median(rel[mode]):.2e}, "
-              f"max {max(rel[mode]):.2e}, whole set {float((low - ref).norm() / ref.norm()):.2e}; "
-              f"foreground pixels flipped: {100 * statistics.mean(flips[mode]):.3f} %")
+        print(
+            f"{mode:20s} embeddings relative difference: median {statistics.median(rel[mode]):.2e}, "
+            f"max {max(rel[mode]):.2e}, whole set {float((low - ref).norm() / ref.norm()):.2e}; "
+            f"foreground pixels flipped: {100 * statistics.mean(flips[mode]):.3f} %"
+        )
 
 
 if __name__ == "__main__":

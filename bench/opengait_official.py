@@ -73,7 +73,9 @@ def _import_official(src: Path) -> dict[str, types.ModuleType]:
             f"OPENGAIT_SRC={src}: {model_file} not found; point it at a checkout of github.com/ShiqiYu/OpenGait"
         )
     if f"{_PKG}.modeling.models.BigGait" in sys.modules:
-        return {k: sys.modules[f"{_PKG}.{k}"] for k in ("modeling.models.BigGait", "losses.triplet", "losses.ce")}
+        return {
+            k: sys.modules[f"{_PKG}.{k}"] for k in ("modeling.models.BigGait", "losses.triplet", "losses.ce")
+        }
     for dep in ("einops", "kornia"):
         if importlib.util.find_spec(dep) is None:
             raise ImportError(f"the official BigGait code imports {dep}: pip install -e '.[official]'")
@@ -149,19 +151,54 @@ def official_model_cfg(config: dict[str, Any]) -> dict[str, Any]:
         "pretrained_mask_branch": "",  # no MaskBranch file: the branch trains from step 0, like ours
         "image_size": w,
         "sils_size": mw,
-        "Denoising_Branch": {"source_dim": 4 * width, "target_dim": config["denoising_dim"], "p": 0,
-                             "softmax": True, "Relu": True, "Up": False},
-        "Appearance_Branch": {"source_dim": 4 * width, "target_dim": config["appearance_dim"], "p": 0,
-                              "softmax": False, "Relu": False, "Up": False},
-        "Mask_Branch": {"source_dim": width, "target_dim": 2, "p": config["mask_dropout"], "softmax": True,
-                        "Relu": False, "Up": True},
-        "AttentionFusion": {"in_channels": channels[0], "squeeze_ratio": config["fusion_squeeze"], "feat_len": 2},
-        "backbone_cfg": {"type": "ResNet9", "block": "BasicBlock", "in_channel": 1, "channels": channels,
-                         "layers": [1, 1, 1, 1], "strides": [1, 2, 2, 1], "maxpool": False},
-        "SeparateFCs": {"in_channels": channels[3], "out_channels": config["embed_dim"],
-                        "parts_num": config["parts"]},
-        "SeparateBNNecks": {"class_num": config["num_classes"], "in_channels": config["embed_dim"],
-                            "parts_num": config["parts"]},
+        "Denoising_Branch": {
+            "source_dim": 4 * width,
+            "target_dim": config["denoising_dim"],
+            "p": 0,
+            "softmax": True,
+            "Relu": True,
+            "Up": False,
+        },
+        "Appearance_Branch": {
+            "source_dim": 4 * width,
+            "target_dim": config["appearance_dim"],
+            "p": 0,
+            "softmax": False,
+            "Relu": False,
+            "Up": False,
+        },
+        "Mask_Branch": {
+            "source_dim": width,
+            "target_dim": 2,
+            "p": config["mask_dropout"],
+            "softmax": True,
+            "Relu": False,
+            "Up": True,
+        },
+        "AttentionFusion": {
+            "in_channels": channels[0],
+            "squeeze_ratio": config["fusion_squeeze"],
+            "feat_len": 2,
+        },
+        "backbone_cfg": {
+            "type": "ResNet9",
+            "block": "BasicBlock",
+            "in_channel": 1,
+            "channels": channels,
+            "layers": [1, 1, 1, 1],
+            "strides": [1, 2, 2, 1],
+            "maxpool": False,
+        },
+        "SeparateFCs": {
+            "in_channels": channels[3],
+            "out_channels": config["embed_dim"],
+            "parts_num": config["parts"],
+        },
+        "SeparateBNNecks": {
+            "class_num": config["num_classes"],
+            "in_channels": config["embed_dim"],
+            "parts_num": config["parts"],
+        },
         "bin_num": [config["parts"]],
     }
 
@@ -190,7 +227,9 @@ class OfficialBigGait:
         return loss
 
 
-def load_official_biggait(src: str | Path, config: dict[str, Any], state: dict[str, torch.Tensor]) -> OfficialBigGait:
+def load_official_biggait(
+    src: str | Path, config: dict[str, Any], state: dict[str, torch.Tensor]
+) -> OfficialBigGait:
     """The official BigGait__Dinov2_Gaitbase built for our `config`, loaded strictly from an official `state`."""
     from biggait.models import BACKBONE_PRESETS
 
@@ -205,9 +244,15 @@ def load_official_biggait(src: str | Path, config: dict[str, Any], state: dict[s
     else:  # the same constructor call with this preset's sizes
         layers = sys.modules[f"{_PKG}.modeling.models.BigGait_utils.dino_layers"]
         model.backbone = dinov2.DinoVisionTransformer(
-            img_size=518, patch_size=14, init_values=1.0, ffn_layer="mlp", block_chunks=0,
-            embed_dim=config["backbone_width"] or preset.embed_dim, depth=config["backbone_depth"] or preset.depth,
-            num_heads=config["backbone_heads"] or preset.num_heads, mlp_ratio=4,
+            img_size=518,
+            patch_size=14,
+            init_values=1.0,
+            ffn_layer="mlp",
+            block_chunks=0,
+            embed_dim=config["backbone_width"] or preset.embed_dim,
+            depth=config["backbone_depth"] or preset.depth,
+            num_heads=config["backbone_heads"] or preset.num_heads,
+            mlp_ratio=4,
             block_fn=partial(layers.NestedTensorBlock, attn_class=layers.MemEffAttention),
             logger=_MessageManager(),
         )

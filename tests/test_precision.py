@@ -50,8 +50,14 @@ def test_auto_on_cpu_follows_the_bf16_flags(flags: str, expected: str) -> None:
 
 @pytest.mark.parametrize(
     ("capability", "expected"),
-    [((9, 0), "bf16-mixed"), ((8, 0), "bf16-mixed"), ((8, 6), "bf16-mixed"), ((7, 5), "16-mixed"),
-     ((7, 0), "16-mixed"), ((6, 1), "16-mixed")],
+    [
+        ((9, 0), "bf16-mixed"),
+        ((8, 0), "bf16-mixed"),
+        ((8, 6), "bf16-mixed"),
+        ((7, 5), "16-mixed"),
+        ((7, 0), "16-mixed"),
+        ((6, 1), "16-mixed"),
+    ],
 )
 def test_auto_on_gpu_follows_the_compute_capability(capability: tuple[int, int], expected: str) -> None:
     choice = choose_precision("gpu", capability=capability)
@@ -103,8 +109,14 @@ def _tiny(**kw) -> BigGait:
         warnings.filterwarnings("ignore", message="BigGait backbone has NO pretrained weights")
         torch.manual_seed(0)
         return BigGait(
-            backbone="tiny", num_classes=8, image_size=(112, 56), map_size=(16, 8),
-            channels=(8, 16, 16, 32), fusion_squeeze=4, embed_dim=16, **kw,
+            backbone="tiny",
+            num_classes=8,
+            image_size=(112, 56),
+            map_size=(16, 8),
+            channels=(8, 16, 16, 32),
+            fusion_squeeze=4,
+            embed_dim=16,
+            **kw,
         ).eval()
 
 
@@ -141,8 +153,9 @@ def test_bad_backbone_precision_is_a_clear_error() -> None:
 def test_channels_last_head_gives_the_same_embeddings() -> None:
     torch.manual_seed(0)
     ref = GaitBaseHead(channels=(8, 16, 16, 32), fusion_squeeze=4, embed_dim=16, num_classes=5).eval()
-    cl = GaitBaseHead(channels=(8, 16, 16, 32), fusion_squeeze=4, embed_dim=16, num_classes=5,
-                      channels_last=True).eval()
+    cl = GaitBaseHead(
+        channels=(8, 16, 16, 32), fusion_squeeze=4, embed_dim=16, num_classes=5, channels_last=True
+    ).eval()
     cl.load_state_dict(ref.state_dict())
     assert cl.denoising_stem.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     den, app = torch.rand(2, 3, 16, 32, 16), torch.rand(2, 3, 16, 32, 16)
@@ -153,8 +166,16 @@ def test_channels_last_head_gives_the_same_embeddings() -> None:
 
 @pytest.mark.parametrize("stage", ["fit", "test", "predict"])
 def test_compile_options_apply_to_every_stage_and_keep_checkpoint_names(stage: str) -> None:
-    model = {"backbone": "tiny", "num_classes": 4, "pretrained": None, "image_size": [112, 56],
-             "map_size": [16, 8], "channels": [8, 16, 16, 32], "fusion_squeeze": 4, "embed_dim": 16}
+    model = {
+        "backbone": "tiny",
+        "num_classes": 4,
+        "pretrained": None,
+        "image_size": [112, 56],
+        "map_size": [16, 8],
+        "channels": [8, 16, 16, 32],
+        "fusion_squeeze": 4,
+        "embed_dim": 16,
+    }
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="BigGait backbone has NO pretrained weights")
         module = BigGaitModule(model=model, compile_backbone=True, compile_head=True)

@@ -40,8 +40,14 @@ PRECISION_ALIASES = {
     "fp16": "16-mixed",
     "16": "16-mixed",
 }
-_AUTOCAST = {"bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-mixed": torch.float16,
-             "16-true": torch.float16, "32-true": None, "64-true": None}
+_AUTOCAST = {
+    "bf16-mixed": torch.bfloat16,
+    "bf16-true": torch.bfloat16,
+    "16-mixed": torch.float16,
+    "16-true": torch.float16,
+    "32-true": None,
+    "64-true": None,
+}
 
 
 @dataclass(frozen=True)
