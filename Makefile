@@ -18,11 +18,14 @@ CKPT    ?=
 WORKERS ?= 2
 
 export NO_ALBUMENTATIONS_UPDATE := 1
-export HF_HUB_OFFLINE := 1
+# The synthetic default never needs the network; the paper recipes download DINOv2 once (docs/reliability.md).
+ifeq ($(DATASET),synthetic)
+export HF_HUB_OFFLINE ?= 1
+endif
 export WANDB_SILENT := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help venv data lvm train eval test test-fast lint format bench-data bench-model baselines notebook clean
+.PHONY: help venv data lvm train eval embed identify test test-fast lint format bench-data bench-model baselines notebook clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -50,6 +53,19 @@ eval: $(STAMP) ## evaluate a checkpoint: make eval CKPT=path.ckpt DATASET=synthe
 	@test -n "$(CKPT)" || { echo "make eval needs CKPT=<path to a .ckpt> (ours, or converted with python -m biggait.compat.opengait)"; exit 2; }
 	$(PY) -m biggait.eval experiment=$(if $(filter synthetic,$(DATASET)),synthetic,biggait_$(DATASET)) ckpt_path=$(CKPT) $(ARGS)
 
+MODEL   ?=
+INPUT   ?=
+GALLERY ?=
+PROBES  ?=
+
+embed: $(STAMP) ## embed footage: make embed MODEL=last.ckpt INPUT="frames_dir video.mp4" OUT=gallery.npz [ARGS="--tracks mot.txt"]
+	@test -n "$(MODEL)" -a -n "$(INPUT)" -a -n "$(filter %.npz,$(OUT))" || { echo "make embed needs MODEL=<.ckpt or .pt> INPUT=<frames folder(s) or video> OUT=<gallery.npz> (docs/inference.md)"; exit 2; }
+	$(PY) -m biggait.embed $(MODEL) $(INPUT) --out $(OUT) $(ARGS)
+
+identify: $(STAMP) ## identify probes: make identify GALLERY=gallery.npz PROBES=probes.npz [ARGS="--top-k 5 --json out.json"]
+	@test -n "$(GALLERY)" -a -n "$(PROBES)" || { echo "make identify needs GALLERY=<gallery.npz> PROBES=<probes.npz> (docs/inference.md)"; exit 2; }
+	$(PY) -m biggait.identify $(GALLERY) $(PROBES) $(ARGS)
+
 lint: $(STAMP) ## ruff check
 	$(VENV)/bin/ruff check src tests data_prep bench notebooks
 
@@ -67,7 +83,7 @@ test-fast: $(STAMP) ## only the fast tests
 bench-data: $(STAMP) ## data-pipeline throughput (frames/s, sequences/s) for 1 and 2 workers
 	$(PY) bench/bench_data.py $(ARGS)
 
-bench-model: $(STAMP) ## model training/inference frames/s and memory (ARGS="--preset vits14 --precision 16-mixed" on a GPU)
+bench-model: $(STAMP) ## model frames/s per precision, vs the official code with OPENGAIT_SRC (docs/performance.md)
 	$(PY) bench/bench_model.py $(ARGS)
 
 baselines: $(STAMP) ## the two non-learned baselines on the synthetic test split (data_prep/README.md)

@@ -1,6 +1,6 @@
 """Render docs/synthetic_examples.png: a few identities in several outfits and views (data_prep/README.md).
 
-    python data_prep/make_figure.py [--out docs/synthetic_examples.png]
+python data_prep/make_figure.py [--out docs/synthetic_examples.png]
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ def main() -> None:
         axes[row, -1].set_title("silhouette", fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
-    fig.suptitle("Synthetic gait world: rows = identities; outfits (side view), then views 30-120 deg (own outfit)")
+    fig.suptitle(
+        "Synthetic gait world: rows = identities; outfits (side view), then views 30-120 deg (own outfit)"
+    )
     fig.tight_layout()
     save_png(fig, args.out)
     print(f"wrote {args.out}")

@@ -44,7 +44,8 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import Image, display
 
-from biggait.viz import comparison_panel, figure_png, load_checkpoint_model, sequence_panel
+from biggait import load_model
+from biggait.viz import comparison_panel, figure_png, sequence_panel
 from biggait.viz.demo import comparison_sequences, make_demo_shards, rank1_heatmaps, tiny_random_model
 
 
@@ -74,7 +75,7 @@ if not (shards / SPLIT / "manifest.json").is_file():
     make_demo_shards(shards, seed=SEED)
 
 if CHECKPOINT:
-    model = load_checkpoint_model(CHECKPOINT)
+    model = load_model(CHECKPOINT)
     print(f"Loaded {CHECKPOINT}")
 else:
     model = tiny_random_model(seed=SEED)

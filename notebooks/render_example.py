@@ -12,7 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from biggait.viz import load_checkpoint_model, save_png, sequence_panel
+from biggait import load_model
+from biggait.viz import save_png, sequence_panel
 from biggait.viz.demo import comparison_sequences, make_demo_shards, tiny_random_model
 
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         shards = Path(tempfile.mkdtemp(prefix="biggait-demo-")) / "synthetic"
         print(f"no shards at {args.shards}: generating a tiny synthetic set in {shards}", file=sys.stderr)
         make_demo_shards(shards, seed=args.seed)
-    model = load_checkpoint_model(args.checkpoint) if args.checkpoint else tiny_random_model(seed=args.seed)
+    model = load_model(args.checkpoint) if args.checkpoint else tiny_random_model(seed=args.seed)
     seq = comparison_sequences(model, shards, split=args.split, max_frames=args.max_frames)[0]
     source = Path(args.checkpoint).name if args.checkpoint else "tiny random model, untrained"
     fig = sequence_panel(

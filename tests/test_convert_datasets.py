@@ -17,6 +17,7 @@ from biggait.data.pipeline import decode_frames, decode_silhouettes, iter_tar, p
 from biggait.data_prep import casiab, ccpg, opengait, sustech1k
 from biggait.data_prep.layout import REPORT
 from biggait.errors import ConfigError, DatasetNotFoundError
+from biggait.preprocess import pad_and_resize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,14 +66,14 @@ def test_pad_and_resize_matches_a_hand_computed_frame() -> None:
     rng = np.random.default_rng(0)
     narrow = rng.integers(0, 256, (256, 64, 3), dtype=np.uint8)  # height already 256: no resampling
     expected = np.zeros((256, 128, 3), np.uint8)
-    expected[:, 32:96] = narrow[..., ::-1]  # centred on black at (128 - 64) // 2, BGR -> RGB
-    np.testing.assert_array_equal(ccpg.pad_and_resize(narrow), expected)
+    expected[:, 32:96] = narrow  # centred on black at (128 - 64) // 2
+    np.testing.assert_array_equal(pad_and_resize(narrow, (256, 128)), expected)
     wide = rng.integers(0, 256, (256, 201, 3), dtype=np.uint8)
     np.testing.assert_array_equal(
-        ccpg.pad_and_resize(wide), wide[:, 36:164, ::-1]
+        pad_and_resize(wide, (256, 128)), wide[:, 36:164]
     )  # centre crop (201-128)//2
     half = rng.integers(0, 256, (512, 100, 3), dtype=np.uint8)  # 512x100 -> int(100*256/512) = 50 wide
-    out = ccpg.pad_and_resize(half)
+    out = pad_and_resize(half, (256, 128))
     assert out.shape == (256, 128, 3)
     assert not out[:, :39].any() and not out[:, 89:].any() and out[:, 39:89].any()  # left pad (128-50)//2
 
@@ -86,7 +87,7 @@ def test_ccpg_shards_split_frames_and_report(tmp_path) -> None:
     for key, (sample, frames, sils) in (train | test).items():
         src = truth[key]
         assert frames.shape == (len(CCPG_SIZES) + 1, 256, 128, 3) and sils is None
-        np.testing.assert_array_equal(frames[0], ccpg.pad_and_resize(src[0][..., ::-1].copy()))
+        np.testing.assert_array_equal(frames[0], pad_and_resize(src[0], (256, 128)))
         np.testing.assert_array_equal(frames[0][:, 32:96], src[0])  # lossless PNG round trip, exact pad
         np.testing.assert_array_equal(frames[1], src[1][:, 36:164])
         want = [w / h for h, w in CCPG_SIZES] + [60 / 120]

@@ -18,10 +18,10 @@ from biggait.export import (
     example_inputs,
     export_onnx,
     export_torch,
-    load_checkpoint,
     main,
     relative_error,
 )
+from biggait.checkpoint import load_model
 from biggait.models import BigGait
 from test_model_dense_gre import random_model as tiny_model
 
@@ -91,11 +91,12 @@ def test_check_exported_catches_a_different_model(exported_onnx: dict) -> None:
         check_exported(tiny_model(seed=1), onnx_path=exported["onnx"], frame_size=FRAME)
 
 
-def test_export_refuses_the_gather_scatter_model_and_a_missing_frame_size() -> None:
+def test_export_refuses_the_gather_scatter_model_and_uses_the_recorded_frame_size(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="static_shapes=True"):
         EmbeddingModel(tiny_model(static_shapes=False))
-    with pytest.raises(ValueError, match="--frame-size"):
-        export_torch(tiny_model(), "unused.pt2")
+    program = torch.export.load(export_torch(tiny_model(frame_size=(112, 56)), tmp_path / "m.pt2"))
+    frames = [n for n in program.graph.nodes if n.op == "placeholder" and n.name == "frames"][0]
+    assert tuple(frames.meta["val"].shape[-2:]) == (112, 56)  # the size the model records, not a default
 
 
 def test_cli_exports_a_checkpoint_and_checks_it(tmp_path: Path, capsys) -> None:
@@ -152,11 +153,11 @@ def test_python_m_biggait_export_refuses_a_hostile_pickle(tmp_path: Path) -> Non
     assert "pwned" not in proc.stdout and not (tmp_path / "x.pt2").exists()
 
 
-def test_load_checkpoint_never_reads_the_original_backbone_file(tmp_path: Path) -> None:
+def test_export_loads_through_load_model_without_the_original_backbone_file(tmp_path: Path) -> None:
     model = tiny_model()
     model.config["pretrained"] = str(tmp_path / "moved_away.pth")  # as if trained from a file now gone
     ckpt = export_lightning_checkpoint(model, tmp_path / "model.ckpt")
-    loaded = load_checkpoint(ckpt)
+    loaded = load_model(ckpt)
     x, r = example_inputs(FRAME)
     assert torch.equal(eager(loaded, x, r), eager(model, x, r))
 

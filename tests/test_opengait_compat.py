@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from biggait.checkpoint import CheckpointError
 from biggait.compat.opengait import (
     OpenGaitCheckpointError,
     export_opengait_state_dict,
@@ -134,7 +135,7 @@ def test_not_an_opengait_file(tmp_path: Path, tiny_state) -> None:
     torch.save(tiny_state, path)
     with pytest.raises(OpenGaitCheckpointError, match="OpenGait format"):
         load_opengait_checkpoint(path)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CheckpointError, match="absent.pt does not exist"):
         load_opengait_checkpoint(tmp_path / "absent.pt")
 
 
@@ -166,6 +167,7 @@ def test_cli_as_module_reports_errors(tmp_path: Path) -> None:
         text=True,
         env=env,
     )
-    assert proc.returncode == 1
-    assert "OpenGait format" in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "OpenGait format" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o.ckpt").exists()

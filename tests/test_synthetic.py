@@ -16,11 +16,11 @@ from biggait.data_prep.synthetic import (
     gait_parameters,
     identity_parameters,
     list_sequences,
-    pad_and_resize,
     prepare,
     render_sequence,
 )
 from biggait.errors import ConfigError
+from biggait.preprocess import pad_and_resize
 
 SMALL = SyntheticConfig(num_train_ids=3, num_test_ids=2, views=(60, 90), length=(8, 10), canvas=128)
 

@@ -116,11 +116,11 @@ def test_resume_is_exact(tiny_shards: Path, tmp_path: Path) -> None:
         f"ckpt_path={tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}",
     )
     train(resumed)
-    a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)
-    b = torch.load(tmp_path / "b2" / "checkpoints" / "last.ckpt", weights_only=False)
+    a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "b2" / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["global_step"] == b["global_step"] == 4
     assert a["biggait"]["mask_branch_frozen"] and b["biggait"]["mask_branch_frozen"]
-    initial = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    initial = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     moved = 0
     for name, value in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][name], value, rtol=1e-5, atol=1e-6, msg=name)

@@ -7,11 +7,12 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from biggait import load_model
+from biggait.checkpoint import CheckpointError
 from biggait.data import SequenceRecord, write_shards
 from biggait.viz import (
     VizInputError,
     comparison_indices,
-    load_checkpoint_model,
     read_sequences,
     records_to_batch,
     save_png,
@@ -67,7 +68,7 @@ def test_save_png_is_atomic_and_leaves_no_temp_files(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["b.png"]
 
 
-def test_load_checkpoint_model_restores_weights_and_the_frozen_mask_branch(tmp_path):
+def test_load_model_restores_weights_and_the_frozen_mask_branch(tmp_path):
     from biggait.models import BigGait
 
     kwargs = {"backbone": "tiny", "num_classes": 5, "image_size": (224, 112), "map_size": (32, 16)}
@@ -84,7 +85,7 @@ def test_load_checkpoint_model_restores_weights_and_the_frozen_mask_branch(tmp_p
     torch.save(ckpt, tmp_path / "last.ckpt")
     torch.manual_seed(1)  # a different init, so equal outputs prove the weights were loaded
     with pytest.warns(UserWarning):
-        loaded = load_checkpoint_model(tmp_path / "last.ckpt")
+        loaded = load_model(tmp_path / "last.ckpt")
     assert not loaded.training and loaded.mask_branch_frozen
     frames, ratios = torch.randn(1, 2, 3, 64, 32), torch.full((1, 2), 0.5)
     with torch.no_grad():
@@ -93,10 +94,10 @@ def test_load_checkpoint_model_restores_weights_and_the_frozen_mask_branch(tmp_p
     for key in ("f_last", "foreground", "denoising", "appearance"):
         torch.testing.assert_close(a[key], b[key])
     torch.save({"state_dict": ckpt["state_dict"]}, tmp_path / "bare.ckpt")
-    with pytest.raises(VizInputError, match="hyper_parameters"):
-        load_checkpoint_model(tmp_path / "bare.ckpt")
-    with pytest.raises(FileNotFoundError, match="make train"):
-        load_checkpoint_model(tmp_path / "missing.ckpt")
+    with pytest.raises(CheckpointError, match="hyper_parameters"):
+        load_model(tmp_path / "bare.ckpt")
+    with pytest.raises(CheckpointError, match="make train"):
+        load_model(tmp_path / "missing.ckpt")
 
 
 def test_demo_shards_have_ground_truth_and_a_comparison_trio(tmp_path):

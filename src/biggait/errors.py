@@ -6,7 +6,14 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["BiggaitError", "ConfigError", "CorruptDataError", "DatasetNotFoundError", "exit_on_error"]
+__all__ = [
+    "BiggaitError",
+    "ConfigError",
+    "CorruptDataError",
+    "DatasetNotFoundError",
+    "exit_on_error",
+    "one_line",
+]
 
 
 class BiggaitError(Exception):
@@ -25,6 +32,16 @@ class CorruptDataError(BiggaitError, ValueError):
     """A record, shard or manifest is malformed."""
 
 
+def one_line(error: BaseException) -> str:
+    """The error's own message. An error re-raised from a DataLoader worker carries the worker's traceback in
+    its message ("Caught X in DataLoader worker process 0. Original Traceback ..."): its last line is the message."""
+    text = str(error)
+    if "\nOriginal Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if last.startswith(f"{type(error).__module__}.") else last
+    return text
+
+
 @contextmanager
 def exit_on_error() -> Iterator[None]:
     """For command-line entry points: a BiggaitError becomes one `error: ...` line on stderr and exit status 2.
@@ -41,5 +58,5 @@ def exit_on_error() -> Iterator[None]:
             cause = cause.__cause__
         if cause is None:
             raise
-        print(f"error: {cause}", file=sys.stderr)
+        print(f"error: {one_line(cause)}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -8,9 +8,15 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
+from biggait.checkpoint import load_module
 from biggait.errors import ConfigError, exit_on_error
-from biggait.lit_module import BigGaitModule
-from biggait.train import instantiate_callbacks, instantiate_loggers
+from biggait.paths import conf_dir
+from biggait.train import (
+    check_accelerator,
+    instantiate_callbacks,
+    instantiate_loggers,
+    resolve_trainer_precision,
+)
 
 __all__ = ["evaluate_checkpoint"]
 
@@ -23,10 +29,15 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
             f"ckpt_path={ckpt!r} is not a file: pass a Lightning checkpoint (outputs/.../checkpoints/last.ckpt, "
             "or one converted with `python -m biggait.compat.opengait IN OUT`)"
         )
+    check_accelerator(cfg, cpu_fallback=True)
     L.seed_everything(cfg.seed, workers=True)
+    # Checked first (one error line for a bad file, before Lightning reads it). The protocol follows the
+    # evaluation data, not the training data (cross-dataset tables); the backbone's `pretrained` file is not
+    # read (the checkpoint holds every weight).
+    module = load_module(ckpt, protocol=cfg.data.protocol)
+    resolve_trainer_precision(cfg)
     datamodule = hydra.utils.instantiate(cfg.data)
-    # The protocol follows the evaluation data, not the training data (cross-dataset tables).
-    module = BigGaitModule.load_from_checkpoint(ckpt, map_location="cpu", protocol=cfg.data.protocol)
+    module.checkpoint_path = str(ckpt)  # reported with the results (results.json, printed table)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -34,7 +45,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="eval")
 def main(cfg: DictConfig) -> None:
     with exit_on_error():
         evaluate_checkpoint(cfg)

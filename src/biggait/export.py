@@ -14,16 +14,15 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import pickle
 import sys
 import warnings
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from biggait.checkpoint import load_model
 from biggait.errors import BiggaitError, ConfigError, exit_on_error
 from biggait.io import atomic_write_bytes
 from biggait.models import BigGait
@@ -80,12 +79,7 @@ def _dynamic_shapes() -> dict[str, dict[int, torch.export.Dim]]:
 
 
 def _frame_size(model: BigGait, frame_size: Sequence[int] | None) -> tuple[int, int]:
-    size = frame_size if frame_size is not None else model.config.get("frame_size")
-    if size is None:
-        raise ConfigError(
-            "the model does not record the frame size it was trained on: pass frame_size (CLI: --frame-size H W, "
-            "e.g. 256 128 for CCPG, 128 64 for the synthetic world)"
-        )
+    size = frame_size if frame_size is not None else model.frame_size
     if len(size) != 2 or min(size) < 1:
         raise ConfigError(f"frame size must be two positive integers H W, got {list(size)}")
     return int(size[0]), int(size[1])
@@ -170,50 +164,13 @@ def check_exported(
     return errors
 
 
-def load_checkpoint(path: str | os.PathLike) -> BigGait:
-    """A `BigGait` (eval) from one of our Lightning `.ckpt` files, loaded with weights_only=True.
-
-    Stand-in until `biggait.load_model` (issue 12) lands; the backbone weights come from the checkpoint.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"model file {path} does not exist; pass the .ckpt written by `make train`")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(
-            f"{path} is not a loadable biggait checkpoint (refused or unreadable with weights_only=True: {reason})"
-        ) from exc
-    try:
-        kwargs = dict(ckpt["hyper_parameters"]["model"])
-        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ExportError(
-            f"{path} has no hyper_parameters['model'] / state_dict: not a biggait Lightning checkpoint "
-            "(convert official weights with `python -m biggait.compat.opengait` first)"
-        ) from exc
-    kwargs["pretrained"] = None  # every backbone weight is in the checkpoint: never read the original file
-    try:
-        with warnings.catch_warnings():  # "NO pretrained weights": they are about to come from the checkpoint
-            warnings.filterwarnings("ignore", message=".*NO pretrained weights")
-            model = BigGait(**kwargs)
-        if ckpt.get("biggait", {}).get("mask_branch_frozen"):
-            model.freeze_mask_branch()
-        model.load_state_dict(state)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        reason = str(exc).strip().splitlines()[0]
-        raise ExportError(f"{path}: the weights do not fit the model it describes ({reason})") from exc
-    return model.eval()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m biggait.export",
         description="Export a trained BigGait (frames + ratios -> embeddings) to ONNX and/or torch.export, "
         "then check each file against the eager model (docs/export.md).",
     )
-    p.add_argument("model", type=Path, help="our Lightning checkpoint (.ckpt), e.g. from `make train`")
+    p.add_argument("model", type=Path, help="a model file: our Lightning .ckpt (e.g. from `make train`), a converted or an official OpenGait .pt")
     p.add_argument("--onnx", type=Path, metavar="OUT.onnx", help="write an ONNX model here")
     p.add_argument("--torch-export", type=Path, metavar="OUT.pt2", help="write a torch.export program here")
     p.add_argument(
@@ -229,8 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with exit_on_error():
         if args.onnx is None and args.torch_export is None:
             raise ConfigError("nothing to write: pass --onnx OUT.onnx and/or --torch-export OUT.pt2")
-        model = load_checkpoint(args.model)
-        size = _frame_size(model, args.frame_size)
+        overrides = {} if args.frame_size is None else {"frame_size": tuple(args.frame_size)}
+        model = load_model(args.model, **overrides)
+        size = _frame_size(model, None)
         if args.torch_export is not None:
             print(f"wrote {export_torch(model, args.torch_export, frame_size=size)}")
         if args.onnx is not None:

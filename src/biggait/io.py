@@ -1,31 +1,97 @@
-"""Atomic file writes: a temp file in the same folder, flushed, then renamed over the target."""
+"""Atomic file writes: a temp file in the same folder, flushed and fsynced, then renamed over the target.
+
+The temporary file is always created next to the target (never in `TMPDIR`, which may be another filesystem,
+where a rename becomes a copy that a kill can cut short). Its name carries the writer's process id,
+`.<name>.tmp-<pid>.<random>.tmp`, so the next writer of the same target removes what a killed process left behind
+(`remove_stale_temporaries`).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_json"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "remove_stale_temporaries"]
+
+_TMP_PID = re.compile(r"\.tmp-(\d+)(?:\.[^.]*\.tmp)?$")
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Delete the `.<name>.tmp-<pid>...` files in `folder` (of any name when `name` is None) whose writer
+    process is gone, i.e. what a killed atomic write left behind; returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    pattern = f".{_glob_escape(name)}.tmp-*" if name is not None else ".*.tmp-*"
+    for tmp in folder.glob(pattern):
+        match = _TMP_PID.search(tmp.name)
+        if match is None or int(match.group(1)) == os.getpid() or _alive(int(match.group(1))):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike) -> Iterator[IO[bytes]]:
+    """A binary file to write `path` through: on a clean exit it is flushed, fsynced and renamed over `path`;
+    on any exception (Ctrl-C included) the temporary file is removed and `path` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temporaries(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (a crash right after it could otherwise lose the new name)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
+    with atomic_open(path) as f:
+        f.write(data)
+    return Path(path)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:

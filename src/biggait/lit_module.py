@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric
 
 from biggait.evaluation import EvaluationResult
 from biggait.evaluation.metric import GaitRetrievalMetric
+from biggait.inference import embed_padded
 from biggait.losses import cross_entropy_loss, triplet_loss
 from biggait.models import BigGait
 
@@ -57,6 +58,10 @@ def _set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def _is_compiled(module: torch.nn.Module) -> bool:
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
 class _ContiguousGrad(torch.autograd.Function):
     """Identity whose backward makes the gradient contiguous.
 
@@ -94,6 +99,7 @@ class BigGaitModule(LightningModule):
         black_da_rate: float = 0.2,
         seed: int = 0,
         compile_backbone: bool = False,
+        compile_head: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -111,13 +117,18 @@ class BigGaitModule(LightningModule):
         self.last_evaluation: dict[str, EvaluationResult] = {}
         self._black_da_generator: torch.Generator | None = None
         self.checkpoint_step = 0
+        self.checkpoint_path: str | None = None  # the file the weights were loaded from (set by biggait.eval)
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        if self.hparams.compile_backbone and stage == "fit":
-            # Only the frozen backbone has static shapes; the GRE's masked selection breaks graphs
-            # (engineering notes §G).
-            self.model.backbone = torch.compile(self.model.backbone)
+        # torch.compile for every stage (fit, validate, test, predict), once. Only the backbone and the
+        # GaitBase head have static shapes; the GRE's masked pixel selection has data-dependent sizes and
+        # would break the graph. Compile time and speed-up: bench/bench_model.py --compile.
+        # nn.Module.compile compiles in place, so the state-dict names (checkpoints) stay the same.
+        if self.hparams.compile_backbone and not _is_compiled(self.model.backbone):
+            self.model.backbone.compile()
+        if self.hparams.compile_head and not _is_compiled(self.model.head):
+            self.model.head.compile()
 
     def _generator(self) -> torch.Generator:
         # Black DA draws from its own seeded generator (per rank) so runs and resumes are reproducible,
@@ -172,7 +183,13 @@ class BigGaitModule(LightningModule):
     def _eval_step(self, batch: dict[str, Any], metric: GaitRetrievalMetric, iou: MeanMetric) -> None:
         features = self.model.forward_features(batch["frames"], batch["ratios"])
         out = self.model.forward_head(features, lengths=batch.get("lengths"))
-        metric.update(out["embeddings"].float(), batch["subjects"], batch["types"], batch["views"])
+        metric.update(
+            out["embeddings"].float(),
+            batch["subjects"],
+            batch["types"],
+            batch["views"],
+            skipped=batch.get("n_skipped", 0),
+        )
         if "silhouettes" in batch:
             from biggait.viz import foreground_iou
 
@@ -193,10 +210,54 @@ class BigGaitModule(LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.test_metric, self.test_foreground_iou)
 
+    def _evaluation_limits(self, stage: str) -> list[str]:
+        """Trainer settings that make this evaluation read part of the test set (fast_dev_run, limit_*)."""
+        trainer = self.trainer
+        if trainer.fast_dev_run:
+            return ["fast_dev_run"]
+        name = "limit_val_batches" if stage == "val" else "limit_test_batches"
+        limit = getattr(trainer, name)
+        return [] if limit == 1.0 else [f"{name}={limit}"]
+
+    def _expected_sequences(self) -> int | None:
+        """The test split's sequence count from its manifest, when the data comes from a GaitDataModule."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        manifest = getattr(datamodule, "manifest", None)
+        if manifest is None:
+            return None
+        shards = manifest("test")["shards"]
+        return int(sum(s["n_samples"] for s in shards))
+
+    # -- prediction (embedding a gallery with trainer.predict; callbacks.GalleryWriter writes it) -------
+    predict_batch_frames = 256  # frames per forward pass: long sequences are embedded in chunks
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """An evaluation batch -> {"embeddings" [n, E, p] on the CPU, "labels", "identities", "sources"}."""
+        embeddings = embed_padded(
+            self.model,
+            batch["frames"],
+            batch["ratios"],
+            batch.get("lengths"),
+            batch_frames=self.predict_batch_frames,
+        )
+        labels = [f"{s}/{t}/{v}" for s, t, v in zip(batch["subjects"], batch["types"], batch["views"])]
+        return {
+            "embeddings": embeddings.float().cpu(),
+            "labels": labels,
+            "identities": list(batch["subjects"]),
+            "sources": list(batch.get("sources", labels)),
+        }
+
     def _eval_epoch_end(self, stage: str, metric: GaitRetrievalMetric, iou: MeanMetric) -> None:
+        metric.expected_sequences = self._expected_sequences()
+        metric.limits = self._evaluation_limits(stage)
         result = metric.compute()
         metric.reset()
         values = {f"{stage}/{k}": v for k, v in result.metrics.items()}
+        # What the numbers were computed on, next to them in every logger (W&B, CSV).
+        values[f"{stage}/partial"] = float(bool(result.partial))
+        values[f"{stage}/sequences_evaluated"] = float(result.counts["sequences"])
+        values[f"{stage}/sequences_skipped"] = float(result.counts["sequences_skipped"])
         if iou.update_count > 0:
             values[f"{stage}/foreground_iou"] = float(iou.compute()) * 100.0
             iou.reset()

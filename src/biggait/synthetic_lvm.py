@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from biggait.data.datamodule import normalize_frames
 from biggait.data_prep.synthetic import SyntheticConfig, list_sequences, render_sequence
 from biggait.models.backbone import SYNTHETIC_LVM_FILE, DinoV2Backbone
 from biggait.models.input import prepare_images
+from biggait.preprocess import normalize_frames
 from biggait.viz.maps import silhouettes_to_map
 
 __all__ = ["ForegroundPretraining", "foreground_separation_loss", "main", "render_foreground_set"]

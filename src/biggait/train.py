@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,32 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from biggait.checkpoint import validate_checkpoint
 from biggait.errors import ConfigError, exit_on_error
+from biggait.models import weights_from_checkpoint
+from biggait.paths import conf_dir
+from biggait.precision import describe_precision
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "build_shards_if_missing", "instantiate_callbacks", "instantiate_loggers"]
+__all__ = [
+    "build_shards_if_missing",
+    "check_accelerator",
+    "instantiate_callbacks",
+    "instantiate_loggers",
+    "resolve_trainer_precision",
+    "train",
+]
+
+
+def resolve_trainer_precision(cfg: DictConfig) -> str:
+    """Replace `trainer.precision` "auto" (or fp32/bf16/fp16) by the Lightning string it means here; log it."""
+    requested = str(cfg.trainer.get("precision", "32-true"))
+    choice = describe_precision(requested, accelerator=str(cfg.trainer.get("accelerator", "auto")))
+    with open_dict(cfg):
+        cfg.trainer.precision = choice.precision
+    log.info("trainer.precision=%s -> %s", requested, choice)
+    return choice.precision
 
 
 def build_shards_if_missing(cfg: DictConfig) -> None:
@@ -53,32 +75,70 @@ def instantiate_loggers(cfg: DictConfig | None) -> list[Any]:
     return _instantiate_group("logger", cfg)
 
 
+_GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+def check_accelerator(cfg: DictConfig, *, cpu_fallback: bool) -> None:
+    """A GPU trainer config on a machine without a GPU: evaluation falls back to one CPU process (with a
+    one-line warning); training stops with one line (40k steps of a paper recipe on a CPU is never meant)."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator not in _GPU_ACCELERATORS or torch.cuda.is_available():
+        return
+    if not cpu_fallback:
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but no GPU is visible: run this recipe on a GPU machine, or add "
+            "trainer=cpu to run it on the CPU (very slow)"
+        )
+    log.warning(
+        "no GPU is visible: evaluating on the CPU (one process, 32-bit); this is slow for large test sets"
+    )
+    with open_dict(cfg):
+        cfg.trainer.update(
+            accelerator="cpu", devices=1, strategy="auto", sync_batchnorm=False, precision="32-true"
+        )
+        cfg.trainer.pop("num_nodes", None)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Build data, model, callbacks, loggers and trainer from `cfg`; fit, then test; return the metrics."""
+    check_accelerator(cfg, cpu_fallback=False)
+    if "pretrained" in cfg.model.get("model", {}) and cfg.model.model.pretrained is None:
+        raise ConfigError(
+            "model.model.pretrained is null: name the backbone weights: hub (DINOv2 from the Hugging Face hub), "
+            "/path/dinov2_vits14_pretrain.pth, synthetic (the tiny stand-in LVM) or random (random features)"
+        )
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
     build_shards_if_missing(cfg)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None:
+        validate_checkpoint(ckpt_path)  # one error line for a bad file, before Lightning reads it
+    resolve_trainer_precision(cfg)
     datamodule = hydra.utils.instantiate(cfg.data)
     num_classes = datamodule.num_classes
+    # The stored frame size travels in the checkpoint's hyper-parameters, so inference prepares crops alike.
+    frame_size = [int(v) for v in datamodule.manifest("train")["frame_size"]]
     with open_dict(cfg):
-        configured = cfg.model.model.get("num_classes")
-        if configured is not None and configured != num_classes:
-            raise ConfigError(
-                f"model.model.num_classes={configured} but the train split of {cfg.data.root} has "
-                f"{num_classes} identities: drop the override or fix the dataset"
-            )
-        cfg.model.model.num_classes = num_classes
-    module = hydra.utils.instantiate(cfg.model, _convert_="all")
+        for key, value in (("num_classes", num_classes), ("frame_size", frame_size)):
+            configured = cfg.model.model.get(key)
+            if configured is not None:
+                configured = [int(v) for v in configured] if key == "frame_size" else configured
+                if configured != value:
+                    raise ConfigError(
+                        f"model.model.{key}={configured} but the train split of {cfg.data.root} has "
+                        f"{key} {value}: drop the override or fix the dataset"
+                    )
+            cfg.model.model[key] = value
+    # Resuming restores every weight from the checkpoint: the backbone's `pretrained` source is not read.
+    with weights_from_checkpoint() if ckpt_path is not None else nullcontext():
+        module = hydra.utils.instantiate(cfg.model, _convert_="all")
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path is not None and not Path(ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path} does not exist: give the .ckpt to resume from, or drop it")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test_after_fit", True):
         trainer.test(module, datamodule=datamodule)
@@ -86,7 +146,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def main(cfg: DictConfig) -> None:
     with exit_on_error():
         train(cfg)

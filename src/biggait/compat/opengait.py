@@ -6,15 +6,14 @@ import argparse
 import io
 import re
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from biggait.errors import BiggaitError
+from biggait.errors import BiggaitError, exit_on_error
 from biggait.io import atomic_write_bytes
-from biggait.models import BACKBONE_PRESETS, BigGait
+from biggait.models import BACKBONE_PRESETS, BigGait, weights_from_checkpoint
 
 __all__ = [
     "OpenGaitCheckpointError",
@@ -24,6 +23,7 @@ __all__ = [
     "infer_config",
     "load_opengait_checkpoint",
     "main",
+    "map_official_state",
     "official_to_ours",
 ]
 
@@ -155,13 +155,20 @@ def _check_and_map(official: dict[str, torch.Tensor], model: BigGait) -> dict[st
     return mapped
 
 
+def map_official_state(official: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official state dict -> ours by name only (unknown names kept, so a strict load reports them)."""
+    return {official_to_ours(k) or k: v for k, v in official.items()}
+
+
 def _read_official(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or not isinstance(blob.get("model"), dict):
-        raise OpenGaitCheckpointError(f"{path}: expected the OpenGait format {{'model': state_dict, ...}}")
+    from biggait.checkpoint import checkpoint_kind, read_checkpoint
+
+    blob = read_checkpoint(path)
+    if checkpoint_kind(blob) != "opengait":
+        raise OpenGaitCheckpointError(
+            f"{path}: expected the OpenGait format {{'model': state_dict, ...}} of a BigGait (backbone.* "
+            f"tensors), got top-level keys {sorted(blob)[:6]}"
+        )
     return blob["model"]
 
 
@@ -169,13 +176,12 @@ def load_opengait_checkpoint(path: str | Path, *, num_heads: int | None = None, 
     """Build a BigGait from an official OpenGait checkpoint, every tensor mapped strictly; eval mode.
 
     Sizes are inferred from the tensors; `overrides` set what shapes cannot tell (e.g. `image_size`,
-    `map_size`, the faithful-vs-fixed options).
+    `map_size`, `frame_size`, the faithful-vs-fixed options). The backbone comes from the checkpoint.
     """
     official = _read_official(path)
     cfg = {**infer_config(official, num_heads=num_heads), **overrides}
-    cfg["pretrained"] = None
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="BigGait backbone has NO pretrained weights")
+    cfg["pretrained"] = None  # every backbone tensor is in the checkpoint
+    with weights_from_checkpoint():
         model = BigGait(**cfg)
     model.load_state_dict(_check_and_map(official, model), strict=True)
     return model.eval()
@@ -212,6 +218,14 @@ def export_lightning_checkpoint(model: BigGait, out: str | Path) -> Path:
     return out
 
 
+def _pair(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 448x224, got {text!r}") from None
+    return h, w
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m biggait.compat.opengait",
@@ -222,13 +236,44 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("output", type=Path, help="Lightning checkpoint to write (.ckpt)")
     parser.add_argument("--num-heads", type=int, default=None, help="backbone heads for non-preset widths")
+    parser.add_argument(
+        "--image-size", type=_pair, default=None, metavar="HxW", help="backbone input size (default 448x224)"
+    )
+    parser.add_argument(
+        "--map-size", type=_pair, default=None, metavar="HxW", help="GRE feature-map size (default 64x32)"
+    )
+    parser.add_argument(
+        "--frame-size",
+        type=_pair,
+        default=None,
+        metavar="HxW",
+        help="stored frame size the model was trained on (default 256x128, CCPG's converter)",
+    )
+    parser.add_argument(
+        "--padding-resize-crop",
+        choices=("left", "center"),
+        default=None,
+        help="'left' = the official code's crop of too-wide frames (default), 'center' = OpenGait PR #307",
+    )
     args = parser.parse_args(argv)
-    try:
-        model = load_opengait_checkpoint(args.input, num_heads=args.num_heads)
-    except (OpenGaitCheckpointError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    export_lightning_checkpoint(model, args.output)
+    overrides = {
+        k: v
+        for k, v in (
+            ("image_size", args.image_size),
+            ("map_size", args.map_size),
+            ("frame_size", args.frame_size),
+            ("padding_resize_crop", args.padding_resize_crop),
+        )
+        if v is not None
+    }
+    with exit_on_error():
+        try:
+            model = load_opengait_checkpoint(args.input, num_heads=args.num_heads, **overrides)
+        except ValueError as err:
+            if isinstance(err, BiggaitError):
+                raise
+            raise OpenGaitCheckpointError(f"{args.input}: {err}") from None
+        export_lightning_checkpoint(model, args.output)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.output} ({n_params:,} parameters, {model.config['num_classes']} classes)")
     return 0

@@ -12,11 +12,9 @@ from torch.utils.data import DataLoader
 from biggait.data.pipeline import EvalStream, ShardInfo, TrainStream
 from biggait.data.shards import read_manifest
 from biggait.errors import ConfigError, DatasetNotFoundError
+from biggait.preprocess import normalize_frames
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "GaitDataModule"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # spec §3.2 BaseRgbTransform
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["GaitDataModule", "normalize_frames"]
 
 
 class GaitDataModule(L.LightningDataModule):
@@ -130,6 +128,7 @@ class GaitDataModule(L.LightningDataModule):
             # with the stream of the epoch it stopped at (a checkpoint at the last batch of epoch e still
             # says current_epoch=e, so the epoch is derived from the step, not read).
             start_epoch=int(getattr(getattr(self, "trainer", None), "global_step", 0)) // hp.steps_per_epoch,
+            frame_size=tuple(self.manifest("train")["frame_size"]),
         )
 
     def eval_dataset(self) -> EvalStream:
@@ -146,6 +145,7 @@ class GaitDataModule(L.LightningDataModule):
             silhouettes=hp.load_silhouettes,
             rank=self.rank,
             world_size=self.world_size,
+            frame_size=tuple(self.manifest("test")["frame_size"]),
         )
 
     def _loader(self, dataset: TrainStream | EvalStream, *, persistent: bool) -> DataLoader:
@@ -168,19 +168,12 @@ class GaitDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.eval_dataset(), persistent=False)
 
+    def predict_dataloader(self) -> DataLoader:
+        """The test split, every sequence once (trainer.predict embeds it; callbacks.GalleryWriter saves it)."""
+        return self._loader(self.eval_dataset(), persistent=False)
+
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         frames = batch["frames"]
         if frames.dtype == torch.uint8:
             batch["frames"] = normalize_frames(frames, batch.get("lengths"))
         return batch
-
-
-def normalize_frames(frames: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 [n, s, 3, H, W] -> float32 `(x/255 - mean) / std` (spec §3.2); padded frames stay exactly 0."""
-    mean = torch.tensor(IMAGENET_MEAN, device=frames.device).view(1, 1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=frames.device).view(1, 1, 3, 1, 1)
-    out = (frames.float() / 255.0 - mean) / std
-    if lengths is not None:
-        valid = torch.arange(frames.shape[1], device=frames.device)[None] < lengths.to(frames.device)[:, None]
-        out = out * valid[:, :, None, None, None]
-    return out

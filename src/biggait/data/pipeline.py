@@ -28,6 +28,7 @@ __all__ = [
     "TrainStream",
     "consumer_split",
     "read_fields",
+    "validate_sample",
 ]
 
 
@@ -174,6 +175,26 @@ def parse_sample(
     )
 
 
+def validate_sample(sample: RawSample, *, frame_size: tuple[int, int] | None) -> RawSample:
+    """Checks of a parsed sample's metadata, before any frame is decoded; raises `CorruptDataError`.
+
+    Ratios (width / height of the original crop) must be finite and > 0: a negative one would zero the valid
+    region of every frame and give a finite but meaningless embedding. The sample's frame size must be the
+    manifest's `frame_size`: batches stack frames, so one odd-size sample would break collation.
+    """
+    if not np.all(np.isfinite(sample.ratios)) or np.any(sample.ratios <= 0):
+        bad = sample.ratios[~(np.isfinite(sample.ratios) & (sample.ratios > 0))]
+        raise CorruptDataError(
+            f"sample {sample.key} in {sample.shard}: ratios must be finite and > 0, found {bad[:3].tolist()}"
+        )
+    if frame_size is not None and sample.frame_size != tuple(frame_size):
+        raise CorruptDataError(
+            f"sample {sample.key} in {sample.shard}: frame size {list(sample.frame_size)} is not the "
+            f"manifest's frame_size {list(frame_size)}"
+        )
+    return sample
+
+
 def select_frames(sample: RawSample, indices: np.ndarray) -> RawSample:
     """Keep only the chosen frames (still encoded): only what is sampled is ever decoded."""
     sample.frames = [sample.frames[i] for i in indices]
@@ -192,20 +213,17 @@ def decode_frames(sample: RawSample) -> np.ndarray:
     frames = []
     for t, buf in enumerate(buffers):
         try:
-            image = decode_image(buf, colour=True)
+            image = decode_image(buf, colour=True, size=sample.frame_size)
         except CorruptDataError as exc:
             raise CorruptDataError(f"sample {sample.key} in {sample.shard}: frame {t}: {exc}") from exc
-        if image.shape[:2] != sample.frame_size:
-            raise CorruptDataError(
-                f"sample {sample.key} in {sample.shard}: frame {t} is {image.shape[:2]}, meta says {sample.frame_size}"
-            )
         frames.append(image)
     return np.stack(frames)
 
 
 def decode_silhouettes(sample: RawSample) -> np.ndarray:
     try:
-        return np.stack([decode_image(buf, colour=False) for buf in read_fields(sample.silhouettes)])
+        buffers = read_fields(sample.silhouettes)
+        return np.stack([decode_image(buf, colour=False, size=sample.frame_size) for buf in buffers])
     except CorruptDataError as exc:
         raise CorruptDataError(f"sample {sample.key} in {sample.shard}: silhouette: {exc}") from exc
 
@@ -214,12 +232,20 @@ class _ShardStream(IterableDataset):
     """Shared plumbing: consumer split, bad-data accounting and the shard reader."""
 
     def __init__(
-        self, shards: Sequence[ShardInfo], *, rank: int = 0, world_size: int = 1, seed: int = 0
+        self,
+        shards: Sequence[ShardInfo],
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        frame_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         if not shards:
             raise ConfigError("a shard stream needs at least one shard")
         self.shards = list(shards)
+        # The manifest's frame size: samples of any other size are skipped (None: each sample's own meta).
+        self.frame_size = None if frame_size is None else (int(frame_size[0]), int(frame_size[1]))
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.silhouettes = False
         self._skipped = 0
@@ -234,8 +260,8 @@ class _ShardStream(IterableDataset):
         info = get_worker_info()
         return (0, 1) if info is None else (info.id, info.num_workers)
 
-    def _skip(self, message: str) -> None:
-        self._skipped += 1
+    def _skip(self, message: str, *, count: int = 1) -> None:
+        self._skipped += count
         warnings.warn(f"skipped bad data: {message}", BadDataWarning, stacklevel=2)
 
     def _take_skipped(self) -> torch.Tensor:
@@ -243,25 +269,41 @@ class _ShardStream(IterableDataset):
         return torch.tensor(count, dtype=torch.int64)
 
     def _read_shard(self, index: int, keep: int | None, consumer: int, offset: int) -> Iterator[RawSample]:
-        """Parsed samples of one shard (those of this consumer); bad ones are skipped and counted."""
+        """Parsed, validated samples of one shard (those of this consumer); bad ones are skipped and counted."""
         shard = self.shards[index]
         name, seen = Path(shard.path).name, 0
         try:
             for position, (key, fields) in enumerate(iter_tar(shard.path, lazy=True)):
+                if position >= shard.n_samples:
+                    # The consumer split relies on the manifest's counts: an under-stated one is a bad manifest.
+                    raise CorruptDataError(
+                        f"shard {name} holds more than the {shard.n_samples} samples its manifest entry "
+                        f"(shards[].n_samples) says; rebuild the manifest with `make data`"
+                    )
                 seen += 1
                 if keep is not None and (offset + position) % keep != consumer:
                     continue
                 try:
-                    yield parse_sample(key, fields, name, silhouettes=self.silhouettes)
+                    sample = parse_sample(key, fields, name, silhouettes=self.silhouettes)
+                    yield validate_sample(sample, frame_size=self.frame_size)
                 except CorruptDataError as exc:
                     self._skip(str(exc))
         except (tarfile.TarError, OSError, EOFError) as exc:
             self._skip(
-                f"shard {name} is corrupt or truncated after {seen} samples ({type(exc).__name__}: {exc})"
+                f"shard {name} is corrupt or truncated after {seen} samples ({type(exc).__name__}: {exc})",
+                count=max(1, self._mine(range(seen, shard.n_samples), keep, consumer, offset)),
             )
             return
         if seen < shard.n_samples:
-            self._skip(f"shard {name} holds {seen} samples, its manifest says {shard.n_samples} (truncated?)")
+            self._skip(
+                f"shard {name} holds {seen} samples, its manifest says {shard.n_samples} (truncated?)",
+                count=max(1, self._mine(range(seen, shard.n_samples), keep, consumer, offset)),
+            )
+
+    @staticmethod
+    def _mine(positions: range, keep: int | None, consumer: int, offset: int) -> int:
+        """How many of these shard positions this consumer would have read (lost samples, when truncated)."""
+        return len(positions) if keep is None else sum((offset + p) % keep == consumer for p in positions)
 
     def _offsets(self) -> list[int]:
         return np.concatenate([[0], np.cumsum([s.n_samples for s in self.shards])[:-1]]).astype(int).tolist()
@@ -298,8 +340,9 @@ class TrainStream(_ShardStream):
         world_size: int = 1,
         seed: int = 0,
         start_epoch: int = 0,
+        frame_size: tuple[int, int] | None = None,
     ) -> None:
-        super().__init__(shards, rank=rank, world_size=world_size, seed=seed)
+        super().__init__(shards, rank=rank, world_size=world_size, seed=seed, frame_size=frame_size)
         self._next_epoch = start_epoch
         for name, value in (
             ("frames_per_sequence", frames_per_sequence),
@@ -466,8 +509,9 @@ class EvalStream(_ShardStream):
         silhouettes: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        frame_size: tuple[int, int] | None = None,
     ) -> None:
-        super().__init__(shards, rank=rank, world_size=world_size)
+        super().__init__(shards, rank=rank, world_size=world_size, frame_size=frame_size)
         if batch_size < 1 or (frames_limit is not None and frames_limit < 1):
             raise ConfigError(
                 f"eval batch_size ({batch_size}) and frames_limit ({frames_limit}) must be >= 1"

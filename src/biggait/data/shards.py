@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from biggait.data.records import SequenceRecord
 from biggait.errors import ConfigError, CorruptDataError, DatasetNotFoundError
-from biggait.io import atomic_write_json
+from biggait.io import atomic_open, atomic_write_json, remove_stale_temporaries
 
 __all__ = [
     "FORMAT_VERSION",
@@ -167,20 +167,12 @@ def _write_one_shard(task: dict[str, Any]) -> dict[str, Any]:
                 return entry | {"reused": True}
         except (OSError, json.JSONDecodeError):
             pass  # unreadable sidecar: rebuild the shard
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as stream:
-            writer = wds.TarWriter(stream, encoder=False, mtime=0)  # mtime 0: byte-identical re-runs
-            try:
-                stats = _write_samples(writer, task["items"], task["load"], task["options"])
-            finally:
-                writer.close()
-            stream.flush()
-            os.fsync(stream.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # never leave a partial shard behind, even on Ctrl-C
-        raise
-    os.replace(tmp, path)
+    with atomic_open(path) as stream:  # a kill or Ctrl-C never leaves a partial shard behind
+        writer = wds.TarWriter(stream, encoder=False, mtime=0)  # mtime 0: byte-identical re-runs
+        try:
+            stats = _write_samples(writer, task["items"], task["load"], task["options"])
+        finally:
+            writer.close()
     entry = {"name": path.name, **stats, "fingerprint": task["fingerprint"]}
     atomic_write_json(sidecar, entry)  # written last: tar + matching sidecar = complete shard
     return entry | {"reused": False}
@@ -232,6 +224,7 @@ def write_shards(
         order = np.random.default_rng(shuffle_seed).permutation(len(specs)).tolist()
     split_dir = Path(out_dir) / split
     split_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(split_dir)  # what a killed earlier build left (`.<shard>.tar.tmp-<pid>...`)
     options = {
         "image_format": image_format,
         "jpeg_quality": jpeg_quality if image_format == "jpg" else None,
@@ -352,8 +345,12 @@ def read_manifest(split_dir: str | os.PathLike, *, dataset: str | None = None) -
         raise DatasetNotFoundError(f"{split_dir} {detail}; {fix}")
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CorruptDataError(f"{path} is not valid JSON ({exc}); rebuild: {fix}") from exc
+    if not isinstance(manifest, dict):
+        raise CorruptDataError(
+            f"{path} holds a JSON {type(manifest).__name__}, not an object; rebuild: {fix}"
+        )
     missing = [k for k in _REQUIRED if k not in manifest]
     if missing:
         raise CorruptDataError(f"{path} lacks {missing}; rebuild: {fix}")
@@ -362,6 +359,11 @@ def read_manifest(split_dir: str | os.PathLike, *, dataset: str | None = None) -
             f"{path} has shard format version {manifest['format_version']}, this code reads {FORMAT_VERSION}; "
             f"rebuild: {fix}"
         )
+    try:
+        validate_manifest(manifest)
+        check_manifest_against_shards(manifest, split_dir)
+    except ManifestFieldError as exc:
+        raise CorruptDataError(f"{path}: {exc}; rebuild: {fix}") from exc
     if not any(s["n_samples"] > 0 for s in manifest["shards"]):
         raise DatasetNotFoundError(f"{split_dir} holds no sequences (every shard is empty); {fix}")
     absent = [s["name"] for s in manifest["shards"] if not (split_dir / s["name"]).is_file()]
@@ -372,9 +374,199 @@ def read_manifest(split_dir: str | os.PathLike, *, dataset: str | None = None) -
     return manifest
 
 
-def decode_image(buf: bytes, *, colour: bool) -> np.ndarray:
-    """cv2 decode (faster than PIL for every format measured); RGB uint8 [H, W, 3] or grey [H, W]."""
-    image = cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR if colour else cv2.IMREAD_GRAYSCALE)
+class ManifestFieldError(CorruptDataError):
+    """One manifest field has the wrong type, range or count (the message names the field)."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _field(ok: bool, name: str, value: Any, wanted: str) -> None:
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise ManifestFieldError(f"field {name} = {shown} must be {wanted}")
+
+
+def validate_manifest(manifest: dict[str, Any]) -> None:
+    """Types, ranges and internal consistency of a manifest; raises `ManifestFieldError` naming the field."""
+    for name in ("dataset", "split"):
+        _field(
+            isinstance(manifest[name], str) and bool(manifest[name]),
+            name,
+            manifest[name],
+            "a non-empty string",
+        )
+    fmt = manifest["image_format"]
+    _field(fmt in IMAGE_FORMATS, "image_format", fmt, f"one of {list(IMAGE_FORMATS)}")
+    size = manifest["frame_size"]
+    _field(
+        isinstance(size, list) and len(size) == 2 and all(_is_int(v) and 0 < v <= 16384 for v in size),
+        "frame_size",
+        size,
+        "[height, width], two integers in 1..16384",
+    )
+    subjects = manifest["sequences_per_subject"]
+    _field(
+        isinstance(subjects, dict) and bool(subjects), "sequences_per_subject", subjects, "a non-empty object"
+    )
+    for subject, count in subjects.items():
+        _field(_is_int(count) and count > 0, f"sequences_per_subject[{subject!r}]", count, "an integer > 0")
+    shards = manifest["shards"]
+    _field(
+        isinstance(shards, list) and bool(shards), "shards", shards, "a non-empty list of {name, n_samples}"
+    )
+    names = set()
+    for i, shard in enumerate(shards):
+        _field(isinstance(shard, dict), f"shards[{i}]", shard, "an object {name, n_samples}")
+        name = shard.get("name")
+        _field(
+            isinstance(name, str)
+            and name.endswith(".tar")
+            and name == Path(name).name
+            and not name.startswith("."),
+            f"shards[{i}].name",
+            name,
+            "a .tar file name in the split directory (no path)",
+        )
+        _field(name not in names, f"shards[{i}].name", name, "listed once")
+        names.add(name)
+        n = shard.get("n_samples")
+        _field(_is_int(n) and n >= 0, f"shards[{i}].n_samples", n, "an integer >= 0")
+        if "n_frames" in shard:
+            _field(
+                _is_int(shard["n_frames"]) and shard["n_frames"] >= n,
+                f"shards[{i}].n_frames",
+                shard["n_frames"],
+                f"an integer >= its n_samples ({n})",
+            )
+    total = sum(s["n_samples"] for s in shards)
+    per_subject = sum(subjects.values())
+    _field(
+        per_subject == total,
+        "sequences_per_subject",
+        f"{per_subject} sequences in all",
+        f"the sum of shards[].n_samples ({total})",
+    )
+    if "n_sequences" in manifest:
+        _field(
+            manifest["n_sequences"] == total,
+            "n_sequences",
+            manifest["n_sequences"],
+            f"the sum of shards[].n_samples ({total})",
+        )
+    if "n_subjects" in manifest:
+        _field(
+            manifest["n_subjects"] == len(subjects),
+            "n_subjects",
+            manifest["n_subjects"],
+            f"the number of sequences_per_subject entries ({len(subjects)})",
+        )
+    if "has_silhouettes" in manifest:
+        _field(
+            isinstance(manifest["has_silhouettes"], bool),
+            "has_silhouettes",
+            manifest["has_silhouettes"],
+            "true or false",
+        )
+
+
+def check_manifest_against_shards(manifest: dict[str, Any], split_dir: Path) -> None:
+    """Counts and subjects against each shard's sidecar (`<shard>.json`, written with the shard by the builder).
+
+    A shard without a sidecar is checked while it is read instead (`biggait.data.pipeline`).
+    """
+    held: Counter[str] = Counter()
+    checked = 0
+    for i, shard in enumerate(manifest["shards"]):
+        sidecar = split_dir / (shard["name"][: -len(".tar")] + ".json")
+        try:
+            entry = json.loads(sidecar.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if not isinstance(entry, dict) or not _is_int(entry.get("n_samples")):
+            continue
+        _field(
+            entry["n_samples"] == shard["n_samples"],
+            f"shards[{i}].n_samples",
+            shard["n_samples"],
+            f"{entry['n_samples']}, what {shard['name']} holds (its {sidecar.name})",
+        )
+        if isinstance(entry.get("subjects"), dict):
+            held.update(entry["subjects"])
+            checked += 1
+    if checked == len(manifest["shards"]):
+        listed = manifest["sequences_per_subject"]
+        phantom = sorted(set(listed) - set(held))
+        _field(
+            not phantom,
+            f"sequences_per_subject[{phantom[0]!r}]" if phantom else "",
+            "listed",
+            "a subject of some sample (no shard holds it)",
+        )
+        for subject, count in held.items():
+            _field(
+                listed.get(subject) == count,
+                f"sequences_per_subject[{subject!r}]",
+                listed.get(subject),
+                f"{count}, the sequences the shards hold",
+            )
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic): they carry the image size.
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def image_size(buf: bytes) -> tuple[int, int]:
+    """(height, width) read from a PNG or JPEG header without decoding; `CorruptDataError` if there is none."""
+    if buf[:8] == _PNG_SIGNATURE:
+        if len(buf) < 24 or buf[12:16] != b"IHDR":
+            raise CorruptDataError("PNG without an IHDR header")
+        width, height = int.from_bytes(buf[16:20], "big"), int.from_bytes(buf[20:24], "big")
+        return height, width
+    if buf[:2] == b"\xff\xd8":
+        i = 2
+        while i + 4 <= len(buf):
+            if buf[i] != 0xFF:
+                raise CorruptDataError(f"JPEG marker expected at byte {i}")
+            marker = buf[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+                i += 2
+                continue
+            length = int.from_bytes(buf[i + 2 : i + 4], "big")
+            if marker in _JPEG_SOF:
+                if i + 9 > len(buf):
+                    break
+                return int.from_bytes(buf[i + 5 : i + 7], "big"), int.from_bytes(buf[i + 7 : i + 9], "big")
+            if marker == 0xDA or length < 2:  # image data before any frame header
+                break
+            i += 2 + length
+        raise CorruptDataError("JPEG without a frame header (SOF)")
+    raise CorruptDataError("neither a PNG nor a JPEG")
+
+
+def decode_image(buf: bytes, *, colour: bool, size: tuple[int, int] | None = None) -> np.ndarray:
+    """cv2 decode (faster than PIL for every format measured); RGB uint8 [H, W, 3] or grey [H, W].
+
+    With `size=(H, W)` the header is read first and any other size is refused before decoding, so a
+    hostile header (e.g. 40000 x 40000 pixels) costs nothing. Every decoder failure is a `CorruptDataError`.
+    """
+    if size is not None:
+        found = image_size(buf)
+        if found != tuple(size):
+            raise CorruptDataError(f"image header says {found[0]}x{found[1]}, expected {size[0]}x{size[1]}")
+    try:
+        image = cv2.imdecode(
+            np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR if colour else cv2.IMREAD_GRAYSCALE
+        )
+    except cv2.error as exc:
+        raise CorruptDataError(f"undecodable image ({str(exc).strip().splitlines()[-1]})") from exc
     if image is None:
         raise CorruptDataError("undecodable image")
+    if size is not None and image.shape[:2] != tuple(size):
+        raise CorruptDataError(f"image decodes to {image.shape[:2]}, expected {tuple(size)}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if colour else image

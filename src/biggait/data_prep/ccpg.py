@@ -22,8 +22,9 @@ from biggait.data_prep.layout import (
     prepare_dataset,
     run_main,
 )
+from biggait.preprocess import crop_ratio, pad_and_resize
 
-__all__ = ["LAYOUT", "load_sequence", "main", "pad_and_resize", "prepare", "split_of"]
+__all__ = ["LAYOUT", "load_sequence", "main", "prepare", "split_of"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 FRAME_SIZE = (256, 128)
@@ -50,24 +51,6 @@ def split_of(subject: str) -> str | None:
     return "train" if i < 100 else "test" if i < 200 else None
 
 
-def pad_and_resize(bgr: np.ndarray, *, height: int = 256, width: int = 128) -> np.ndarray:
-    """Official offline pad-and-resize (spec §3.1): aspect-kept resize to `height`, centred on black or cropped.
-
-    Takes a cv2 BGR crop, returns RGB uint8 [height, width, 3].
-    """
-    h, w = bgr.shape[:2]
-    new_w = int(w * height / h)  # int(): truncation as in the official code
-    resized = cv2.resize(bgr, (max(new_w, 1), height))  # cv2 default: bilinear
-    if new_w <= width:
-        out = np.zeros((height, width, 3), np.uint8)
-        left = (width - new_w) // 2
-        out[:, left : left + new_w] = resized
-    else:
-        left = (new_w - width) // 2
-        out = resized[:, left : left + width]
-    return np.ascontiguousarray(out[..., ::-1])  # BGR -> RGB
-
-
 def load_sequence(spec: SeqSpec, *, notes: str | None = None) -> SequenceRecord | None:
     """Read, pad-and-resize every frame; unreadable frames are skipped and noted (None if none is left)."""
     frames, ratios, skipped = [], [], []
@@ -78,8 +61,9 @@ def load_sequence(spec: SeqSpec, *, notes: str | None = None) -> SequenceRecord 
         if bgr is None or bgr.shape[0] == 0 or bgr.shape[1] == 0:
             skipped.append(path.name)
             continue
-        frames.append(pad_and_resize(bgr, height=FRAME_SIZE[0], width=FRAME_SIZE[1]))
-        ratios.append(bgr.shape[1] / bgr.shape[0])  # w/h of the original crop (spec §3.1 step 4)
+        rgb = bgr[..., ::-1]  # per-channel resize: converting before or after gives the same bytes
+        frames.append(pad_and_resize(rgb, FRAME_SIZE))
+        ratios.append(crop_ratio(rgb))  # w/h of the original crop
     note_skipped_frames(spec, notes, skipped)
     if not frames:
         return None

@@ -22,6 +22,7 @@ from biggait.data.records import SequenceRecord
 from biggait.data.shards import write_shards
 from biggait.errors import ConfigError
 from biggait.io import atomic_write_bytes
+from biggait.preprocess import pad_and_resize
 
 __all__ = [
     "CCPG_TYPES",
@@ -30,7 +31,6 @@ __all__ = [
     "identity_parameters",
     "list_sequences",
     "main",
-    "pad_and_resize",
     "prepare",
     "render_scene",
     "render_sequence",
@@ -259,22 +259,6 @@ def _textures(cfg: SyntheticConfig, spec: tuple[int, str, int, int], size: int) 
     tex[_SHOE] = _rng(cfg, "shoe", subject).integers(0, 80, 3).astype(np.uint8)
     tex[_BAG] = r.integers(0, 256, 3).astype(np.uint8)
     return tex
-
-
-def pad_and_resize(crop: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """CCPG's offline pad-and-resize (spec §3.1): height to H keeping aspect, centred on black width W or centre-cropped."""
-    h_out, w_out = size
-    h, w = crop.shape[:2]
-    new_w = max(1, int(w * h_out / h))
-    interp = cv2.INTER_NEAREST if crop.ndim == 2 else cv2.INTER_LINEAR
-    resized = cv2.resize(crop, (new_w, h_out), interpolation=interp)
-    if new_w <= w_out:
-        out = np.zeros((h_out, w_out, *crop.shape[2:]), crop.dtype)
-        left = (w_out - new_w) // 2
-        out[:, left : left + new_w] = resized
-        return out
-    left = (new_w - w_out) // 2
-    return resized[:, left : left + w_out]
 
 
 def _walker_frames(

@@ -46,10 +46,21 @@ class GaitRetrievalMetric(Metric):
         self.protocol = protocol
         for name in ("embeddings", "subjects", "types", "views"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
+        self.add_state("skipped", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        # Set by the caller before compute(): the sequences the whole test set holds (its manifest), and why
+        # this evaluation reads only part of it (e.g. ["limit_test_batches=10"]).
+        self.expected_sequences: int | None = None
+        self.limits: list[str] = []
 
     def update(
-        self, embeddings: torch.Tensor, subjects: Sequence[str], types: Sequence[str], views: Sequence[str]
+        self,
+        embeddings: torch.Tensor,
+        subjects: Sequence[str],
+        types: Sequence[str],
+        views: Sequence[str],
+        skipped: int | torch.Tensor = 0,
     ) -> None:
+        """Add a batch of embeddings; `skipped` = sequences the data stream skipped as bad since the last batch."""
         n = embeddings.shape[0]
         if not (len(subjects) == len(types) == len(views) == n):
             raise ProtocolError(
@@ -59,16 +70,27 @@ class GaitRetrievalMetric(Metric):
         self.subjects.append(_encode(subjects, embeddings.device))
         self.types.append(_encode(types, embeddings.device))
         self.views.append(_encode(views, embeddings.device))
+        self.skipped += torch.as_tensor(skipped, dtype=torch.int64, device=self.skipped.device).sum()
 
     def compute(self) -> EvaluationResult:
         if isinstance(self.embeddings, list) and not self.embeddings:
             raise ProtocolError(
                 "GaitRetrievalMetric.compute() before any update: the evaluation set was empty"
             )
-        return evaluate_detailed(
+        embeddings = dim_zero_cat(self.embeddings)
+        n, expected, skipped = int(embeddings.shape[0]), self.expected_sequences, int(self.skipped)
+        partial = list(self.limits)
+        if skipped:
+            partial.append(f"{skipped} sequence(s) skipped as bad data")
+        if expected is not None and n < expected:
+            partial.append(f"{n} of {expected} sequences evaluated")
+        result = evaluate_detailed(
             self.protocol,
-            dim_zero_cat(self.embeddings),
+            embeddings,
             _decode(dim_zero_cat(self.subjects)),
             _decode(dim_zero_cat(self.types)),
             _decode(dim_zero_cat(self.views)),
+            partial=partial,
         )
+        result.counts.update(sequences_expected=expected, sequences_skipped=skipped)
+        return result

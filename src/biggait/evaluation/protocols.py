@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,11 +80,18 @@ PROTOCOLS: dict[str, Protocol] = {
 
 @dataclass
 class EvaluationResult:
-    """Flat metrics (percent) plus the per-condition rank-1 view-by-view matrices."""
+    """Flat metrics (percent), the per-condition rank-1 view-by-view matrices and the counts behind them."""
 
     metrics: dict[str, float]
     # condition -> (probe views, gallery views, rank-1 matrix in percent, NaN where a cell is empty)
     matrices: dict[str, tuple[list[str], list[str], np.ndarray]] = field(default_factory=dict)
+    # what the numbers were computed on: {"sequences", "identities", "conditions": {c: {"probes", "gallery",
+    # "identities"}}}, plus "sequences_expected" / "sequences_skipped" when the caller knows them
+    counts: dict[str, Any] = field(default_factory=dict)
+    # why the evaluation does not cover the whole test set (empty when it does)
+    partial: list[str] = field(default_factory=list)
+    # conditions that could not be scored on a partial evaluation (empty probe or gallery set, one view)
+    unscored: list[str] = field(default_factory=list)
 
 
 def _type_mask(types: np.ndarray, wanted: Sequence[str], substring: bool) -> np.ndarray:
@@ -187,8 +195,15 @@ def evaluate_detailed(
     labels: Sequence[str],
     types: Sequence[str],
     views: Sequence[str],
+    *,
+    partial: Sequence[str] = (),
 ) -> EvaluationResult:
-    """Score embeddings [N, C, P] with `protocol`; metrics are percentages, matrices are rank-1 per view pair."""
+    """Score embeddings [N, C, P] with `protocol`; metrics are percentages, matrices are rank-1 per view pair.
+
+    `partial` lists why the embeddings are not the whole test set (e.g. "limit_test_batches=10"); a condition
+    that then has no probe or gallery sequence (or one view) is left unscored and named in `unscored`,
+    where on a whole test set it is an error.
+    """
     if protocol not in PROTOCOLS:
         raise ProtocolError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")
     spec = PROTOCOLS[protocol]
@@ -210,11 +225,20 @@ def evaluate_detailed(
     seq_types = np.asarray([str(types[i]) for i in order])
     view_arr = np.asarray([str(views[i]).split("_")[0] if spec.view_prefix else str(views[i]) for i in order])
 
-    result = EvaluationResult(metrics={})
+    result = EvaluationResult(metrics={}, partial=list(partial))
+    result.counts = {"sequences": n, "identities": len(set(subj.tolist())), "conditions": {}}
     for condition, (probe_types, gallery_types) in spec.conditions.items():
         probe = _type_mask(seq_types, probe_types, spec.substring_types)
         gallery = _type_mask(seq_types, gallery_types, spec.substring_types)
+        result.counts["conditions"][condition] = {
+            "probes": int(probe.sum()),
+            "gallery": int(gallery.sum()),
+            "identities": len(set(subj[probe].tolist())),
+        }
         if not probe.any() or not gallery.any():
+            if partial:
+                result.unscored.append(condition)
+                continue
             which = "probe" if not probe.any() else "gallery"
             wanted = probe_types if which == "probe" else gallery_types
             raise ProtocolError(
@@ -223,6 +247,9 @@ def evaluate_detailed(
             )
         view_list, acc, filled = _gait_protocol(feats, subj, view_arr, probe, gallery, spec.ranks)
         if len(view_list) < 2:
+            if partial:
+                result.unscored.append(condition)
+                continue
             raise ProtocolError(
                 f"{protocol}: identical-view exclusion needs at least 2 views, got {view_list}"
             )
@@ -238,7 +265,13 @@ def evaluate_detailed(
             result.metrics[f"rank5/{condition}"] = _de_diag(acc[:, :, 4], filled)
         if spec.reid:
             result.metrics[f"include/{condition}"] = float(np.nanmean(acc[:, :, 0]))
-            for key, value in _reid_protocol(feats, subj, view_arr, probe, gallery).items():
+            try:
+                reid = _reid_protocol(feats, subj, view_arr, probe, gallery)
+            except ProtocolError:
+                if not partial:
+                    raise
+                reid = {}
+            for key, value in reid.items():
                 result.metrics[f"reid/{condition}/{key}"] = value
     return result
 

@@ -15,9 +15,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from biggait.evaluation.protocols import EvaluationResult  # noqa: E402
 from biggait.io import atomic_write_bytes  # noqa: E402
 
-__all__ = ["rank1_heatmap", "results_markdown", "save_figure", "write_results_json"]
+__all__ = ["partial_banner", "rank1_heatmap", "results_markdown", "save_figure", "write_results_json"]
 
 
 def write_results_json(
@@ -28,9 +29,21 @@ def write_results_json(
     atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
 
 
-def results_markdown(metrics: dict[str, float], protocol: str) -> str:
-    """A markdown table: conditions as columns; rows rank-1 (and rank-5 / include / ReID when present)."""
-    conditions = [k for k in metrics if "/" not in k]
+def partial_banner(result: EvaluationResult) -> str:
+    """One line saying that (and why) an evaluation covers only part of the test set; "" when it is whole."""
+    if not result.partial:
+        return ""
+    unscored = f"; not scored: {', '.join(result.unscored)}" if result.unscored else ""
+    return f"PARTIAL EVALUATION ({'; '.join(result.partial)}{unscored}): not comparable with full results"
+
+
+def results_markdown(
+    metrics: dict[str, float], protocol: str, *, counts: dict[str, Any] | None = None
+) -> str:
+    """A markdown table: conditions as columns; rows rank-1 (and rank-5 / include / ReID when present), then
+    the probe, gallery and identity counts of each condition when `counts` (`EvaluationResult.counts`) is given."""
+    per_condition = (counts or {}).get("conditions", {})
+    conditions = [k for k in metrics if "/" not in k] or list(per_condition)
     rows: list[tuple[str, list[str]]] = [("rank-1 (%)", conditions)]
     if any(k.startswith("rank5/") for k in metrics):
         rows.append(("rank-5 (%)", [f"rank5/{c}" for c in conditions]))
@@ -39,7 +52,8 @@ def results_markdown(metrics: dict[str, float], protocol: str) -> str:
     for name in ("rank1", "mAP", "mINP"):
         if any(k.endswith(f"/{name}") and k.startswith("reid/") for k in metrics):
             rows.append((f"ReID {name}", [f"reid/{c}/{name}" for c in conditions]))
-    mean = float(np.mean([metrics[c] for c in conditions])) if conditions else float("nan")
+    scored = [metrics[c] for c in conditions if c in metrics]
+    mean = float(np.mean(scored)) if scored else float("nan")
     header = f"| {protocol} | " + " | ".join(conditions) + " | mean |"
     lines = [header, "|" + "---|" * (len(conditions) + 2)]
     for label, keys in rows:
@@ -47,6 +61,16 @@ def results_markdown(metrics: dict[str, float], protocol: str) -> str:
         cells = ["-" if v is None else f"{v:.2f}" for v in values]
         row_mean = f"{mean:.2f}" if label == "rank-1 (%)" else ""
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {row_mean} |")
+    for name in ("probes", "gallery", "identities") if per_condition else ():
+        cells = [str(per_condition.get(c, {}).get(name, "-")) for c in conditions]
+        lines.append(f"| {name} | " + " | ".join(cells) + " | |")
+    if counts:
+        expected = counts.get("sequences_expected")
+        of = f" of {expected} in the test set" if expected is not None else ""
+        lines.append(
+            f"\n{counts['sequences']} sequences{of} evaluated ({counts['identities']} identities), "
+            f"{counts.get('sequences_skipped', 0)} skipped as bad data"
+        )
     return "\n".join(lines)
 
 

@@ -1,6 +1,12 @@
 """BigGait model: DINOv2 backbone, Gait Representation Extractor, GaitBase head."""
 
-from .backbone import BACKBONE_PRESETS, DinoV2Backbone, interpolate_pos_embed, mid4_indices
+from .backbone import (
+    BACKBONE_PRESETS,
+    DinoV2Backbone,
+    interpolate_pos_embed,
+    mid4_indices,
+    weights_from_checkpoint,
+)
 from .biggait import BigGait, MaskBranchFileError
 from .gaitbase import GaitBaseHead
 from .gre import DistillationBranch, black_da, select_foreground
@@ -16,4 +22,5 @@ __all__ = [
     "interpolate_pos_embed",
     "mid4_indices",
     "select_foreground",
+    "weights_from_checkpoint",
 ]

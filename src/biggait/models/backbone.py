@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextvars
 import io
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +15,8 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from biggait.errors import ConfigError
 
 __all__ = [
     "BACKBONE_FILE_FORMAT",
@@ -22,12 +27,30 @@ __all__ = [
     "DinoV2Backbone",
     "interpolate_pos_embed",
     "mid4_indices",
+    "weights_from_checkpoint",
 ]
 
 # Marker of backbone files written by `DinoV2Backbone.save` (e.g. the synthetic world's stand-in LVM).
 BACKBONE_FILE_FORMAT = "biggait-backbone/1"
 # `pretrained="synthetic"`: the tiny stand-in LVM shipped with the package (biggait.synthetic_lvm, `make lvm`).
 SYNTHETIC_LVM_FILE = Path(__file__).resolve().parent.parent / "assets" / "synthetic_lvm_tiny.pt"
+
+
+_RESTORING = contextvars.ContextVar("biggait_backbone_restoring", default=False)
+
+
+@contextmanager
+def weights_from_checkpoint() -> Iterator[None]:
+    """Backbones built inside skip `pretrained` (no file, no network, no warning): a checkpoint restores them.
+
+    `pretrained` matters only when training starts; evaluating, embedding or resuming a checkpoint must not
+    need the original weight file (it may have moved) nor the network.
+    """
+    token = _RESTORING.set(True)
+    try:
+        yield
+    finally:
+        _RESTORING.reset(token)
 
 
 class BackboneFileError(ValueError):
@@ -129,10 +152,13 @@ class DinoV2Backbone(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + OFFICIAL_GRID**2, self.embed_dim))
         self.mask_token = nn.Parameter(torch.zeros(1, self.embed_dim))  # unused, kept for lossless import
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        if pretrained is None:
+        if _RESTORING.get() or pretrained == "random":
+            pass  # every weight comes from the checkpoint being loaded, or random features asked for by name
+        elif pretrained is None:
             warnings.warn(
                 "BigGait backbone has NO pretrained weights: DINOv2 features are random. Pass "
-                "pretrained='hub' or a path to dinov2_vitX14_pretrain.pth for real features.",
+                "pretrained='hub' or a path to dinov2_vitX14_pretrain.pth for real features ('random' to "
+                "ask for random features without this warning).",
                 UserWarning,
                 stacklevel=3,
             )
@@ -172,7 +198,7 @@ class DinoV2Backbone(nn.Module):
         self.load_state_dict(payload["state_dict"], strict=True)
 
     def load_pretrained(self, source: str | Path) -> None:
-        """Load weights: "hub" (timm), "synthetic" (the shipped tiny stand-in LVM), a local official
+        """Load weights: "hub" (timm, or its Hugging Face cache), "synthetic" (the shipped tiny stand-in LVM), a local official
         `dinov2_vitX14_pretrain.pth`, or a file written by `save`."""
         if str(source) == "synthetic":
             if not SYNTHETIC_LVM_FILE.is_file():
@@ -196,15 +222,25 @@ class DinoV2Backbone(nn.Module):
         if (self.timm_name, self.embed_dim, self.depth) not in released:
             raise ValueError(
                 f"pretrained DINOv2 weights exist only for the vits14/vitb14/vitl14/vitg14 presets, not for a "
-                f"custom width/depth {self.embed_dim}/{self.depth}; use pretrained=None"
+                f"custom width/depth {self.embed_dim}/{self.depth}; use pretrained='random'"
             )
         kwargs: dict = {}
         mask_token = None
         if str(source) != "hub":
             kwargs["pretrained_cfg_overlay"] = {"file": str(source)}
             mask_token = payload.get("mask_token") if isinstance(payload, dict) else None
-        # Built at the native 518 size so timm's converter keeps the 37x37 table untouched (notes §D).
-        ref = timm.create_model(f"{self.timm_name}.lvd142m", pretrained=True, num_classes=0, **kwargs)
+        # Built at the native 518 size so timm's converter keeps the 37x37 table untouched.
+        try:
+            ref = timm.create_model(f"{self.timm_name}.lvd142m", pretrained=True, num_classes=0, **kwargs)
+        except Exception as exc:  # offline, HF_HUB_OFFLINE without a cached copy, proxy, hub outage
+            if str(source) != "hub":
+                raise
+            raise ConfigError(
+                f"DINOv2 weights {self.timm_name}.lvd142m cannot be had from the Hugging Face hub "
+                f"({type(exc).__name__}; no network, or HF_HUB_OFFLINE=1 without a cached copy): pass "
+                "model.model.pretrained=/path/dinov2_vits14_pretrain.pth (from github.com/facebookresearch/dinov2), "
+                "or model.model.pretrained=random for random features"
+            ) from exc
         state = ref.state_dict()
         pos_embed = state.pop("pos_embed")
         if pos_embed.shape != self.pos_embed.shape:

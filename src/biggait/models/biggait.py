@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,15 +72,25 @@ class BigGait(nn.Module):
         parts: int = 16,
         shape_connect_layout: Literal["faithful", "fixed"] = "faithful",
         padding_resize_crop: Literal["left", "center"] = "left",
+        frame_size: tuple[int, int] = (256, 128),
         static_shapes: bool = True,
+        backbone_precision: Literal["bf16", "fp16", "fp32"] | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
+        if len(frame_size) != 2 or min(int(v) for v in frame_size) < 1:
+            raise ValueError(f"frame_size must be (H, W) of positive ints, got {frame_size!r}")
         if shape_connect_layout not in ("faithful", "fixed"):
             raise ValueError(
                 f"shape_connect_layout must be 'faithful' or 'fixed', got {shape_connect_layout!r}"
             )
         if padding_resize_crop not in ("left", "center"):
             raise ValueError(f"padding_resize_crop must be 'left' or 'center', got {padding_resize_crop!r}")
+        if backbone_precision not in (None, "bf16", "fp16", "fp32"):
+            raise ValueError(
+                f"backbone_precision must be null (follow the trainer), 'bf16', 'fp16' or 'fp32', "
+                f"got {backbone_precision!r}"
+            )
         self.config: dict[str, Any] = {
             "backbone": backbone,
             "num_classes": num_classes,
@@ -101,16 +112,23 @@ class BigGait(nn.Module):
             "parts": parts,
             "shape_connect_layout": shape_connect_layout,
             "padding_resize_crop": padding_resize_crop,
+            "frame_size": tuple(int(v) for v in frame_size),
             "static_shapes": static_shapes,
+            "backbone_precision": backbone_precision,
+            "channels_last": channels_last,
         }
         self.image_size = tuple(image_size)
         self.map_size = tuple(map_size)
         self.shape_connect_layout = shape_connect_layout
         self.padding_resize_crop = padding_resize_crop
+        # The stored frame size the model is trained on (the converters' pad-and-resize canvas, e.g. 256x128 for
+        # CCPG, 128x64 for the synthetic world); inference prepares new person crops to it (biggait.preprocess).
+        self.frame_size = self.config["frame_size"]
         # eval mode: GRE branches on every pixel, then masked (docs/export.md); training always gathers
         self.static_shapes = static_shapes
         self.fuse_gre_upsampling = True  # the dense form's upsampling order (bench/bench_export.py)
         self.backbone_trainable = backbone_trainable
+        self.backbone_precision = backbone_precision
         self.backbone = DinoV2Backbone(
             preset=backbone,
             embed_dim=backbone_width,
@@ -134,6 +152,7 @@ class BigGait(nn.Module):
             embed_dim=embed_dim,
             parts=parts,
             num_classes=num_classes,
+            channels_last=channels_last,
         )
         for module in (self.mask_branch, self.denoising_branch, self.appearance_branch, self.head):
             _official_init(module)
@@ -199,6 +218,15 @@ class BigGait(nn.Module):
         return self.static_shapes and not any(b.training for b in branches)
 
     # -------------------------------------------------------------------------------------- forward
+    def _backbone_autocast(self, device: torch.device) -> AbstractContextManager:
+        """The backbone's own precision (docs/performance.md): None follows the surrounding autocast."""
+        if self.backbone_precision is None:
+            return nullcontext()
+        if self.backbone_precision == "fp32":
+            return torch.autocast(device.type, enabled=False)
+        dtype = torch.bfloat16 if self.backbone_precision == "bf16" else torch.float16
+        return torch.autocast(device.type, dtype=dtype)
+
     def forward_features(self, frames: torch.Tensor, ratios: torch.Tensor) -> dict[str, torch.Tensor]:
         """frames [n, s, 3, H, W] (ImageNet-normalised), ratios [n, s] (w/h) -> per-frame maps [n, s, C, h, w]."""
         if frames.dim() != 5 or frames.shape[2] != 3:
@@ -211,7 +239,9 @@ class BigGait(nn.Module):
         dense = self.uses_dense_gre
         with torch.set_grad_enabled(self.backbone_trainable and torch.is_grad_enabled()):
             images = prepare_images(x, r, image_size=self.image_size, crop=self.padding_resize_crop)
-            f_last, f_mid4 = self.backbone(images)
+            with self._backbone_autocast(images.device):
+                f_last, f_mid4 = self.backbone(images)
+            f_last, f_mid4 = f_last.to(frames.dtype), f_mid4.to(frames.dtype)
             if not dense:
                 last_map = upsample_maps(f_last, self.map_size)
                 mid4_map = upsample_maps(f_mid4, self.map_size)

@@ -146,25 +146,38 @@ class GaitBaseHead(nn.Module):
         embed_dim: int = 256,
         parts: int = 16,
         num_classes: int = 100,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.parts = parts
+        self.channels_last = channels_last
         self.denoising_stem = Stem(denoising_dim, channels[0])
         self.appearance_stem = Stem(appearance_dim, channels[0])
         self.fusion = AttentionFusion(channels[0], squeeze_ratio=fusion_squeeze)
         self.body = Body(channels)
         self.fcs = SeparateFCs(parts, channels[3], embed_dim)
         self.bnneck = SeparateBNNeck(parts, embed_dim, num_classes)
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def frame_maps(self, denoising: torch.Tensor, appearance: torch.Tensor) -> torch.Tensor:
+        """[n, s, C, h, w] denoising and appearance maps -> per-frame feature maps [n, s, C', h', w'] (before
+        the temporal max; frame by frame, so long sequences can be processed in chunks in eval mode)."""
+        n, s = denoising.shape[:2]
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        den = self.denoising_stem(denoising.flatten(0, 1).contiguous(memory_format=fmt))
+        app = self.appearance_stem(appearance.flatten(0, 1).contiguous(memory_format=fmt))
+        x = self.body(self.fusion(den, app))
+        return x.view(n, s, *x.shape[1:])
+
+    def embed(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Temporally pooled maps [n, C', h', w'] -> embeddings [n, E, p] (horizontal pooling, separate FCs)."""
+        return self.fcs(horizontal_pooling(pooled, self.parts))
 
     def forward(
         self, denoising: torch.Tensor, appearance: torch.Tensor, lengths: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """[n, s, C, h, w] denoising and appearance maps -> embeddings [n, E, p] and logits [n, K, p]."""
-        n, s = denoising.shape[:2]
-        den = self.denoising_stem(denoising.flatten(0, 1))
-        app = self.appearance_stem(appearance.flatten(0, 1))
-        x = self.body(self.fusion(den, app))
-        x = temporal_max(x.view(n, s, *x.shape[1:]), lengths)
-        embeddings = self.fcs(horizontal_pooling(x, self.parts))
+        embeddings = self.embed(temporal_max(self.frame_maps(denoising, appearance), lengths))
         _, logits = self.bnneck(embeddings)
         return {"embeddings": embeddings, "logits": logits}

@@ -1,6 +1,6 @@
 """Look inside BigGait: PCA / part colourings of the feature maps, foreground IoU and figure panels."""
 
-from .io import figure_png, load_checkpoint_model, read_sequences, records_to_batch, save_png
+from .io import figure_png, read_sequences, records_to_batch, save_png
 from .maps import (
     PART_PALETTE,
     PCABasis,
@@ -35,7 +35,6 @@ __all__ = [
     "figure_png",
     "fit_pca",
     "foreground_iou",
-    "load_checkpoint_model",
     "frame_indices",
     "part_colors",
     "pca_rgb",

@@ -1,4 +1,5 @@
-"""File side of the visualisation: shard reading, checkpoint loading, atomic PNG writes (plots stay pure)."""
+"""File side of the visualisation: shard reading and atomic PNG writes (plots stay pure); models load with
+`biggait.load_model`."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from biggait.io import atomic_write_bytes
 
 from .maps import VizInputError
 
-__all__ = ["figure_png", "load_checkpoint_model", "read_sequences", "records_to_batch", "save_png"]
+__all__ = ["figure_png", "read_sequences", "records_to_batch", "save_png"]
 
 
 def figure_png(fig: Figure, *, dpi: int = 100) -> bytes:
@@ -98,27 +99,3 @@ def records_to_batch(records: Sequence[SequenceRecord]) -> dict[str, Any]:
             sils[i, : len(r.frames)] = torch.from_numpy(r.silhouettes)
         batch["silhouettes"] = sils
     return batch
-
-
-def load_checkpoint_model(path: str | Path, *, map_location: str = "cpu") -> torch.nn.Module:
-    """A `BigGait` from one of our Lightning checkpoints (`hyper_parameters["model"]` + `model.*` weights), in eval."""
-    from biggait.models import BigGait  # lazy: the plotting helpers do not need the model code
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; pass the .ckpt written by `make train`")
-    # Our own training checkpoints hold plain Python hyper-parameters next to the tensors.
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    try:
-        kwargs = dict(ckpt["hyper_parameters"]["model"])
-    except (KeyError, TypeError) as exc:
-        raise VizInputError(
-            f"{path} has no hyper_parameters['model']: it is not a biggait training checkpoint "
-            "(convert official weights with `python -m biggait.compat.opengait`)"
-        ) from exc
-    model = BigGait(**kwargs)
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    if ckpt.get("biggait", {}).get("mask_branch_frozen"):
-        model.freeze_mask_branch()
-    model.load_state_dict(state)
-    return model.eval()

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from biggait.errors import BiggaitError
+from biggait.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -25,8 +26,6 @@ __all__ = [
     "silhouettes_to_map",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # 16 well separated colours (Kelly's list, minus white/black): part k always gets colour k, so a part keeps
 # its colour across frames, sequences and people. Background is black.

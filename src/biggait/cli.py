@@ -1,0 +1,50 @@
+"""The `biggait` console script: `biggait embed|identify|train|eval|data|import-opengait ...`.
+
+Each subcommand is the module of the same job (`python -m biggait.embed`, ...), with the same options.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["COMMANDS", "main"]
+
+# subcommand -> (module, what it does)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "embed": ("biggait.embed", "embed footage with a trained model into a gallery file"),
+    "identify": ("biggait.identify", "rank a gallery for every probe (top-k, threshold)"),
+    "train": ("biggait.train", "train and evaluate (Hydra overrides, e.g. experiment=synthetic)"),
+    "eval": ("biggait.eval", "evaluate a checkpoint (Hydra overrides, e.g. ckpt_path=...)"),
+    "data": ("biggait.data_prep", "build shards: biggait data <dataset> --out DIR [--raw DIR]"),
+    "import-opengait": ("biggait.compat.opengait", "convert an official OpenGait checkpoint to a .ckpt"),
+}
+_HYDRA = {"train", "eval"}  # Hydra apps read sys.argv themselves
+
+
+def _usage() -> str:
+    lines = ["usage: biggait COMMAND [options]   (biggait COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<16} {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    if command in _HYDRA:
+        sys.argv = [f"biggait {command}", *rest]
+        module.main()
+        return 0
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Gallery files: embeddings with their labels, identities, sources and the fingerprint of the model that made
+them, as an `.npz` of plain arrays (no pickles: loaded with `allow_pickle=False`), written atomically."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from biggait.errors import BiggaitError
+from biggait.io import atomic_write_bytes
+
+__all__ = [
+    "GALLERY_FORMAT",
+    "Gallery",
+    "GalleryError",
+    "iter_gallery_embeddings",
+    "load_gallery",
+    "read_gallery_model",
+    "read_gallery_strings",
+]
+
+GALLERY_FORMAT = "biggait-gallery/1"
+_STRINGS = ("labels", "identities", "sources")
+_KEYS = {"format", "model", "embeddings", *_STRINGS}
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+class GalleryError(BiggaitError, ValueError):
+    """A gallery file that is broken, hostile, or made by another model than the one it is compared with."""
+
+
+@dataclass
+class Gallery:
+    """Embeddings [N, E, p] float32 with one label, identity and source per row, and the model fingerprint."""
+
+    embeddings: np.ndarray
+    labels: list[str]
+    identities: list[str]
+    sources: list[str]
+    model: str
+
+    def __post_init__(self) -> None:
+        self.embeddings = np.asarray(self.embeddings, np.float32)
+        n = self.embeddings.shape[0] if self.embeddings.ndim == 3 else -1
+        if n < 0:
+            raise GalleryError(f"gallery embeddings must be [N, E, parts], got shape {self.embeddings.shape}")
+        for name in _STRINGS:
+            values = getattr(self, name)
+            if len(values) != n:
+                raise GalleryError(f"gallery has {n} embeddings but {len(values)} {name}")
+            setattr(self, name, [str(v) for v in values])
+        if not isinstance(self.model, str) or not self.model:
+            raise GalleryError("gallery needs the fingerprint of the model that made it")
+
+    def __len__(self) -> int:
+        return self.embeddings.shape[0]
+
+    def select(self, rows: Sequence[int] | np.ndarray) -> Gallery:
+        """A gallery of the given rows (index array or boolean mask)."""
+        idx = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows, np.int64)
+        return Gallery(
+            self.embeddings[idx],
+            [self.labels[i] for i in idx],
+            [self.identities[i] for i in idx],
+            [self.sources[i] for i in idx],
+            self.model,
+        )
+
+    def check_same_model(self, other: Gallery, *, names: tuple[str, str] = ("gallery", "probes")) -> None:
+        """Embeddings of two different models are not comparable: raise unless the fingerprints agree."""
+        if self.model != other.model:
+            raise GalleryError(
+                f"the {names[0]} was embedded by model {self.model[:12]} and the {names[1]} by model "
+                f"{other.model[:12]}: embeddings of different models cannot be compared; embed both with one model"
+            )
+        if self.embeddings.shape[1:] != other.embeddings.shape[1:]:
+            raise GalleryError(
+                f"{names[0]} embeddings {self.embeddings.shape[1:]} and {names[1]} {other.embeddings.shape[1:]} differ"
+            )
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically as an uncompressed `.npz` of fixed-width unicode and float32 arrays."""
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            format=np.str_(GALLERY_FORMAT),
+            model=np.str_(self.model),
+            embeddings=np.ascontiguousarray(self.embeddings, np.float32),
+            **{name: np.asarray(getattr(self, name), dtype=np.str_) for name in _STRINGS},
+        )
+        return atomic_write_bytes(path, buf.getvalue())
+
+
+def _open(path: Path) -> np.lib.npyio.NpzFile:
+    if not path.is_file():
+        raise GalleryError(
+            f"gallery {path} does not exist: write one with `python -m biggait.embed MODEL INPUT --out {path}`"
+        )
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise GalleryError(
+            f"gallery {path} is not a readable .npz gallery ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _read_header(
+    path: Path, npz: np.lib.npyio.NpzFile, strings: tuple[str, ...] = _STRINGS
+) -> dict[str, np.ndarray]:
+    missing = _KEYS - set(npz.files)
+    if missing:
+        raise GalleryError(f"gallery {path} lacks {sorted(missing)}: it is not a biggait gallery")
+    out = {}
+    try:
+        for key in ("format", "model", *strings):
+            out[key] = npz[key]
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise GalleryError(f"gallery {path}: field cannot be read ({type(exc).__name__}: {exc})") from None
+    if out["format"].shape != () or str(out["format"]) != GALLERY_FORMAT:
+        raise GalleryError(f"gallery {path} has format {out['format']!r}, expected {GALLERY_FORMAT}")
+    for key in ("model", *strings):
+        if out[key].dtype.kind != "U":
+            raise GalleryError(f"gallery {path}: {key} must be a unicode array, got {out[key].dtype}")
+    return out
+
+
+def read_gallery_model(path: str | Path) -> str:
+    """The model fingerprint of a gallery file, after checking its fields (nothing large is read)."""
+    path = Path(path)
+    with _open(path) as npz:
+        return str(_read_header(path, npz, strings=())["model"])
+
+
+def read_gallery_strings(path: str | Path, *names: str) -> dict[str, np.ndarray]:
+    """Some of `labels` / `identities` / `sources` of a gallery file, as unicode arrays (not Python lists)."""
+    path = Path(path)
+    with _open(path) as npz:
+        head = _read_header(path, npz, strings=names)
+    return {name: head[name] for name in names}
+
+
+def load_gallery(path: str | Path) -> Gallery:
+    """Read and check a gallery file; a broken or hostile file is one `GalleryError` naming it."""
+    path = Path(path)
+    with _open(path) as npz:
+        head = _read_header(path, npz)
+        try:
+            embeddings = npz["embeddings"]
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise GalleryError(
+                f"gallery {path}: embeddings cannot be read ({type(exc).__name__}: {exc})"
+            ) from None
+    if embeddings.dtype != np.float32 or embeddings.ndim != 3:
+        raise GalleryError(
+            f"gallery {path}: embeddings must be float32 [N, E, parts], got {embeddings.dtype} {embeddings.shape}"
+        )
+    if not np.isfinite(embeddings).all():
+        raise GalleryError(f"gallery {path}: embeddings contain NaN or inf")
+    try:
+        return Gallery(embeddings, *(head[k].tolist() for k in _STRINGS), model=str(head["model"]))
+    except GalleryError as exc:
+        raise GalleryError(f"gallery {path}: {exc}") from None
+
+
+def iter_gallery_embeddings(path: str | Path, *, rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, embeddings [r, E, p]) chunks of a gallery file read straight from its uncompressed member,
+    so a huge gallery never sits in memory whole."""
+    path = Path(path)
+    try:
+        zf = zipfile.ZipFile(path)
+        info = zf.getinfo("embeddings.npy")
+    except (OSError, KeyError, zipfile.BadZipFile) as exc:
+        raise GalleryError(
+            f"gallery {path}: embeddings cannot be read ({type(exc).__name__}: {exc})"
+        ) from None
+    with zf, zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in _HEADER_READERS:
+            raise GalleryError(f"gallery {path}: unsupported .npy version {version}")
+        shape, fortran, dtype = _HEADER_READERS[version](f)
+        if fortran or dtype != np.float32 or len(shape) != 3:
+            raise GalleryError(f"gallery {path}: embeddings must be C-order float32 [N, E, parts]")
+        row_bytes = int(np.prod(shape[1:])) * 4
+        for start in range(0, shape[0], rows):
+            n = min(rows, shape[0] - start)
+            data = f.read(n * row_bytes)
+            if len(data) != n * row_bytes:
+                raise GalleryError(f"gallery {path}: embeddings are truncated at row {start}")
+            chunk = np.frombuffer(bytearray(data), np.float32).reshape(n, *shape[1:])
+            if not np.isfinite(chunk).all():
+                raise GalleryError(f"gallery {path}: embeddings contain NaN or inf")
+            yield start, chunk

@@ -1,0 +1,157 @@
+"""Identify: probes against a gallery with the evaluation's part-wise distance, top-k, optional threshold.
+
+    python -m biggait.identify GALLERY.npz PROBES.npz [--top-k K] [--threshold D] [--json OUT.json]
+
+The gallery is read in row chunks straight from its file and only the running top-k is kept, so memory stays
+bounded by the chunk size whatever the gallery's length (bench/bench_identify.py measures it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from biggait.errors import ConfigError, exit_on_error
+from biggait.evaluation.distance import part_euclidean
+from biggait.gallery import (
+    Gallery,
+    GalleryError,
+    iter_gallery_embeddings,
+    load_gallery,
+    read_gallery_model,
+    read_gallery_strings,
+)
+from biggait.io import atomic_write_json
+
+__all__ = ["format_table", "identify", "main"]
+
+# distance-matrix elements per gallery chunk ([probes, rows] float32): 64 MiB
+_BUDGET = 1 << 24
+_CHUNK_BYTES = 64 << 20  # gallery embeddings read per chunk
+
+
+def _chunks(gallery: Gallery | str | Path, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    if isinstance(gallery, Gallery):
+        for start in range(0, len(gallery), rows):
+            yield start, gallery.embeddings[start : start + rows]
+    else:
+        yield from iter_gallery_embeddings(gallery, rows=rows)
+
+
+def identify(
+    gallery: Gallery | str | Path,
+    probes: Gallery,
+    *,
+    top_k: int = 5,
+    threshold: float | None = None,
+    budget: int = _BUDGET,
+) -> list[dict[str, Any]]:
+    """One entry per probe: `{"probe": label, "matches": [{"label", "identity", "distance"}, ...]}`, nearest
+    first. With `threshold`, matches farther than it are dropped: an empty list means "unknown".
+
+    `gallery` is a `Gallery` or the path of a gallery file (read in chunks, never whole). The distance is the
+    evaluation's (`biggait.evaluation.distance.part_euclidean`, OpenGait's per-part Euclidean mean).
+    """
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be >= 1, got {top_k}")
+    model = gallery.model if isinstance(gallery, Gallery) else read_gallery_model(gallery)
+    if model != probes.model:
+        raise GalleryError(
+            f"the gallery was embedded by model {model[:12]} and the probes by model {probes.model[:12]}: "
+            "embeddings of different models cannot be compared; embed both with one model"
+        )
+    q = torch.from_numpy(probes.embeddings)
+    row_bytes = 4 * int(np.prod(probes.embeddings.shape[1:]))
+    rows = max(1, min(_CHUNK_BYTES // row_bytes, budget // max(1, len(probes))))
+    best_d = torch.empty(len(probes), 0)
+    best_i = torch.empty(len(probes), 0, dtype=torch.int64)
+    n_gallery = 0
+    for start, chunk in _chunks(gallery, rows):
+        n_gallery = start + chunk.shape[0]
+        if tuple(chunk.shape[1:]) != tuple(q.shape[1:]):
+            raise GalleryError(
+                f"gallery embeddings {tuple(chunk.shape[1:])} and probes {tuple(q.shape[1:])} differ"
+            )
+        d = part_euclidean(q, torch.as_tensor(chunk))
+        idx = torch.arange(start, start + chunk.shape[0]).expand(len(probes), -1)
+        d, idx = torch.cat([best_d, d], 1), torch.cat([best_i, idx], 1)
+        k = min(top_k, d.shape[1])
+        best_d, order = d.topk(k, dim=1, largest=False, sorted=True)
+        best_i = idx.gather(1, order)
+    if n_gallery == 0:
+        raise GalleryError("the gallery is empty")
+    # labels are read after the ranking, as arrays: a million of them are not held as Python strings
+    if isinstance(gallery, Gallery):
+        labels, identities = np.asarray(gallery.labels), np.asarray(gallery.identities)
+    else:
+        fields = read_gallery_strings(gallery, "labels", "identities")
+        labels, identities = fields["labels"], fields["identities"]
+        if len(labels) != n_gallery or len(identities) != n_gallery:
+            raise GalleryError(f"gallery {gallery}: {n_gallery} embeddings but {len(labels)} labels")
+    results = []
+    for p, label in enumerate(probes.labels):
+        matches = [
+            {"label": str(labels[i]), "identity": str(identities[i]), "distance": float(dist)}
+            for dist, i in zip(best_d[p].tolist(), best_i[p].tolist())
+            if threshold is None or dist <= threshold
+        ]
+        results.append({"probe": label, "matches": matches})
+    return results
+
+
+def format_table(results: Sequence[dict[str, Any]]) -> str:
+    """A readable table: one row per (probe, rank); 'unknown' where the threshold left no match."""
+    rows = [("probe", "rank", "identity", "gallery label", "distance")]
+    for entry in results:
+        if not entry["matches"]:
+            rows.append((entry["probe"], "-", "unknown", "-", "-"))
+        for rank, m in enumerate(entry["matches"], 1):
+            rows.append(
+                (
+                    entry["probe"] if rank == 1 else "",
+                    str(rank),
+                    m["identity"],
+                    m["label"],
+                    f"{m['distance']:.4f}",
+                )
+            )
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m biggait.identify",
+        description="Rank the gallery for every probe by BigGait's part-wise Euclidean distance (nearest first).",
+    )
+    parser.add_argument("gallery", type=Path, help="gallery .npz written by `python -m biggait.embed`")
+    parser.add_argument(
+        "probes", type=Path, help="probes .npz written by `python -m biggait.embed` (same model)"
+    )
+    parser.add_argument("--top-k", type=int, default=5, help="matches per probe (default 5)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="drop matches farther than this distance; none left = unknown",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    with exit_on_error():
+        probes = load_gallery(args.probes)
+        read_gallery_model(args.gallery)  # one error line for a broken file before any work
+        results = identify(args.gallery, probes, top_k=args.top_k, threshold=args.threshold)
+        if args.json is not None:
+            atomic_write_json(args.json, results)
+    print(format_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

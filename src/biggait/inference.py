@@ -1,0 +1,185 @@
+"""Embedding: sequences of frames -> one BigGait embedding each, batched across sequences, chunked along long
+ones, on the GPU when there is one.
+
+BigGait is frame-by-frame up to the GaitBase temporal max (in eval mode every BatchNorm uses its running
+statistics), so frames of many sequences share one forward pass and a long sequence is the running maximum
+of its chunks: the result equals one forward pass over the whole sequence.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from biggait.errors import ConfigError
+from biggait.models import BigGait
+from biggait.preprocess import normalize_frames
+
+__all__ = ["PRECISIONS", "SequencePooler", "embed_padded", "embed_sequences", "resolve_device"]
+
+# Lightning's precision names; "32" = float32, the others autocast the forward pass.
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "32": None,
+    "16-mixed": torch.float16,
+    "bf16-mixed": torch.bfloat16,
+}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> the first CUDA GPU when present, else the CPU; anything else as torch.device."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class SequencePooler:
+    """Streams the frames of many sequences through the model `batch_frames` at a time and keeps the running
+    temporal max of each sequence; `add` / `finish` return the sequences completed so far as (index, [E, p])."""
+
+    def __init__(
+        self,
+        model: BigGait,
+        *,
+        batch_frames: int = 256,
+        device: torch.device | None = None,
+        precision: str = "32",
+    ) -> None:
+        if batch_frames < 1:
+            raise ConfigError(f"batch_frames must be >= 1, got {batch_frames}")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        self.model = model
+        self.batch_frames = batch_frames
+        self.device = device or next(model.parameters()).device
+        self.dtype = PRECISIONS[precision]
+        self._queue: deque[tuple[int, np.ndarray | torch.Tensor, torch.Tensor]] = deque()
+        self._queued = 0
+        self._remaining: dict[int, int] = {}
+        self._pooled: dict[int, torch.Tensor] = {}
+
+    def add(
+        self, index: int, frames: np.ndarray | torch.Tensor, ratios: np.ndarray | torch.Tensor
+    ) -> list[tuple[int, torch.Tensor]]:
+        """Queue one sequence: uint8 RGB frames [T, H, W, 3] (numpy, normalised chunk by chunk on the device) or
+        normalised float frames [T, 3, H, W] (tensor), with ratios [T]."""
+        n = int(frames.shape[0])
+        if n == 0:
+            raise ConfigError(f"sequence {index} has no frames")
+        self._remaining[index] = n
+        self._queue.append((index, frames, torch.as_tensor(np.asarray(ratios, np.float32))))
+        self._queued += n
+        done: list[tuple[int, torch.Tensor]] = []
+        while self._queued >= self.batch_frames:
+            done += self._run(self.batch_frames)
+        return done
+
+    def finish(self) -> list[tuple[int, torch.Tensor]]:
+        done: list[tuple[int, torch.Tensor]] = []
+        while self._queued:
+            done += self._run(min(self._queued, self.batch_frames))
+        return done
+
+    def _chunk(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if isinstance(frames, np.ndarray):
+            x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(0, 3, 1, 2)
+            return normalize_frames(x[None])[0]
+        return frames.to(self.device).float()
+
+    def _run(self, count: int) -> list[tuple[int, torch.Tensor]]:
+        pieces, owners = [], []
+        while count:
+            index, frames, ratios = self._queue[0]
+            take = min(count, int(frames.shape[0]))
+            pieces.append((self._chunk(frames[:take]), ratios[:take]))
+            owners.append((index, take))
+            if take == frames.shape[0]:
+                self._queue.popleft()
+            else:
+                self._queue[0] = (index, frames[take:], ratios[take:])
+            count -= take
+            self._queued -= take
+        x = torch.cat([p for p, _ in pieces])[None]
+        r = torch.cat([r for _, r in pieces])[None].to(self.device)
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+        )
+        with torch.no_grad(), autocast:
+            features = self.model.forward_features(x, r)
+            maps = self.model.head.frame_maps(features["denoising"], features["appearance"])[0].float()
+        done, start = [], 0
+        for index, take in owners:
+            chunk_max = maps[start : start + take].amax(0)
+            start += take
+            prev = self._pooled.get(index)
+            self._pooled[index] = chunk_max if prev is None else torch.maximum(prev, chunk_max)
+            self._remaining[index] -= take
+            if self._remaining[index] == 0:
+                del self._remaining[index]
+                with torch.no_grad():
+                    emb = self.model.head.embed(self._pooled.pop(index)[None])[0]
+                done.append((index, emb.float()))
+        return done
+
+
+def embed_sequences(
+    model: BigGait,
+    sequences: Iterable[tuple[np.ndarray, np.ndarray]],
+    *,
+    batch_frames: int = 256,
+    device: str | torch.device = "auto",
+    precision: str = "32",
+) -> Iterator[np.ndarray]:
+    """(frames uint8 [T, H, W, 3] at `model.frame_size`, ratios [T]) per sequence -> embeddings [E, p] float32,
+    in input order. The model is moved to `device` and put in eval mode."""
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    pooler = SequencePooler(model, batch_frames=batch_frames, device=dev, precision=precision)
+    ready: dict[int, np.ndarray] = {}
+    next_out = 0
+    for index, (frames, ratios) in enumerate(sequences):
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ConfigError(
+                f"sequence {index}: frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}"
+            )
+        if tuple(frames.shape[1:3]) != tuple(model.frame_size):
+            raise ConfigError(
+                f"sequence {index}: frames are {frames.shape[1]}x{frames.shape[2]} but the model was trained on "
+                f"{model.frame_size[0]}x{model.frame_size[1]}; prepare crops with biggait.preprocess.prepare_crops"
+            )
+        for i, emb in pooler.add(index, frames, ratios):
+            ready[i] = emb.cpu().numpy()
+        while next_out in ready:
+            yield ready.pop(next_out)
+            next_out += 1
+    for i, emb in pooler.finish():
+        ready[i] = emb.cpu().numpy()
+    while next_out in ready:
+        yield ready.pop(next_out)
+        next_out += 1
+
+
+def embed_padded(
+    model: BigGait,
+    frames: torch.Tensor,
+    ratios: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    *,
+    batch_frames: int = 256,
+    precision: str = "32",
+) -> torch.Tensor:
+    """An evaluation batch (normalised frames [n, S, 3, H, W] zero-padded, ratios [n, S], lengths [n]) ->
+    embeddings [n, E, p], long sequences in chunks of `batch_frames`."""
+    n, s = frames.shape[:2]
+    lengths = torch.full((n,), s) if lengths is None else lengths
+    pooler = SequencePooler(model, batch_frames=batch_frames, device=frames.device, precision=precision)
+    out: dict[int, torch.Tensor] = {}
+    for i in range(n):
+        t = int(lengths[i])
+        out.update(pooler.add(i, frames[i, :t], ratios[i, :t].cpu()))
+    out.update(pooler.finish())
+    return torch.stack([out[i] for i in range(n)])
