@@ -3,7 +3,7 @@
     python -m biggait.export MODEL.ckpt --onnx biggait.onnx --torch-export biggait.pt2 --frame-size 128 64
 
 The exported graph takes what `BigGait.forward` takes: `frames` float32 [n, s, 3, H, W], ImageNet-normalised
-(`biggait.data.datamodule.normalize_frames`), and `ratios` float32 [n, s] (width / height of each original
+(`biggait.preprocess.normalize_frames`), and `ratios` float32 [n, s] (width / height of each original
 person crop); it returns `embeddings` float32 [n, E, parts]. The numbers of sequences n and of frames s are
 dynamic; the frame size H x W is fixed at export time. The GRE runs in its dense, static-shape form
 (`BigGait.static_shapes`), equal to the gather/scatter form in eval mode.
