@@ -13,6 +13,7 @@ docs/export.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import re
 import tempfile
 import time
@@ -32,15 +33,19 @@ def cpu_name() -> str:
     return f"{name.group(1) if name else 'unknown CPU'}; ISA flags: {', '.join(flags) or 'none of amx/avx512/avx2'}"
 
 
-def best_seconds(fn, repeats: int) -> tuple[float, torch.Tensor]:
-    """The best wall time of `repeats` calls after one warm-up, and the last output."""
-    out = fn()
-    times = []
+def best_seconds(fns: dict[str, object], repeats: int) -> dict[str, tuple[float, torch.Tensor]]:
+    """Best wall time of each callable over `repeats` rounds (after one warm-up call each) and its last output.
+
+    The variants run interleaved, round by round, so a change of load on a shared machine hits them alike.
+    """
+    outs = {name: fn() for name, fn in fns.items()}
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            outs[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: (best[name], outs[name]) for name in fns}
 
 
 def build(args: argparse.Namespace) -> BigGait:
@@ -81,9 +86,9 @@ def main() -> None:
 
     results: dict[str, tuple[float, torch.Tensor | None]] = {}
 
-    def measure(name: str, fn) -> None:
-        seconds, out = best_seconds(fn, args.repeats)
-        results[name] = (n_frames / seconds, out)
+    def measure(fns: dict) -> None:
+        for name, (seconds, out) in best_seconds(fns, args.repeats).items():
+            results[name] = (n_frames / seconds, out)
 
     def eager(static: bool, fuse: bool = True):
         def run() -> torch.Tensor:
@@ -93,9 +98,13 @@ def main() -> None:
 
         return run
 
-    measure("eager, GRE gather/scatter", eager(False))
-    measure("eager, GRE dense (default)", eager(True))
-    measure("eager, GRE dense unfused", eager(True, fuse=False))
+    measure(
+        {
+            "eager, GRE gather/scatter": eager(False),
+            "eager, GRE dense (default)": eager(True),
+            "eager, GRE dense unfused": eager(True, fuse=False),
+        }
+    )
     reference = results["eager, GRE dense (default)"][1]
 
     # GRE + head only: the backbone's token maps cached
@@ -103,12 +112,22 @@ def main() -> None:
         cached = model.backbone(torch.randn(n_frames, 3, *model.image_size))
     backbone_forward = model.backbone.forward
     model.backbone.forward = lambda images: cached
-    measure("GRE+head only, gather/scatter", eager(False))
-    measure("GRE+head only, dense", eager(True))
-    measure("GRE+head only, dense unfused", eager(True, fuse=False))
-    model.head.to(memory_format=torch.channels_last)
-    measure("GRE+head only, dense, head channels_last", eager(True))
-    model.head.to(memory_format=torch.contiguous_format)
+
+    head_cl = copy.deepcopy(model)  # the same weights, the GaitBase head in channels_last
+    head_cl.head.to(memory_format=torch.channels_last)
+
+    def channels_last_head() -> torch.Tensor:
+        with torch.no_grad():
+            return head_cl(x, r)["embeddings"]
+
+    measure(
+        {
+            "GRE+head only, gather/scatter": eager(False),
+            "GRE+head only, dense": eager(True),
+            "GRE+head only, dense unfused": eager(True, fuse=False),
+            "GRE+head only, dense, head channels_last": channels_last_head,
+        }
+    )
     model.backbone.forward = backbone_forward
     model.static_shapes, model.fuse_gre_upsampling = True, True
     for name in [k for k in results if k.startswith("GRE+head")]:
@@ -127,7 +146,7 @@ def main() -> None:
             with torch.no_grad():
                 return program(x, r)
 
-        measure("torch.export program", run_program)
+        fns = {"torch.export program": run_program, "eager, GRE dense (again, same rounds)": eager(True)}
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -135,10 +154,10 @@ def main() -> None:
             options.intra_op_num_threads = args.threads
         session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         feed = {"frames": x.numpy(), "ratios": r.numpy()}
-        measure(
-            f"ONNX Runtime {onnxruntime.__version__}",
-            lambda: torch.from_numpy(session.run(["embeddings"], feed)[0]),
+        fns[f"ONNX Runtime {onnxruntime.__version__}"] = lambda: torch.from_numpy(
+            session.run(["embeddings"], feed)[0]
         )
+        measure(fns)
     print(f"export time: torch.export {t_pt2:.1f} s, ONNX {t_onnx:.1f} s")
     for name, (fps, out) in results.items():
         extra = (

@@ -23,40 +23,29 @@ from biggait.export import (
 )
 from biggait.checkpoint import load_model
 from biggait.models import BigGait
+from test_model_dense_gre import random_model as tiny_model
 
 FRAME = (128, 64)
 
 
-def tiny_model(seed: int = 0, **kwargs) -> BigGait:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.manual_seed(seed)
-        model = BigGait(
-            "tiny",
-            5,
-            image_size=(224, 112),
-            map_size=(32, 16),
-            channels=(16, 32, 64, 128),
-            fusion_squeeze=4,
-            embed_dim=32,
-            **kwargs,
-        )
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():  # non-trivial running statistics, as after training
-        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-            m.running_mean.copy_(0.2 * torch.randn(m.num_features, generator=g))
-            m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("export")
+    """The tiny model and its torch.export program (a few seconds)."""
     model = tiny_model()
     return {
         "model": model,
-        "onnx": export_onnx(model, out / "tiny.onnx", frame_size=FRAME),
-        "pt2": export_torch(model, out / "tiny.pt2", frame_size=FRAME),
+        "pt2": export_torch(model, tmp_path_factory.mktemp("pt2") / "tiny.pt2", frame_size=FRAME),
+    }
+
+
+@pytest.fixture(scope="module")
+def exported_onnx(exported: dict, tmp_path_factory) -> dict:
+    """... and its ONNX file (the ONNX exporter takes ~20 s on a 2-core CPU: slow tests only)."""
+    return {
+        **exported,
+        "onnx": export_onnx(
+            exported["model"], tmp_path_factory.mktemp("onnx") / "tiny.onnx", frame_size=FRAME
+        ),
     }
 
 
@@ -76,8 +65,10 @@ def test_torch_export_matches_eager(exported: dict, n: int, s: int) -> None:
     assert relative_error(got, want) < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n, s", [(1, 1), (3, 7)])
-def test_onnx_runtime_matches_eager(exported: dict, n: int, s: int) -> None:
+def test_onnx_runtime_matches_eager(exported_onnx: dict, n: int, s: int) -> None:
+    exported = exported_onnx
     import onnxruntime
 
     x, r = example_inputs(FRAME, sequences=n, frames=s, seed=6)
@@ -89,7 +80,9 @@ def test_onnx_runtime_matches_eager(exported: dict, n: int, s: int) -> None:
     assert relative_error(torch.from_numpy(got), want) < 1e-4
 
 
-def test_check_exported_catches_a_different_model(exported: dict) -> None:
+@pytest.mark.slow
+def test_check_exported_catches_a_different_model(exported_onnx: dict) -> None:
+    exported = exported_onnx
     errors = check_exported(
         exported["model"], onnx_path=exported["onnx"], torch_path=exported["pt2"], frame_size=FRAME
     )

@@ -17,15 +17,15 @@ SMALL = dict(
 MAPS = ("mask_probs", "foreground_prob", "foreground", "denoising", "appearance")
 
 
-def random_model(seed: int, **kwargs) -> BigGait:
-    """A tiny random BigGait whose BatchNorms have non-trivial running statistics (so their shift counts)."""
+def random_model(seed: int = 0, **kwargs) -> BigGait:
+    """A tiny random BigGait (eval) whose BatchNorms have non-trivial running statistics, as after training."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.manual_seed(seed)
         model = BigGait("tiny", 5, **{**SMALL, **kwargs})
     g = torch.Generator().manual_seed(seed + 100)
     for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm1d):
+        if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
             module.running_mean.copy_(0.3 * torch.randn(module.num_features, generator=g))
             module.running_var.copy_(0.5 + torch.rand(module.num_features, generator=g))
     return model.eval()
