@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,8 @@ def _record(subject: int, seq_type: str, view: str, *, frames: int = 6, size: tu
     from biggait.data.records import SequenceRecord
 
     h, w = size
-    rng = np.random.default_rng(hash((subject, seq_type, view)) % 2**32)
+    # crc32, not hash(): Python salts str hashes per process, so the data would change between runs
+    rng = np.random.default_rng(zlib.crc32(f"{subject}/{seq_type}/{view}".encode()))
     rgb = np.zeros((frames, h, w, 3), np.uint8)
     sil = np.zeros((frames, h, w), np.uint8)
     colour = rng.integers(40, 255, 3)
