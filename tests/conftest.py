@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# No network, no update checks, no W&B service unless a test opts in (engineering notes §0, §E).
+# No network, no update checks, no W&B service unless a test opts in.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")

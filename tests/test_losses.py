@@ -1,4 +1,4 @@
-"""Triplet and cross-entropy losses (spec §7.1) against brute force and the official values."""
+"""Triplet and cross-entropy losses (OpenGait `TripletLoss`, `CrossEntropyLoss`) against brute force and the official values."""
 
 from __future__ import annotations
 

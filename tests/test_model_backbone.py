@@ -1,4 +1,4 @@
-"""DINOv2 backbone: official positional interpolation, feature extraction, weights, freezing (spec §2)."""
+"""DINOv2 backbone: official positional interpolation, feature extraction, weights, freezing (OpenGait `BigGait_utils/DINOv2.py`)."""
 
 from __future__ import annotations
 

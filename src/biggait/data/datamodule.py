@@ -15,7 +15,7 @@ from biggait.errors import ConfigError, DatasetNotFoundError
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "GaitDataModule"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # spec §3.2 BaseRgbTransform
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # OpenGait `BaseRgbTransform`, `opengait/data/transform.py`
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
@@ -93,7 +93,7 @@ class GaitDataModule(L.LightningDataModule):
 
     # --- Lightning hooks ---------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        # Rank from the trainer, never from environment guessing (engineering notes §B).
+        # Rank from the trainer, never from environment guessing.
         trainer = getattr(self, "trainer", None)
         if trainer is not None:
             self.rank, self.world_size = int(trainer.global_rank), int(trainer.world_size)
@@ -176,7 +176,7 @@ class GaitDataModule(L.LightningDataModule):
 
 
 def normalize_frames(frames: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 [n, s, 3, H, W] -> float32 `(x/255 - mean) / std` (spec §3.2); padded frames stay exactly 0."""
+    """uint8 [n, s, 3, H, W] -> float32 `(x/255 - mean) / std` (OpenGait `BaseRgbTransform`); padded frames stay exactly 0."""
     mean = torch.tensor(IMAGENET_MEAN, device=frames.device).view(1, 1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=frames.device).view(1, 1, 3, 1, 1)
     out = (frames.float() / 255.0 - mean) / std

@@ -273,7 +273,7 @@ class _ShardStream(IterableDataset):
 
 
 class TrainStream(_ShardStream):
-    """Endless identity-balanced P x K batches of `frames_per_sequence` unordered frames (spec §7.1).
+    """Endless identity-balanced P x K batches of `frames_per_sequence` unordered frames (OpenGait `TripletSampler` and `fixed_unordered` sampling).
 
     Each consumer (rank x worker) reads its shards in a fresh seeded order every pass, keeps only the sampled
     frames (still encoded) in a buffer grouped by identity, and emits a batch of P identities x K sequences
@@ -354,7 +354,7 @@ class TrainStream(_ShardStream):
                     n_read += 1
                     seen_subjects.add(sample.subject)
                     t, s = len(sample.frames), self.frames_per_sequence
-                    yield select_frames(sample, rng.choice(t, s, replace=t < s))  # fixed_unordered, spec §7.1
+                    yield select_frames(sample, rng.choice(t, s, replace=t < s))  # OpenGait's `fixed_unordered` sampling
             if n_read == 0:
                 names = [Path(self.shards[i].path).name for i in mine]
                 raise CorruptDataError(
@@ -371,7 +371,7 @@ class TrainStream(_ShardStream):
         rng = np.random.default_rng(seq)
         transforms = [A.HorizontalFlip(p=self.flip_prob)]
         if self.color_jitter > 0:
-            # Not in the paper recipe (spec §3.2): an option that makes clothing colour useless for identity
+            # Not in the paper recipe (OpenGait `configs/biggait/BigGait_CCPG.yaml`): an option that makes clothing colour useless for identity
             # (hue rotation + channel shuffle, value untouched so the black pad stays black).
             transforms += [
                 A.HueSaturationValue(
@@ -413,7 +413,7 @@ class TrainStream(_ShardStream):
             pick = rng.choice(len(items), self.K, replace=False)
             chosen, taken = [items[i] for i in pick], set(pick.tolist())
             rest = [x for i, x in enumerate(items) if i not in taken]
-        else:  # fewer than K: take them all, K with replacement (spec §7.1 TripletSampler)
+        else:  # fewer than K: take them all, K with replacement (OpenGait `TripletSampler`, `opengait/data/sampler.py`)
             chosen, rest = items, []
         if rest:
             buffer[subject] = rest
@@ -435,7 +435,7 @@ class TrainStream(_ShardStream):
         picks = list(range(len(decoded)))
         if len(picks) < self.K:
             picks += rng.choice(len(decoded), self.K - len(picks), replace=True).tolist()
-        # One flip (and colour) decision per sequence, the same for all its frames (spec §3.2).
+        # One flip (and colour) decision per sequence, the same for all its frames (OpenGait `configs/biggait/BigGait_CCPG.yaml`).
         return [(decoded[i][0], flip(images=decoded[i][1])["images"]) for i in picks]
 
     def _collate(self, batch: list[tuple[RawSample, np.ndarray]]) -> dict[str, Any]:
@@ -454,7 +454,7 @@ class TrainStream(_ShardStream):
 
 
 class EvalStream(_ShardStream):
-    """Every sequence of the consumer's shards exactly once, frames in order, truncated to `frames_limit` (spec §8)."""
+    """Every sequence of the consumer's shards exactly once, frames in order, truncated to `frames_limit` (OpenGait's `all_ordered` test sampling)."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""Shard writer and manifest reader: one webdataset tar sample per gait sequence (engineering notes §B)."""
+"""Shard writer and manifest reader: one webdataset tar sample per gait sequence."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ __all__ = [
 
 FORMAT_VERSION = 1
 # Chosen by bench/bench_image_formats.py (README, "Shards, manifest and the streaming DataModule"): PNG is lossless (bit-exact with the official
-# uint8 pickles, spec §3.1) and decodes fast enough; JPEG q95 is 3x smaller and 2x faster to decode.
+# uint8 pickles, OpenGait `datasets/pretreatment_rgb.py`) and decodes fast enough; JPEG q95 is 3x smaller and 2x faster to decode.
 IMAGE_FORMATS = ("png", "jpg")
 MANIFEST = "manifest.json"
 SKIP_REPORT = "skipped.json"
@@ -56,7 +56,7 @@ def silhouette_field(index: int) -> str:
 
 
 def sample_key(index: int, record: SequenceRecord) -> str:
-    """Tar key without dots (webdataset splits the key at the first dot, engineering notes §B)."""
+    """Tar key without dots (webdataset splits the key at the first dot)."""
     raw = f"{index:08d}_{record.subject}_{record.seq_type}_{record.view}"
     return re.sub(r"[^A-Za-z0-9_-]", "-", raw)
 

@@ -1,4 +1,4 @@
-"""CCPG raw RGB person crops `<id>/<type>/<view>/*.jpg|png` -> 256x128 pad-and-resized shards (spec §3.1)."""
+"""CCPG raw RGB person crops `<id>/<type>/<view>/*.jpg|png` -> 256x128 pad-and-resized shards (OpenGait `datasets/pretreatment_rgb.py`)."""
 
 from __future__ import annotations
 
@@ -45,13 +45,13 @@ LAYOUT = RawLayout(
 
 
 def split_of(subject: str) -> str | None:
-    """Train ids 000-099, test 100-199 (spec §8, §10)."""
+    """Train ids 000-099, test 100-199 (OpenGait `opengait/evaluation/evaluator.py`, `opengait/data/dataset.py`)."""
     i = int(subject)
     return "train" if i < 100 else "test" if i < 200 else None
 
 
 def pad_and_resize(bgr: np.ndarray, *, height: int = 256, width: int = 128) -> np.ndarray:
-    """Official offline pad-and-resize (spec §3.1): aspect-kept resize to `height`, centred on black or cropped.
+    """Official offline pad-and-resize (OpenGait `datasets/pretreatment_rgb.py`): aspect-kept resize to `height`, centred on black or cropped.
 
     Takes a cv2 BGR crop, returns RGB uint8 [height, width, 3].
     """
@@ -79,7 +79,7 @@ def load_sequence(spec: SeqSpec, *, notes: str | None = None) -> SequenceRecord 
             skipped.append(path.name)
             continue
         frames.append(pad_and_resize(bgr, height=FRAME_SIZE[0], width=FRAME_SIZE[1]))
-        ratios.append(bgr.shape[1] / bgr.shape[0])  # w/h of the original crop (spec §3.1 step 4)
+        ratios.append(bgr.shape[1] / bgr.shape[0])  # w/h of the original crop (OpenGait `datasets/pretreatment_rgb.py`)
     note_skipped_frames(spec, notes, skipped)
     if not frames:
         return None

@@ -141,7 +141,7 @@ def discover(raw: str | os.PathLike, layout: RawLayout) -> tuple[list[SeqSpec], 
 
 
 def read_partition(path: str | os.PathLike) -> tuple[set[str], set[str]]:
-    """`TRAIN_SET` / `TEST_SET` id lists from an OpenGait partition JSON (spec §10)."""
+    """`TRAIN_SET` / `TEST_SET` id lists from an OpenGait partition JSON (OpenGait `opengait/data/dataset.py`)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())

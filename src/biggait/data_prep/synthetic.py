@@ -1,7 +1,7 @@
 """The synthetic gait world: procedural walkers rendered as CCPG-style RGB person crops (data_prep/README.md).
 
 Identity = latent body shape + gait style; nuisance per sequence = outfit, bag, background, lighting,
-scale/position jitter, start phase and length. Naming and protocol follow CCPG (spec §8.1).
+scale/position jitter, start phase and length. Naming and protocol follow CCPG (OpenGait `evaluate_CCPG`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ __all__ = [
     "render_sequence",
 ]
 
-# Every type the CCPG protocol reads (spec §8.1): U = upper outfit state, D = lower, _BG = carrying a bag.
+# Every type the CCPG protocol reads (OpenGait `evaluate_CCPG`): U = upper outfit state, D = lower, _BG = carrying a bag.
 CCPG_TYPES = ("U0_D0", "U0_D0_BG", "U1_D0", "U1_D1", "U2_D2", "U3_D3", "U0_D3")
 
 # Label-map ids of the drawn parts (0 = background).
@@ -251,7 +251,7 @@ def _textures(cfg: SyntheticConfig, spec: tuple[int, str, int, int], size: int) 
 
 
 def pad_and_resize(crop: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """CCPG's offline pad-and-resize (spec §3.1): height to H keeping aspect, centred on black width W or centre-cropped."""
+    """CCPG's offline pad-and-resize (OpenGait `datasets/pretreatment_rgb.py`): height to H keeping aspect, centred on black width W or centre-cropped."""
     h_out, w_out = size
     h, w = crop.shape[:2]
     new_w = max(1, int(w * h_out / h))

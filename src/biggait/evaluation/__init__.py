@@ -1,4 +1,4 @@
-"""Gait retrieval evaluation: OpenGait's protocols (spec §8) with bounded memory."""
+"""Gait retrieval evaluation: OpenGait's protocols (OpenGait `opengait/evaluation/evaluator.py`) with bounded memory."""
 
 from .distance import part_euclidean
 from .metric import GaitRetrievalMetric

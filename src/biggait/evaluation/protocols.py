@@ -1,4 +1,4 @@
-"""The gait evaluation protocols of OpenGait's evaluator (spec §8), vectorised and memory-bounded."""
+"""The gait evaluation protocols of OpenGait's evaluator (OpenGait `opengait/evaluation/evaluator.py`), vectorised and memory-bounded."""
 
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ class Protocol:
     conditions: dict[
         str, tuple[tuple[str, ...], tuple[str, ...]]
     ]  # condition -> (probe types, gallery types)
-    substring_types: bool = False  # SUSTech1K matches types by substring (spec §8.3)
-    view_prefix: bool = False  # CCPG: view = folder name before the first "_" (spec §8.1)
+    substring_types: bool = False  # SUSTech1K matches types by substring (OpenGait `evaluate_indoor_dataset`)
+    view_prefix: bool = False  # CCPG: view = folder name before the first "_" (OpenGait `evaluate_CCPG`)
     ranks: int = 1  # cumulative ranks reported (SUSTech1K: rank-1 and rank-5)
-    reid: bool = False  # CCPG also reports the ReID protocol (spec §8.1)
+    reid: bool = False  # CCPG also reports the ReID protocol (OpenGait `evaluate_CCPG`)
 
 
 _CCPG = Protocol(
@@ -250,5 +250,5 @@ def evaluate(
     types: Sequence[str],
     views: Sequence[str],
 ) -> dict[str, float]:
-    """Flat dict of percentages, e.g. {"CL": .., "UP": .., "reid/CL/mAP": ..} for CCPG (spec §8)."""
+    """Flat dict of percentages, e.g. {"CL": .., "UP": .., "reid/CL/mAP": ..} for CCPG (OpenGait `opengait/evaluation/evaluator.py`)."""
     return evaluate_detailed(protocol, embeddings, labels, types, views).metrics

@@ -1,4 +1,4 @@
-"""BigGait: frozen DINOv2 -> Gait Representation Extractor -> GaitBase head (spec §1)."""
+"""BigGait: frozen DINOv2 -> Gait Representation Extractor -> GaitBase head (paper Sec. 3; OpenGait `opengait/modeling/models/BigGait.py`)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def _official_init(module: nn.Module) -> None:
 
 
 def _upsample(x: torch.Tensor, size: tuple[int, int], *, max_elements: int = 2**31 - 1) -> torch.Tensor:
-    """Bilinear resize of [N, C, h, w] maps (spec §2), in frame chunks below CUDA's INT_MAX-element limit."""
+    """Bilinear resize of [N, C, h, w] maps (the upsampling in OpenGait `BigGait__Dinov2_Gaitbase.forward`), in frame chunks below CUDA's INT_MAX-element limit."""
     per_frame = x.shape[1] * size[0] * size[1]
     chunk = max(1, max_elements // per_frame)
     parts = [F.interpolate(c, size=size, mode="bilinear", align_corners=False) for c in x.split(chunk)]
@@ -149,18 +149,18 @@ class BigGait(nn.Module):
     def train(self, mode: bool = True) -> BigGait:
         super().train(mode)
         if not self.backbone_trainable:
-            self.backbone.eval()  # spec §2: frozen, eval
+            self.backbone.eval()  # frozen, as OpenGait `BigGait__Dinov2_Gaitbase.init_parameters`
         if self._mask_branch_frozen:
-            self.mask_branch.eval()  # spec §4.1: dropout off, running BN stats after the freeze
+            self.mask_branch.eval()  # OpenGait `BigGait__Dinov2_Gaitbase.forward`, iteration 500: dropout off, running BN stats after the freeze
         return self
 
     @property
     def mask_branch_frozen(self) -> bool:
-        """Whether the mask branch is frozen (eval, no gradients), spec §4.1."""
+        """Whether the mask branch is frozen (eval, no gradients), OpenGait `BigGait__Dinov2_Gaitbase.forward`, iteration 500."""
         return self._mask_branch_frozen
 
     def freeze_mask_branch(self) -> list[nn.Parameter]:
-        """Freeze the mask branch (spec §4.1); returns its parameters so the optimizer can drop them."""
+        """Freeze the mask branch (OpenGait `BigGait__Dinov2_Gaitbase.forward`, iteration 500); returns its parameters so the optimizer can drop them."""
         self._mask_branch_frozen = True
         self.mask_branch.requires_grad_(False)
         self.mask_branch.eval()
@@ -211,7 +211,7 @@ class BigGait(nn.Module):
             last_map = _upsample(f_last, self.map_size)
             mid4_map = _upsample(f_mid4, self.map_size)
         valid = valid_region_mask(r, self.map_size).to(frames.device) > 0
-        # mask branch on the valid pixels (spec §4)
+        # mask branch on the valid pixels (paper Sec. 3; OpenGait `BigGait.py`)
         mask_out, shape_mse = self.mask_branch(gather_pixels(last_map, valid))
         mask_probs = scatter_pixels(mask_out, valid)
         foreground_prob, foreground = select_foreground(mask_probs.detach())
@@ -236,14 +236,14 @@ class BigGait(nn.Module):
         }
 
     def gre_losses(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The four weighted GRE auxiliary losses (spec §4.5)."""
+        """The four weighted GRE auxiliary losses (OpenGait `BigGait__Dinov2_Gaitbase.forward`)."""
         denoising = features["denoising"].flatten(0, 1)
         losses = {
             "shape_mse": features["shape_mse"],
             "shape_connect": shape_connect_loss(
                 features["mask_probs"].flatten(0, 1), layout=self.shape_connect_layout
             ),
-            "part_connect": sobel_connect_loss(denoising[:, :-1]),  # spec §4.5: last channel dropped
+            "part_connect": sobel_connect_loss(denoising[:, :-1]),  # OpenGait `connect_loss` on the denoising map: last channel dropped
             "part_diversity": diversity_loss(denoising),
         }
         return {k: v * GRE_LOSS_WEIGHTS[k] for k, v in losses.items()}
@@ -255,7 +255,7 @@ class BigGait(nn.Module):
         rate: float = 0.2,
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Black DA (spec §4.4), out of place: returns a new features dict."""
+        """Black DA (OpenGait `BigGait__Dinov2_Gaitbase.forward`), out of place: returns a new features dict."""
         denoising, appearance = black_da(
             features["denoising"], features["appearance"], rate=rate, generator=generator
         )

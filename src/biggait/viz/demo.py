@@ -31,7 +31,7 @@ def tiny_random_model(*, seed: int = 0) -> torch.nn.Module:
         return BigGait(**TINY_MODEL).eval()
 
 
-# CCPG naming (spec §8.1), so the CCPG protocol and the comparison trio (two outfits of one person) work.
+# CCPG naming (OpenGait `evaluate_CCPG`), so the CCPG protocol and the comparison trio (two outfits of one person) work.
 DEMO_TYPES = ("U0_D0", "U0_D0_BG", "U1_D0", "U1_D1", "U2_D2", "U3_D3", "U0_D3")
 DEMO_VIEWS = ("1_0", "2_90")
 
