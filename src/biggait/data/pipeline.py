@@ -512,7 +512,7 @@ class EvalStream(_ShardStream):
         ratios = torch.zeros(n, longest, dtype=torch.float32)
         for i, (sample, f, _) in enumerate(items):
             frames[i, : len(f)] = torch.from_numpy(f).permute(0, 3, 1, 2)
-            # Padding repeats the last ratio so a padded frame is still a valid input to padding_resize (§3.3).
+            # Padding repeats the last ratio so a padded frame is still a valid input to padding_resize (OpenGait `BigGait.py`, `padding_resize`).
             ratios[i] = float(sample.ratios[-1])
             ratios[i, : len(f)] = torch.from_numpy(sample.ratios)
         batch = {

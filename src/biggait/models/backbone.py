@@ -203,7 +203,7 @@ class DinoV2Backbone(nn.Module):
         if str(source) != "hub":
             kwargs["pretrained_cfg_overlay"] = {"file": str(source)}
             mask_token = payload.get("mask_token") if isinstance(payload, dict) else None
-        # Built at the native 518 size so timm's converter keeps the 37x37 table untouched (notes §D).
+        # Built at the native 518 size so timm's converter keeps the 37x37 table untouched.
         ref = timm.create_model(f"{self.timm_name}.lvd142m", pretrained=True, num_classes=0, **kwargs)
         state = ref.state_dict()
         pos_embed = state.pop("pos_embed")
