@@ -15,7 +15,7 @@ from biggait.callbacks import FeatureMapLogger
 
 
 class _StandInModel(nn.Module):
-    """A small real network with BigGait's `forward_features` contract (docs/design.md)."""
+    """A small real network with BigGait's `forward_features` contract (docs/8_design.md)."""
 
     def __init__(self, map_size=(16, 8)) -> None:
         super().__init__()

@@ -66,7 +66,7 @@ class GaitDataModule(L.LightningDataModule):
                 raw = "" if self.dataset == "synthetic" else f" RAW=/path/to/your/{self.dataset}"
                 raise DatasetNotFoundError(
                     f"dataset root {self.root} does not exist; build it with "
-                    f"`make data DATASET={self.dataset}{raw} OUT={self.root}` (see README, Data preparation)"
+                    f"`make data DATASET={self.dataset}{raw} OUT={self.root}` (see docs/1_data.md)"
                 )
             self._manifests[split] = read_manifest(self.root / split, dataset=self.dataset)
         return self._manifests[split]

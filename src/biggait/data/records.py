@@ -1,4 +1,4 @@
-"""One gait sequence as every dataset builder hands it to the shard writer (docs/design.md)."""
+"""One gait sequence as every dataset builder hands it to the shard writer (docs/8_design.md)."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-# Chosen by bench/bench_image_formats.py (README, "Shards, manifest and the streaming DataModule"): PNG is lossless (bit-exact with the official
+# Chosen by bench/bench_image_formats.py (docs/1_data.md, "Image format"): PNG is lossless (bit-exact with the official
 # uint8 pickles, OpenGait `datasets/pretreatment_rgb.py`) and decodes fast enough; JPEG q95 is 3x smaller and 2x faster to decode.
 IMAGE_FORMATS = ("png", "jpg")
 MANIFEST = "manifest.json"

@@ -191,7 +191,7 @@ def probe(specs: Sequence[SeqSpec], load: Callable[[SeqSpec], Any], *, dataset: 
             reasons.append(f"{type(exc).__name__}: {exc}")
     raise CorruptDataError(
         f"{dataset}: none of the first {len(reasons)} sequences could be read, so the RAW files do not have the "
-        f"expected content (see the README section 'Real datasets'):\n  " + "\n  ".join(reasons)
+        f"expected content (see docs/1_data.md, 'Real datasets'):\n  " + "\n  ".join(reasons)
     )
 
 
@@ -212,7 +212,7 @@ def prepare_dataset(
 ) -> dict[str, Any]:
     """Split `specs` by subject, write each split's shards and `<out>/conversion_report.json`; returns the report.
 
-    Training shards are shuffled (seeded), test shards keep the sorted order (docs/design.md).
+    Training shards are shuffled (seeded), test shards keep the sorted order (docs/8_design.md).
     """
     out = Path(out)
     probe(specs, load, dataset=dataset)
@@ -266,7 +266,7 @@ def build_parser(name: str, doc: str) -> argparse.ArgumentParser:
     """The options every converter takes; dataset modules add their own."""
     parser = argparse.ArgumentParser(prog=f"python -m biggait.data_prep {name}", description=doc)
     parser.add_argument(
-        "--raw", required=True, help="your copy of the raw dataset (see the README section 'Real datasets')"
+        "--raw", required=True, help="your copy of the raw dataset (see docs/1_data.md, 'Real datasets')"
     )
     parser.add_argument("--out", required=True, help="output folder for <split>/*.tar + manifest.json")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))

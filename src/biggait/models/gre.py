@@ -110,7 +110,7 @@ def shape_connect_loss(
 ) -> torch.Tensor:
     """Sobel loss on the 2-channel mask probabilities [B, 2, h, w] (OpenGait `BigGait__Dinov2_Gaitbase.connect_loss`)."""
     if layout == "faithful":
-        # quirk of OpenGait `BigGait__Dinov2_Gaitbase.forward` (docs/fidelity.md): the pixel-major [B*h*w, 2] buffer is viewed as [B, 2, h, w] without a permute
+        # quirk of OpenGait `BigGait__Dinov2_Gaitbase.connect_loss` (docs/fidelity.md): the pixel-major [B*h*w, 2] buffer is viewed as [B, 2, h, w] without a permute
         b, c, h, w = mask_probs.shape
         mask_probs = mask_probs.permute(0, 2, 3, 1).reshape(b, c, h, w)
     elif layout != "fixed":
