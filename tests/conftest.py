@@ -15,7 +15,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ["WANDB_MODE"] = os.environ.get("BIGGAIT_TEST_WANDB_MODE", "disabled")
 
-CCPG_TYPES = ("U0_D0", "U0_D0_BG", "U1_D0", "U1_D1", "U2_D2", "U3_D3", "U0_D3")
 CCPG_VIEWS = ("1_0", "2_90")
 
 
@@ -45,6 +44,7 @@ def _load(spec):
 def write_tiny_dataset(root: Path, *, train_ids: int = 6, test_ids: int = 4, shard_size: int = 8) -> Path:
     """Train ids 000.., test ids after; every CCPG type x 2 views; 64x32 frames with silhouettes."""
     from biggait.data.shards import write_shards
+    from biggait.evaluation.protocols import CCPG_TYPES
 
     for split, ids in (("train", range(train_ids)), ("test", range(train_ids, train_ids + test_ids))):
         specs = [(i, t, v) for i in ids for t in CCPG_TYPES for v in CCPG_VIEWS]

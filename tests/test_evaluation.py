@@ -241,3 +241,10 @@ def test_results_do_not_depend_on_input_order_even_with_ties() -> None:
         "ccpg", emb[perm], [subj[i] for i in perm], [types[i] for i in perm], [views[i] for i in perm]
     )
     assert got == want
+
+
+def test_ccpg_type_list_is_exactly_what_the_protocol_reads() -> None:
+    from biggait.evaluation.protocols import CCPG_TYPES, PROTOCOLS
+
+    read = {t for probe, gallery in PROTOCOLS["ccpg"].conditions.values() for t in (*probe, *gallery)}
+    assert len(CCPG_TYPES) == len(set(CCPG_TYPES)) and set(CCPG_TYPES) == read

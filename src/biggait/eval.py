@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import hydra
@@ -10,7 +11,15 @@ from omegaconf import DictConfig
 
 from biggait.errors import ConfigError, exit_on_error
 from biggait.lit_module import BigGaitModule
-from biggait.train import instantiate_callbacks, instantiate_loggers
+from biggait.train import (
+    instantiate_callbacks,
+    instantiate_loggers,
+    record_run_config,
+    run_directory,
+    send_lightning_logs_to_the_run_log,
+)
+
+log = logging.getLogger(__name__)
 
 __all__ = ["evaluate_checkpoint"]
 
@@ -24,20 +33,26 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
             "or one converted with `python -m biggait.compat.opengait IN OUT`)"
         )
     L.seed_everything(cfg.seed, workers=True)
+    record_run_config(cfg)
     datamodule = hydra.utils.instantiate(cfg.data)
     # The protocol follows the evaluation data, not the training data (cross-dataset tables).
     module = BigGaitModule.load_from_checkpoint(ckpt, map_location="cpu", protocol=cfg.data.protocol)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    trainer.test(module, datamodule=datamodule)
+    trainer.test(module, datamodule=datamodule, verbose=False)  # EvaluationReport prints the table
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    with exit_on_error():
-        evaluate_checkpoint(cfg)
+    send_lightning_logs_to_the_run_log()
+    log.info("run directory: %s", run_directory())
+    try:
+        with exit_on_error():
+            evaluate_checkpoint(cfg)
+    finally:
+        log.info("run directory: %s", run_directory())
 
 
 if __name__ == "__main__":

@@ -9,13 +9,53 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from biggait.errors import ConfigError, exit_on_error
+from biggait.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train", "build_shards_if_missing", "instantiate_callbacks", "instantiate_loggers"]
+__all__ = [
+    "train",
+    "build_shards_if_missing",
+    "instantiate_callbacks",
+    "instantiate_loggers",
+    "run_directory",
+    "record_run_config",
+    "send_lightning_logs_to_the_run_log",
+]
+
+
+def run_directory() -> Path | None:
+    """The directory of the current Hydra run (None outside one, e.g. when `train` is called from Python)."""
+    return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+
+
+def send_lightning_logs_to_the_run_log() -> None:
+    """Let Lightning's messages reach the handlers Hydra put on the root logger (console and `<task>.log`).
+
+    Lightning gives its loggers their own console handler when it is imported before logging is configured
+    (it is, by our imports), which keeps its messages out of the run's log file.
+    """
+    if not logging.getLogger().handlers:
+        return
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        logger.propagate = True
+
+
+def record_run_config(cfg: DictConfig) -> None:
+    """Log the resolved configuration as a tree and save it as `<run dir>/config.yaml`."""
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    log.info("resolved configuration:\n%s", text.rstrip())
+    out = run_directory()
+    if out is not None:
+        atomic_write_bytes(out / "config.yaml", text.encode())
 
 
 def build_shards_if_missing(cfg: DictConfig) -> None:
@@ -68,6 +108,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 f"{num_classes} identities: drop the override or fix the dataset"
             )
         cfg.model.model.num_classes = num_classes
+    record_run_config(cfg)
     module = hydra.utils.instantiate(cfg.model, _convert_="all")
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
@@ -81,15 +122,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test_after_fit", True):
-        trainer.test(module, datamodule=datamodule)
+        trainer.test(module, datamodule=datamodule, verbose=False)  # EvaluationReport prints the table
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    with exit_on_error():
-        train(cfg)
+    send_lightning_logs_to_the_run_log()
+    log.info("run directory: %s", run_directory())
+    try:
+        with exit_on_error():
+            train(cfg)
+    finally:
+        log.info("run directory: %s", run_directory())
 
 
 if __name__ == "__main__":

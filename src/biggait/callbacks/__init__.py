@@ -1,8 +1,8 @@
 """Lightning callbacks of the training loop: each owns one concern."""
 
-from .feature_maps import FeatureMapLogger
-from .mask_schedule import MaskBranchSchedule
-from .report import EvaluationReport
-from .throughput import TrainThroughput
+from biggait.callbacks.feature_maps import FeatureMapLogger
+from biggait.callbacks.mask_schedule import MaskBranchSchedule
+from biggait.callbacks.report import EvaluationReport
+from biggait.callbacks.throughput import TrainThroughput
 
 __all__ = ["EvaluationReport", "FeatureMapLogger", "MaskBranchSchedule", "TrainThroughput"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from lightning import Callback, LightningModule, Trainer
@@ -10,6 +11,8 @@ from lightning.pytorch.loggers import WandbLogger
 from biggait.evaluation.report import rank1_heatmap, results_markdown, save_figure, write_results_json
 
 __all__ = ["EvaluationReport"]
+
+log = logging.getLogger(__name__)
 
 
 class EvaluationReport(Callback):
@@ -35,7 +38,11 @@ class EvaluationReport(Callback):
         table = results_markdown(metrics, protocol)
         if extra:
             table += "\n" + "\n".join(f"{k}: {v:.2f}" for k, v in extra.items())
-        print(f"\n{stage} results ({protocol}, step {step}):\n{table}\n", flush=True)
+        message = f"{stage} results ({protocol}, step {step}):\n{table}"
+        if logging.getLogger().handlers:  # a configured run (Hydra): console and the run's log file
+            log.info(message)
+        else:
+            print(f"\n{message}\n", flush=True)
         (out_dir / "results.md").write_text(table + "\n")
         wandb = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
         if not self.heatmaps:

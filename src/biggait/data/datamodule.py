@@ -146,6 +146,7 @@ class GaitDataModule(L.LightningDataModule):
             silhouettes=hp.load_silhouettes,
             rank=self.rank,
             world_size=self.world_size,
+            num_workers=hp.num_workers,
         )
 
     def _loader(self, dataset: TrainStream | EvalStream, *, persistent: bool) -> DataLoader:

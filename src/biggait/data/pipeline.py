@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import tarfile
 import warnings
@@ -315,7 +316,8 @@ class TrainStream(_ShardStream):
             raise ConfigError(f"color_jitter must be in [0, 1], got {color_jitter}")
         self.color_jitter = color_jitter
         self.labels = dict(labels)
-        self.frames_per_sequence, self.P, self.K = frames_per_sequence, ids_per_batch, seqs_per_id
+        self.frames_per_sequence = frames_per_sequence
+        self.ids_per_batch, self.seqs_per_id = ids_per_batch, seqs_per_id  # P x K
         self.steps_per_epoch, self.flip_prob = steps_per_epoch, flip_prob
         self.shuffle_buffer = max(shuffle_buffer, ids_per_batch * seqs_per_id)
 
@@ -342,7 +344,7 @@ class TrainStream(_ShardStream):
             self.shards, rank=self.rank, world_size=self.world_size, worker=worker, num_workers=num_workers
         )
         offsets, seen_subjects = self._offsets(), set()
-        for epoch in range(2**62):  # endless: a new seeded shard order every pass
+        for epoch in itertools.count():  # endless: a new seeded shard order every pass
             n_read = 0
             for index in rng.permutation(mine):
                 for sample in self._read_shard(int(index), keep, consumer, offsets[index]):
@@ -360,10 +362,10 @@ class TrainStream(_ShardStream):
                 raise CorruptDataError(
                     f"rank {self.rank} worker {worker}: no readable training sample in {names}"
                 )
-            if epoch == 0 and len(seen_subjects) < self.P:
+            if epoch == 0 and len(seen_subjects) < self.ids_per_batch:
                 raise ConfigError(
                     f"rank {self.rank} worker {worker} sees {len(seen_subjects)} identities, fewer than "
-                    f"ids_per_batch={self.P}; lower ids_per_batch or write more shards (smaller --shard-size)"
+                    f"ids_per_batch={self.ids_per_batch}; lower ids_per_batch or write more shards (smaller --shard-size)"
                 )
 
     def _batches(self, worker: int, num_workers: int, epoch: int = 0) -> Iterator[dict[str, Any]]:
@@ -379,38 +381,38 @@ class TrainStream(_ShardStream):
                 ),
                 A.ChannelShuffle(p=self.color_jitter),
             ]
-        flip = A.Compose(transforms, seed=int(seq.generate_state(1)[0]))
+        sequence_augment = A.Compose(transforms, seed=int(seq.generate_state(1)[0]))
         samples = self._samples(worker, num_workers, rng)
         buffer: dict[str, list[RawSample]] = {}
         size = 0
         while True:
-            while size < self.shuffle_buffer or len(buffer) < self.P:
+            while size < self.shuffle_buffer or len(buffer) < self.ids_per_batch:
                 sample = next(samples)
                 buffer.setdefault(sample.subject, []).append(sample)
                 size += 1
             batch: list[tuple[RawSample, np.ndarray]] = []
             used: set[str] = set()
-            while len(batch) < self.P * self.K:
+            while len(batch) < self.ids_per_batch * self.seqs_per_id:
                 candidates = [s for s in buffer if s not in used]
                 if not candidates:  # every decodable identity used: read more (only after bad data)
                     sample = next(samples)
                     buffer.setdefault(sample.subject, []).append(sample)
                     size += 1
                     continue
-                full = [s for s in candidates if len(buffer[s]) >= self.K]
+                full = [s for s in candidates if len(buffer[s]) >= self.seqs_per_id]
                 subject = full[rng.integers(len(full))] if full else candidates[rng.integers(len(candidates))]
                 used.add(subject)
                 group = self._take(buffer, subject, rng)
                 size = sum(len(v) for v in buffer.values())
-                batch.extend(self._decode_group(group, rng, flip))
+                batch.extend(self._decode_group(group, rng, sequence_augment))
             yield self._collate(batch)
 
     def _take(
         self, buffer: dict[str, list[RawSample]], subject: str, rng: np.random.Generator
     ) -> list[RawSample]:
         items = buffer[subject]
-        if len(items) >= self.K:
-            pick = rng.choice(len(items), self.K, replace=False)
+        if len(items) >= self.seqs_per_id:
+            pick = rng.choice(len(items), self.seqs_per_id, replace=False)
             chosen, taken = [items[i] for i in pick], set(pick.tolist())
             rest = [x for i, x in enumerate(items) if i not in taken]
         else:  # fewer than K: take them all, K with replacement (OpenGait `TripletSampler`, `opengait/data/sampler.py`)
@@ -422,7 +424,7 @@ class TrainStream(_ShardStream):
         return chosen
 
     def _decode_group(
-        self, group: list[RawSample], rng: np.random.Generator, flip: A.Compose
+        self, group: list[RawSample], rng: np.random.Generator, sequence_augment: A.Compose
     ) -> list[tuple[RawSample, np.ndarray]]:
         decoded = []
         for sample in group:
@@ -433,10 +435,10 @@ class TrainStream(_ShardStream):
         if not decoded:
             return []
         picks = list(range(len(decoded)))
-        if len(picks) < self.K:
-            picks += rng.choice(len(decoded), self.K - len(picks), replace=True).tolist()
+        if len(picks) < self.seqs_per_id:
+            picks += rng.choice(len(decoded), self.seqs_per_id - len(picks), replace=True).tolist()
         # One flip (and colour) decision per sequence, the same for all its frames (OpenGait `configs/biggait/BigGait_CCPG.yaml`).
-        return [(decoded[i][0], flip(images=decoded[i][1])["images"]) for i in picks]
+        return [(decoded[i][0], sequence_augment(images=decoded[i][1])["images"]) for i in picks]
 
     def _collate(self, batch: list[tuple[RawSample, np.ndarray]]) -> dict[str, Any]:
         frames = torch.from_numpy(
@@ -466,8 +468,10 @@ class EvalStream(_ShardStream):
         silhouettes: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        num_workers: int = 0,
     ) -> None:
         super().__init__(shards, rank=rank, world_size=world_size)
+        self.num_workers = num_workers  # the DataLoader's: how this rank's sequences are dealt out
         if batch_size < 1 or (frames_limit is not None and frames_limit < 1):
             raise ConfigError(
                 f"eval batch_size ({batch_size}) and frames_limit ({frames_limit}) must be >= 1"
@@ -504,6 +508,21 @@ class EvalStream(_ShardStream):
             # One batch is held back so skips found after it (a truncated last shard) are still counted.
             ready["n_skipped"] += self._take_skipped()
             yield ready
+
+    def __len__(self) -> int:
+        """Batches this rank yields, counted from the manifest (so progress bars know their total)."""
+        workers, batches = max(self.num_workers, 1), 0
+        total = sum(shard.n_samples for shard in self.shards)
+        for worker in range(workers):
+            mine, keep, consumer = consumer_split(
+                self.shards, rank=self.rank, world_size=self.world_size, worker=worker, num_workers=workers
+            )
+            if keep is None:
+                count = sum(self.shards[index].n_samples for index in mine)
+            else:
+                count = len(range(consumer, total, keep))
+            batches += -(-count // self.batch_size)
+        return batches
 
     def _collate(self, items: list[tuple[RawSample, np.ndarray, np.ndarray | None]]) -> dict[str, Any]:
         n, longest = len(items), max(len(f) for _, f, _ in items)

@@ -20,6 +20,7 @@ import numpy as np
 from biggait.data.records import SequenceRecord
 from biggait.data.shards import write_shards
 from biggait.errors import ConfigError
+from biggait.evaluation.protocols import CCPG_TYPES
 
 __all__ = [
     "CCPG_TYPES",
@@ -33,8 +34,6 @@ __all__ = [
     "render_sequence",
 ]
 
-# Every type the CCPG protocol reads (OpenGait `evaluate_CCPG`): U = upper outfit state, D = lower, _BG = carrying a bag.
-CCPG_TYPES = ("U0_D0", "U0_D0_BG", "U1_D0", "U1_D1", "U2_D2", "U3_D3", "U0_D3")
 
 # Label-map ids of the drawn parts (0 = background).
 _SKIN, _HAIR, _UPPER, _LOWER, _SHOE, _BAG = 1, 2, 3, 4, 5, 6

@@ -10,8 +10,7 @@ import numpy as np
 import torch
 
 from biggait.errors import BiggaitError
-
-from .distance import iter_distance_rows
+from biggait.evaluation.distance import iter_distance_rows
 
 __all__ = ["PROTOCOLS", "EvaluationResult", "Protocol", "ProtocolError", "evaluate", "evaluate_detailed"]
 
@@ -33,6 +32,10 @@ class Protocol:
     ranks: int = 1  # cumulative ranks reported (SUSTech1K: rank-1 and rank-5)
     reid: bool = False  # CCPG also reports the ReID protocol (OpenGait `evaluate_CCPG`)
 
+
+# The CCPG types the protocol reads (U = upper outfit state, D = lower, _BG = carrying a bag), in the order
+# the synthetic world and the demo walkers enumerate them (their seeds depend on it): the one copy.
+CCPG_TYPES = ("U0_D0", "U0_D0_BG", "U1_D0", "U1_D1", "U2_D2", "U3_D3", "U0_D3")
 
 _CCPG = Protocol(
     name="ccpg",

@@ -1,9 +1,9 @@
 """BigGait model: DINOv2 backbone, Gait Representation Extractor, GaitBase head."""
 
-from .backbone import BACKBONE_PRESETS, DinoV2Backbone, interpolate_pos_embed, mid4_indices
-from .biggait import BigGait, MaskBranchFileError
-from .gaitbase import GaitBaseHead
-from .gre import DistillationBranch, black_da, select_foreground
+from biggait.models.backbone import BACKBONE_PRESETS, DinoV2Backbone, interpolate_pos_embed, mid4_indices
+from biggait.models.biggait import BigGait, MaskBranchFileError
+from biggait.models.gaitbase import GaitBaseHead
+from biggait.models.gre import DistillationBranch, black_da, select_foreground
 
 __all__ = [
     "BACKBONE_PRESETS",

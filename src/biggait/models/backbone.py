@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from biggait.errors import CorruptDataError
+
 __all__ = [
     "BACKBONE_FILE_FORMAT",
     "BACKBONE_PRESETS",
@@ -30,7 +32,7 @@ BACKBONE_FILE_FORMAT = "biggait-backbone/1"
 SYNTHETIC_LVM_FILE = Path(__file__).resolve().parent.parent / "assets" / "synthetic_lvm_tiny.pt"
 
 
-class BackboneFileError(ValueError):
+class BackboneFileError(CorruptDataError):
     """A backbone weights file that does not fit the backbone being built."""
 
 

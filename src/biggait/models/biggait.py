@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from biggait.compat.names import branch_key_to_ours
 from biggait.errors import BiggaitError
-
-from .backbone import DinoV2Backbone
-from .gaitbase import GaitBaseHead
-from .gre import (
+from biggait.models.backbone import DinoV2Backbone
+from biggait.models.gaitbase import GaitBaseHead
+from biggait.models.gre import (
     GRE_LOSS_WEIGHTS,
     DistillationBranch,
     black_da,
@@ -24,7 +24,7 @@ from .gre import (
     shape_connect_loss,
     sobel_connect_loss,
 )
-from .input import prepare_images, valid_region_mask
+from biggait.models.input import prepare_images, valid_region_mask
 
 __all__ = ["BigGait", "MaskBranchFileError"]
 
@@ -168,8 +168,6 @@ class BigGait(nn.Module):
 
     def load_mask_branch(self, path: str | Path, *, freeze: bool = True) -> list[nn.Parameter]:
         """Load a `{'model': state_dict}` file such as MaskBranch_vits14.pt strictly (official names)."""
-        from biggait.compat.opengait import branch_key_to_ours
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"mask-branch file not found: {path}")

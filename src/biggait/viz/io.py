@@ -14,8 +14,7 @@ from matplotlib.figure import Figure
 from biggait.data import SequenceRecord, normalize_frames, read_manifest
 from biggait.data.pipeline import decode_frames, decode_silhouettes, iter_tar, parse_sample, select_frames
 from biggait.io import atomic_write_bytes
-
-from .maps import VizInputError
+from biggait.viz.maps import VizInputError
 
 __all__ = ["figure_png", "load_checkpoint_model", "read_sequences", "records_to_batch", "save_png"]
 

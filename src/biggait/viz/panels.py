@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .maps import (
+from biggait.viz.maps import (
     VizInputError,
     denormalize_frames,
     fit_pca,
