@@ -202,11 +202,9 @@ def test_cli_bad_input_is_one_error_line_and_exit_2(
     assert "Traceback" not in run.stderr
 
 
-@pytest.mark.slow
-def test_cli_ddp_two_processes_matches_single_process_evaluation(tiny_shards: Path, tmp_path: Path) -> None:
-    """`python -m biggait.train trainer=ddp_cpu` (2 gloo processes) trains and tests; evaluating its checkpoint
-    with 2 processes gives the single-process numbers."""
-    base = [
+def cli_train(tiny_shards: Path) -> list[str]:
+    """`python -m biggait.train` for 2 steps of the tiny model on the tiny shards, no logger, no panels."""
+    return [
         sys.executable,
         "-m",
         "biggait.train",
@@ -216,6 +214,13 @@ def test_cli_ddp_two_processes_matches_single_process_evaluation(tiny_shards: Pa
         f"data.root={tiny_shards}",
         "callbacks.feature_maps.every_n_steps=0",
     ]
+
+
+@pytest.mark.slow
+def test_cli_ddp_two_processes_matches_single_process_evaluation(tiny_shards: Path, tmp_path: Path) -> None:
+    """`python -m biggait.train trainer=ddp_cpu` (2 gloo processes) trains and tests; evaluating its checkpoint
+    with 2 processes gives the single-process numbers."""
+    base = cli_train(tiny_shards)
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
         [*base, "trainer=ddp_cpu", f"hydra.run.dir={tmp_path / 'ddp'}"],
@@ -258,20 +263,7 @@ def test_cli_run_explains_itself(tiny_shards: Path, tmp_path: Path) -> None:
     results table, and its train.log holds the run (our messages and Lightning's)."""
     out = tmp_path / "run"
     run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "biggait.train",
-            *TINY,
-            *steps(2, 2),
-            "logger=none",
-            f"data.root={tiny_shards}",
-            "callbacks.feature_maps.every_n_steps=0",
-            f"hydra.run.dir={out}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+        [*cli_train(tiny_shards), f"hydra.run.dir={out}"], capture_output=True, text=True, timeout=600
     )
     assert run.returncode == 0, run.stderr[-3000:]
     lines = [line for line in run.stdout.splitlines() if line.strip()]

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from biggait.errors import ConfigError, exit_on_error
+from biggait.errors import ConfigError
 from biggait.lit_module import BigGaitModule
-from biggait.train import (
-    instantiate_callbacks,
-    instantiate_loggers,
-    record_run_config,
-    run_directory,
-    send_lightning_logs_to_the_run_log,
-)
-
-log = logging.getLogger(__name__)
+from biggait.train import explained_run, instantiate_callbacks, instantiate_loggers, record_run_config
 
 __all__ = ["evaluate_checkpoint"]
 
@@ -46,13 +37,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    send_lightning_logs_to_the_run_log()
-    log.info("run directory: %s", run_directory())
-    try:
-        with exit_on_error():
-            evaluate_checkpoint(cfg)
-    finally:
-        log.info("run directory: %s", run_directory())
+    with explained_run():
+        evaluate_checkpoint(cfg)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ __all__ = [
     "build_shards_if_missing",
     "instantiate_callbacks",
     "instantiate_loggers",
+    "explained_run",
     "run_directory",
     "record_run_config",
     "send_lightning_logs_to_the_run_log",
@@ -127,15 +130,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
-def main(cfg: DictConfig) -> None:
+@contextmanager
+def explained_run() -> Iterator[None]:
+    """For the Hydra entry points: the run directory named first and last, Lightning's messages in the run's
+    log, and a BiggaitError as one `error: ...` line (exit status 2)."""
     send_lightning_logs_to_the_run_log()
     log.info("run directory: %s", run_directory())
     try:
         with exit_on_error():
-            train(cfg)
+            yield
     finally:
         log.info("run directory: %s", run_directory())
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    with explained_run():
+        train(cfg)
 
 
 if __name__ == "__main__":

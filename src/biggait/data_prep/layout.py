@@ -195,6 +195,37 @@ def probe(specs: Sequence[SeqSpec], load: Callable[[SeqSpec], Any], *, dataset: 
     )
 
 
+def _split_by_subject(
+    specs: Sequence[SeqSpec], split_of: Callable[[str], str | None]
+) -> tuple[dict[str, list[SeqSpec]], set[str]]:
+    """specs per split ("train", "test"), and the subjects `split_of` assigns to neither."""
+    splits: dict[str, list[SeqSpec]] = {"train": [], "test": []}
+    unassigned: set[str] = set()
+    for spec in specs:
+        split = split_of(spec.subject)
+        if split is None:
+            unassigned.add(spec.subject)
+        else:
+            splits[split].append(spec)
+    return splits, unassigned
+
+
+def _split_report(out: Path, split: str, items: list[SeqSpec], manifest: dict[str, Any]) -> dict[str, Any]:
+    """What `conversion_report.json` says about one split: sequences found / written / skipped, frames skipped."""
+    names = {f"{s.subject}/{s.seq_type}/{s.view}" for s in items}
+    frames = _gather_frame_notes(out, names)
+    return {
+        "n_sequences_found": len(items),
+        "n_sequences_written": manifest["n_sequences"],
+        "n_subjects": manifest["n_subjects"],
+        "n_frames": manifest["n_frames"],
+        "n_sequences_skipped": manifest["n_skipped"],
+        "skipped_sequences": f"{split}/{manifest['skip_report']}",
+        "n_frames_skipped": sum(len(n["frames"]) for n in frames),
+        "skipped_frames": frames,
+    }
+
+
 def prepare_dataset(
     specs: Sequence[SeqSpec],
     load: Callable[[SeqSpec], Any],
@@ -216,14 +247,7 @@ def prepare_dataset(
     """
     out = Path(out)
     probe(specs, load, dataset=dataset)
-    splits: dict[str, list[SeqSpec]] = {"train": [], "test": []}
-    unassigned: set[str] = set()
-    for spec in specs:
-        split = split_of(spec.subject)
-        if split is None:
-            unassigned.add(spec.subject)
-        else:
-            splits[split].append(spec)
+    splits, unassigned = _split_by_subject(specs, split_of)
     report: dict[str, Any] = {"dataset": dataset, "splits": {}}
     for split, items in splits.items():
         if not items:
@@ -242,18 +266,7 @@ def prepare_dataset(
             progress=progress,
             image_format=image_format,
         )
-        names = {f"{s.subject}/{s.seq_type}/{s.view}" for s in items}
-        frames = _gather_frame_notes(out, names)
-        report["splits"][split] = {
-            "n_sequences_found": len(items),
-            "n_sequences_written": manifest["n_sequences"],
-            "n_subjects": manifest["n_subjects"],
-            "n_frames": manifest["n_frames"],
-            "n_sequences_skipped": manifest["n_skipped"],
-            "skipped_sequences": f"{split}/{manifest['skip_report']}",
-            "n_frames_skipped": sum(len(n["frames"]) for n in frames),
-            "skipped_frames": frames,
-        }
+        report["splits"][split] = _split_report(out, split, items, manifest)
     report["subjects_in_no_split"] = sorted(unassigned)
     report["ignored_folders"] = {k: v[:50] for k, v in (ignored or {}).items()}
     report["n_ignored_folders"] = {k: len(v) for k, v in (ignored or {}).items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Literal
 
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from biggait.compat.names import branch_key_to_ours
-from biggait.errors import BiggaitError
+from biggait.errors import BiggaitError, ConfigError
 from biggait.models.backbone import DinoV2Backbone
 from biggait.models.gaitbase import GaitBaseHead
 from biggait.models.gre import (
@@ -53,6 +54,22 @@ def _upsample(x: torch.Tensor, size: tuple[int, int], *, max_elements: int = 2**
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
+def _check_options(*, shape_connect_layout: str, padding_resize_crop: str) -> None:
+    if shape_connect_layout not in ("faithful", "fixed"):
+        raise ConfigError(f"shape_connect_layout must be 'faithful' or 'fixed', got {shape_connect_layout!r}")
+    if padding_resize_crop not in ("left", "center"):
+        raise ConfigError(f"padding_resize_crop must be 'left' or 'center', got {padding_resize_crop!r}")
+
+
+def _recorded_config(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The constructor's arguments (from its `locals()`), so `BigGait(**model.config)` rebuilds the model."""
+    names = list(inspect.signature(BigGait.__init__).parameters)[1:]
+    config = {name: arguments[name] for name in names}
+    for key in ("image_size", "map_size", "channels"):
+        config[key] = tuple(config[key])
+    return config
+
+
 class BigGait(nn.Module):
     """BigGait (CVPR 2024) gait model; paper values are the defaults."""
 
@@ -81,38 +98,10 @@ class BigGait(nn.Module):
         padding_resize_crop: Literal["left", "center"] = "left",
     ) -> None:
         super().__init__()
-        if shape_connect_layout not in ("faithful", "fixed"):
-            raise ValueError(
-                f"shape_connect_layout must be 'faithful' or 'fixed', got {shape_connect_layout!r}"
-            )
-        if padding_resize_crop not in ("left", "center"):
-            raise ValueError(f"padding_resize_crop must be 'left' or 'center', got {padding_resize_crop!r}")
-        self.config: dict[str, Any] = {
-            "backbone": backbone,
-            "num_classes": num_classes,
-            "backbone_width": backbone_width,
-            "backbone_depth": backbone_depth,
-            "backbone_heads": backbone_heads,
-            "backbone_mlp_ratio": backbone_mlp_ratio,
-            "pretrained": pretrained,
-            "backbone_trainable": backbone_trainable,
-            "image_size": tuple(image_size),
-            "map_size": tuple(map_size),
-            "mask_dropout": mask_dropout,
-            "denoising_dim": denoising_dim,
-            "appearance_dim": appearance_dim,
-            "denoising_hidden": denoising_hidden,
-            "channels": tuple(channels),
-            "fusion_squeeze": fusion_squeeze,
-            "embed_dim": embed_dim,
-            "parts": parts,
-            "shape_connect_layout": shape_connect_layout,
-            "padding_resize_crop": padding_resize_crop,
-        }
-        self.image_size = tuple(image_size)
-        self.map_size = tuple(map_size)
-        self.shape_connect_layout = shape_connect_layout
-        self.padding_resize_crop = padding_resize_crop
+        self.config: dict[str, Any] = _recorded_config(locals())
+        _check_options(shape_connect_layout=shape_connect_layout, padding_resize_crop=padding_resize_crop)
+        self.image_size, self.map_size = tuple(image_size), tuple(map_size)
+        self.shape_connect_layout, self.padding_resize_crop = shape_connect_layout, padding_resize_crop
         self.backbone_trainable = backbone_trainable
         self.backbone = DinoV2Backbone(
             preset=backbone,
@@ -123,12 +112,12 @@ class BigGait(nn.Module):
             image_size=self.image_size,
             pretrained=pretrained,
         )
-        c_last, c_mid4 = self.backbone.embed_dim, self.backbone.mid4_dim
-        self.mask_branch = DistillationBranch(c_last, 2, dropout=mask_dropout, reconstruct=True)
-        self.denoising_branch = DistillationBranch(
-            c_mid4, denoising_dim, hidden_dim=denoising_hidden or c_mid4 // 2
+        self._build_branches(
+            mask_dropout=mask_dropout,
+            denoising_dim=denoising_dim,
+            appearance_dim=appearance_dim,
+            denoising_hidden=denoising_hidden,
         )
-        self.appearance_branch = DistillationBranch(c_mid4, appearance_dim, softmax=False)
         self.head = GaitBaseHead(
             denoising_dim=denoising_dim,
             appearance_dim=appearance_dim,
@@ -144,6 +133,17 @@ class BigGait(nn.Module):
         if not backbone_trainable:
             self.backbone.requires_grad_(False)
         self.train()
+
+    def _build_branches(
+        self, *, mask_dropout: float, denoising_dim: int, appearance_dim: int, denoising_hidden: int | None
+    ) -> None:
+        """The three GRE branches over the backbone's f_last (mask) and f_mid4 (denoising, appearance)."""
+        c_last, c_mid4 = self.backbone.embed_dim, self.backbone.mid4_dim
+        self.mask_branch = DistillationBranch(c_last, 2, dropout=mask_dropout, reconstruct=True)
+        self.denoising_branch = DistillationBranch(
+            c_mid4, denoising_dim, hidden_dim=denoising_hidden or c_mid4 // 2
+        )
+        self.appearance_branch = DistillationBranch(c_mid4, appearance_dim, softmax=False)
 
     # ----------------------------------------------------------------------------------------- modes
     def train(self, mode: bool = True) -> BigGait:
