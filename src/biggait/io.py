@@ -1,14 +1,18 @@
-"""Atomic file writes: a temp file in the same folder, flushed, then renamed over the target."""
+"""Atomic file writes: a temp file in the same folder, flushed, then renamed over the target (figures too)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_json"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["atomic_write_bytes", "atomic_write_json", "figure_png", "save_png"]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -31,3 +35,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
     """`obj` as JSON (trailing newline), atomically."""
     return atomic_write_bytes(path, (json.dumps(obj, indent=indent) + "\n").encode())
+
+
+def figure_png(fig: Figure, *, dpi: int = 100) -> bytes:
+    """`fig` rendered as PNG bytes (for notebooks and loggers; nothing touches disk)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def save_png(fig: Figure, path: str | os.PathLike, *, dpi: int = 100) -> Path:
+    """Write `fig` to `path` as PNG atomically: the one PNG writer of the package."""
+    return atomic_write_bytes(path, figure_png(fig, dpi=dpi))

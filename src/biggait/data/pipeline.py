@@ -28,6 +28,7 @@ __all__ = [
     "TarSlice",
     "TrainStream",
     "consumer_split",
+    "pad_sequences",
     "read_fields",
 ]
 
@@ -455,6 +456,32 @@ class TrainStream(_ShardStream):
         }
 
 
+def pad_sequences(
+    frames: Sequence[np.ndarray], ratios: Sequence[np.ndarray], silhouettes: Sequence[np.ndarray | None] | None = None
+) -> dict[str, torch.Tensor]:
+    """Whole sequences -> `frames` uint8 [n, S, 3, H, W] zero-padded to the longest, `ratios` [n, S], `lengths`,
+    and `silhouettes` uint8 [n, S, H, W] when given (None entries stay zero): the one batch builder of
+    evaluation batches. Padding repeats the last ratio, so a padded frame is still a valid input to
+    `padding_resize` (OpenGait `BigGait.py`)."""
+    n, longest = len(frames), max(len(f) for f in frames)
+    h, w = frames[0].shape[1:3]
+    batch = {
+        "frames": torch.zeros(n, longest, 3, h, w, dtype=torch.uint8),
+        "ratios": torch.zeros(n, longest, dtype=torch.float32),
+        "lengths": torch.tensor([len(f) for f in frames], dtype=torch.int64),
+    }
+    for i, (f, r) in enumerate(zip(frames, ratios)):
+        batch["frames"][i, : len(f)] = torch.from_numpy(f).permute(0, 3, 1, 2)
+        batch["ratios"][i] = float(r[-1])
+        batch["ratios"][i, : len(f)] = torch.from_numpy(np.asarray(r, np.float32))
+    if silhouettes is not None:
+        batch["silhouettes"] = torch.zeros(n, longest, h, w, dtype=torch.uint8)
+        for i, sil in enumerate(silhouettes):
+            if sil is not None:
+                batch["silhouettes"][i, : len(sil)] = torch.from_numpy(sil)
+    return batch
+
+
 class EvalStream(_ShardStream):
     """Every sequence of the consumer's shards exactly once, frames in order, truncated to `frames_limit` (OpenGait's `all_ordered` test sampling)."""
 
@@ -525,29 +552,16 @@ class EvalStream(_ShardStream):
         return batches
 
     def _collate(self, items: list[tuple[RawSample, np.ndarray, np.ndarray | None]]) -> dict[str, Any]:
-        n, longest = len(items), max(len(f) for _, f, _ in items)
-        h, w = items[0][1].shape[1:3]
-        frames = torch.zeros(n, longest, 3, h, w, dtype=torch.uint8)
-        ratios = torch.zeros(n, longest, dtype=torch.float32)
-        for i, (sample, f, _) in enumerate(items):
-            frames[i, : len(f)] = torch.from_numpy(f).permute(0, 3, 1, 2)
-            # Padding repeats the last ratio so a padded frame is still a valid input to padding_resize (OpenGait `BigGait.py`, `padding_resize`).
-            ratios[i] = float(sample.ratios[-1])
-            ratios[i, : len(f)] = torch.from_numpy(sample.ratios)
-        batch = {
-            "frames": frames,
-            "ratios": ratios,
-            "lengths": torch.tensor([len(f) for _, f, _ in items], dtype=torch.int64),
-            "labels": torch.tensor([self.labels.get(s.subject, -1) for s, _, _ in items], dtype=torch.int64),
-            "subjects": [s.subject for s, _, _ in items],
-            "types": [s.seq_type for s, _, _ in items],
-            "views": [s.view for s, _, _ in items],
-            "n_skipped": self._take_skipped(),
-        }
-        if self.silhouettes:
-            sils = torch.zeros(n, longest, h, w, dtype=torch.uint8)
-            for i, (_, _, s) in enumerate(items):
-                if s is not None:
-                    sils[i, : len(s)] = torch.from_numpy(s)
-            batch["silhouettes"] = sils
+        batch = pad_sequences(
+            [f for _, f, _ in items],
+            [s.ratios for s, _, _ in items],
+            [s for _, _, s in items] if self.silhouettes else None,
+        )
+        batch.update(
+            labels=torch.tensor([self.labels.get(s.subject, -1) for s, _, _ in items], dtype=torch.int64),
+            subjects=[s.subject for s, _, _ in items],
+            types=[s.seq_type for s, _, _ in items],
+            views=[s.view for s, _, _ in items],
+            n_skipped=self._take_skipped(),
+        )
         return batch
