@@ -6,6 +6,8 @@
   `python -m biggait.X ...` / `biggait SUB ...` command exists and each `--flag` it uses appears in that
   command's `--help`; a `python some/script.py --flag` names a file of the repository that accepts the flag.
 * Other blocks (```text, ```json, unlabelled, ...) are sample output and are not checked.
+* Every relative Markdown link (outside code blocks) points to a file of the repository, and its `#anchor`,
+  if any, to a heading of that page.
 """
 
 from __future__ import annotations
@@ -28,6 +30,15 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # them. The integrator empties this set after merging: `test_pending_commands_are_still_pending` fails as
 # soon as one of them exists, so the set cannot silently outlive its reason.
 PENDING_COMMANDS: set[str] = {"biggait.embed", "biggait.identify", "biggait.export", "make embed"}
+
+# Pages the other branches of issues 12, 13 and 15 write; linked from the README already. Emptied by the
+# integrator after merging (`test_pending_pages_are_still_pending` fails once one of them exists).
+PENDING_PAGES: set[str] = {
+    "docs/inference.md",
+    "docs/export.md",
+    "docs/reliability.md",
+    "docs/performance.md",
+}
 
 FENCE = re.compile(r"^```([\w+-]*)\s*$")
 FLAG = re.compile(r"^\[?(--[A-Za-z0-9][\w-]*)")
@@ -229,3 +240,44 @@ def test_checker_catches_broken_commands() -> None:
     ]
     assert bash_problems("make train (\n")[0].startswith("bash -n:")
     assert bash_problems("make train ARGS='a=b'  # comment\nmake help\n") == []
+
+
+# ------------------------------------------------------------------------------------------------ links
+
+LINK_PAGES = [*PAGES, ROOT / "data_prep" / "README.md", ROOT / "tests" / "fixtures" / "README.md"]
+
+
+def heading_anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces to '-'."""
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)
+    return {
+        re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+        for h in re.findall(r"^#+ (.*)$", text, re.M)
+    }
+
+
+def link_problems(page: Path) -> list[str]:
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)
+    problems = []
+    for link in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"^[a-z]+:", link):  # http(s), mailto
+            continue
+        path, _, anchor = link.partition("#")
+        target = (page.parent / path).resolve() if path else page.resolve()
+        if not target.exists():
+            if str(target.relative_to(ROOT)) not in PENDING_PAGES:
+                problems.append(f"{link}: no such file")
+        elif anchor and target.suffix == ".md" and anchor not in heading_anchors(target):
+            problems.append(f"{link}: no heading with anchor #{anchor} in {target.relative_to(ROOT)}")
+    return problems
+
+
+@pytest.mark.parametrize("page", LINK_PAGES, ids=page_id)
+def test_relative_links_resolve(page: Path) -> None:
+    problems = link_problems(page)
+    assert not problems, "\n".join(f"{page_id(page)}: {p}" for p in problems)
+
+
+def test_pending_pages_are_still_pending() -> None:
+    present = sorted(p for p in PENDING_PAGES if (ROOT / p).exists())
+    assert not present, f"these pages exist now: remove them from PENDING_PAGES: {present}"
