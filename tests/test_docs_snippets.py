@@ -281,3 +281,27 @@ def test_relative_links_resolve(page: Path) -> None:
 def test_pending_pages_are_still_pending() -> None:
     present = sorted(p for p in PENDING_PAGES if (ROOT / p).exists())
     assert not present, f"these pages exist now: remove them from PENDING_PAGES: {present}"
+
+
+# -------------------------------------------------------------------------------------------- citations
+
+UNRESOLVABLE = re.compile("spec " + "§|engineering " + "notes")  # split so this file does not match itself
+CITATION_SCOPE = ["README.md", "Makefile", "docs", "src", "conf", "tests", "bench", "data_prep", "notebooks"]
+TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".ipynb", ".txt", ".toml", ""}
+
+
+def test_citations_resolve_inside_the_repository() -> None:
+    """Only citations a reader can open: the paper, OpenGait files/functions/issues, or docs/ pages."""
+    hits = []
+    for entry in CITATION_SCOPE:
+        base = ROOT / entry
+        files = [base] if base.is_file() else [p for p in base.rglob("*") if p.is_file()]
+        for path in files:
+            if path.suffix not in TEXT_SUFFIXES or ".egg-info" in str(path) or "__pycache__" in path.parts:
+                continue
+            for number, line in enumerate(path.read_text(errors="ignore").splitlines(), 1):
+                if UNRESOLVABLE.search(line):
+                    hits.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}")
+    assert not hits, "citations a reader cannot open (see docs/fidelity.md for what to cite):\n" + "\n".join(
+        hits
+    )
