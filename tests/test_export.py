@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from biggait.checkpoint import load_model
 from biggait.compat.opengait import export_lightning_checkpoint
 from biggait.export import (
     EmbeddingModel,
@@ -21,7 +22,6 @@ from biggait.export import (
     main,
     relative_error,
 )
-from biggait.checkpoint import load_model
 from biggait.models import BigGait
 from test_model_dense_gre import random_model as tiny_model
 

@@ -170,7 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Export a trained BigGait (frames + ratios -> embeddings) to ONNX and/or torch.export, "
         "then check each file against the eager model (docs/export.md).",
     )
-    p.add_argument("model", type=Path, help="a model file: our Lightning .ckpt (e.g. from `make train`), a converted or an official OpenGait .pt")
+    p.add_argument(
+        "model",
+        type=Path,
+        help="a model file: our Lightning .ckpt (e.g. from `make train`), a converted or an official OpenGait .pt",
+    )
     p.add_argument("--onnx", type=Path, metavar="OUT.onnx", help="write an ONNX model here")
     p.add_argument("--torch-export", type=Path, metavar="OUT.pt2", help="write a torch.export program here")
     p.add_argument(
