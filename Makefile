@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PYTHON_SYS ?= python3
 VENV       ?= .venv
 PY         := $(VENV)/bin/python
-# torch and torchvision are a matched pair (engineering notes §0); override for other platforms,
+# torch and torchvision are a matched pair (see pytorch.org's version table); override for other platforms,
 # e.g. TORCH_SPEC="torch==2.9.1 torchvision==0.24.1" on aarch64.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP      := $(VENV)/.installed

@@ -17,7 +17,7 @@
 # # Look inside BigGait
 #
 # BigGait turns frozen DINOv2 features into a gait representation with three small branches
-# (spec §4): the **mask branch** finds the body without supervision, the **denoising branch** splits it
+# (paper Sec. 3; OpenGait `BigGait.py`): the **mask branch** finds the body without supervision, the **denoising branch** splits it
 # into parts that should be the same for every person, and the **appearance branch** keeps what clothing
 # cannot hide. This notebook shows those maps for a few sequences so you can check each claim yourself.
 #
@@ -92,7 +92,7 @@ print("sequences:", [s.label for s in seqs])
 #   foreground (fitted over all frames jointly, so a colour means the same feature in every frame). A good
 #   backbone already separates head, torso and legs here.
 # * **mask branch p(foreground)**: the unsupervised body probability. **foreground**: the selected pixels
-#   (spec §4.2). Where the dataset has silhouettes the overlay is white where both agree, red where only the
+#   (OpenGait `BigGait__Dinov2_Gaitbase.get_body`, `get_edge`). Where the dataset has silhouettes the overlay is white where both agree, red where only the
 #   model fires, cyan where only the ground truth does; the title gives the IoU.
 # * **denoising parts**: the argmax of the 16 soft parts, one fixed colour per part. They should be
 #   *consistent*: the same colour on the same body region in every frame and for every person.

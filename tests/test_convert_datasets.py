@@ -203,7 +203,9 @@ def test_opengait_selects_modalities_by_name_not_position(tmp_path) -> None:
         folder = raw / subject / "U0_D0" / view
         dump(folder / f"{view}-aligned-rgbs.pkl", aligned)  # sorts before ratios and rgbs
         dump(folder / f"{view}-ratios.pkl", ratios)
-        dump(folder / f"{view}-rgbs.pkl", np.zeros((3, 3, 128, 128), np.uint8))  # squashed decoy (spec §11)
+        dump(
+            folder / f"{view}-rgbs.pkl", np.zeros((3, 3, 128, 128), np.uint8)
+        )  # squashed decoy (docs/fidelity.md)
         truth[subject] = (aligned, ratios)
     part = tmp_path / "part.json"
     part.write_text(json.dumps({"TRAIN_SET": ["000"], "TEST_SET": ["150"]}))

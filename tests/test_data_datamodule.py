@@ -461,3 +461,16 @@ def test_color_jitter_changes_colours_per_sequence_alike_for_all_frames(tmp_path
     assert torch.all(person.std(dim=1) == 0)
     assert len({tuple(c.tolist()) for c in person[:, 0, :, 0, 0]}) > 3
     assert torch.all(jittered[:, :, :, :4] == 0)  # the black pad stays black
+
+
+@pytest.mark.parametrize(("test_shard_size", "eval_batch_size"), [(3, 2), (100, 3)])
+def test_eval_loader_length_is_the_number_of_batches_it_yields(
+    tmp_path, test_shard_size, eval_batch_size
+) -> None:
+    """len() of the test loader (the progress bar's total) equals what each rank's workers really yield."""
+    build(tmp_path, test_shard_size=test_shard_size)  # 24 test sequences: 8 shards, or 1 shard < 4 consumers
+    for rank in range(2):
+        dm = datamodule(tmp_path, num_workers=2, eval_batch_size=eval_batch_size)
+        dm.set_rank(rank, 2)
+        loader = dm.test_dataloader()
+        assert len(loader) == sum(1 for _ in loader) > 0

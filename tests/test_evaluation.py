@@ -1,4 +1,4 @@
-"""Evaluator: brute-force references written from spec §8, hand-computed cases, torchmetrics cross-checks."""
+"""Evaluator: brute-force references written from OpenGait `opengait/evaluation/evaluator.py`, hand-computed cases, torchmetrics cross-checks."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from biggait.evaluation import GaitRetrievalMetric, ProtocolError, evaluate, eva
 from biggait.evaluation.report import rank1_heatmap, results_markdown, save_figure, write_results_json
 
 
-# ---------------------------------------------------------------- brute-force references (loops, spec §8)
+# ---------------------------------------------------------------- brute-force references (loops, OpenGait `opengait/evaluation/evaluator.py`)
 def ref_dist(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean([np.linalg.norm(x[:, p] - y[:, p]) for p in range(x.shape[1])]))
 
@@ -241,3 +241,10 @@ def test_results_do_not_depend_on_input_order_even_with_ties() -> None:
         "ccpg", emb[perm], [subj[i] for i in perm], [types[i] for i in perm], [views[i] for i in perm]
     )
     assert got == want
+
+
+def test_ccpg_type_list_is_exactly_what_the_protocol_reads() -> None:
+    from biggait.evaluation.protocols import CCPG_TYPES, PROTOCOLS
+
+    read = {t for probe, gallery in PROTOCOLS["ccpg"].conditions.values() for t in (*probe, *gallery)}
+    assert len(CCPG_TYPES) == len(set(CCPG_TYPES)) and set(CCPG_TYPES) == read

@@ -15,7 +15,7 @@ from biggait.callbacks import FeatureMapLogger
 
 
 class _StandInModel(nn.Module):
-    """A small real network with BigGait's `forward_features` contract (docs/design.md)."""
+    """A small real network with BigGait's `forward_features` contract (docs/8_design.md)."""
 
     def __init__(self, map_size=(16, 8)) -> None:
         super().__init__()
@@ -170,7 +170,7 @@ def test_rejects_bad_options():
 
 
 class _TinyBigGaitModule(_Module):
-    """The same loop around the real tiny BigGait, mask branch frozen as after spec §4.1's switch."""
+    """The same loop around the real tiny BigGait, mask branch frozen as after the switch at step 500 (docs/fidelity.md)."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,9 +1,8 @@
-"""Triplet and cross-entropy losses (spec §7.1) against brute force and the official values."""
+"""Triplet and cross-entropy losses (OpenGait `TripletLoss`, `CrossEntropyLoss`) against brute force and the official values."""
 
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 
 import pytest
@@ -12,15 +11,9 @@ import torch.nn.functional as F
 
 from biggait.losses import cross_entropy_loss, part_distances, triplet_loss
 
-
-def reference_dir() -> Path:
-    env = os.environ.get("BIGGAIT_REFERENCE_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-    if not (path / "official_tiny" / "losses.pt").is_file():
-        pytest.fail(
-            f"reference files not found in {path}: put shared/ beside the repo or set BIGGAIT_REFERENCE_DIR"
-        )
-    return path
+# Recorded by the official OpenGait code (tests/fixtures/README.md).
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+OFFICIAL_TINY = FIXTURES / "official_tiny"
 
 
 def brute_force_triplet(emb: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
@@ -58,7 +51,7 @@ def test_triplet_zero_when_all_satisfied_and_grad_flows() -> None:
 
 
 def test_official_triplet_and_ce_values() -> None:
-    ref = torch.load(reference_dir() / "official_tiny" / "losses.pt", weights_only=True)
+    ref = torch.load(OFFICIAL_TINY / "losses.pt", weights_only=True)
     loss, info = triplet_loss(ref["embeddings"], ref["labels"], margin=0.2, return_parts=True)
     torch.testing.assert_close(info["loss_per_part"], ref["triplet_per_part"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(info["num_nonzero"], ref["triplet_loss_num"].float())

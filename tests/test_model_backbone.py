@@ -1,4 +1,4 @@
-"""DINOv2 backbone: official positional interpolation, feature extraction, weights, freezing (spec §2)."""
+"""DINOv2 backbone: official positional interpolation, feature extraction, weights, freezing (OpenGait `BigGait_utils/DINOv2.py`)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 
+from biggait.errors import BiggaitError
 from biggait.models import BigGait, DinoV2Backbone, interpolate_pos_embed, mid4_indices
 from biggait.models.backbone import BackboneFileError
 
@@ -210,5 +211,6 @@ def test_saved_backbone_round_trips_into_biggait(tmp_path: Path) -> None:
 
 def test_saved_backbone_with_other_architecture_is_clear_error(tmp_path: Path) -> None:
     path = _tiny_backbone(depth=2).save(tmp_path / "lvm.pt")
-    with pytest.raises(BackboneFileError, match="saved for architecture.*depth.: 2"):
+    with pytest.raises(BackboneFileError, match="saved for architecture.*depth.: 2") as err:
         _tiny_backbone(pretrained=str(path))
+    assert isinstance(err.value, BiggaitError)  # so command-line entry points print one error line

@@ -36,7 +36,7 @@ def test_paper_model_parameter_counts() -> None:
         model = BigGait("vits14", 100)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    assert trainable == 8_724_290  # spec §6
+    assert trainable == 8_724_290  # docs/fidelity.md
     assert total == 30_780_866
     assert sum(p.numel() for p in model.backbone.parameters()) == 22_056_576
     assert sum(p.numel() for p in model.mask_branch.parameters()) == 1_922

@@ -1,4 +1,4 @@
-"""GRE: foreground selection, branches, auxiliary losses on crafted inputs, Black DA (spec §4)."""
+"""GRE: foreground selection, branches, auxiliary losses on crafted inputs, Black DA (paper Sec. 3; OpenGait `BigGait.py`)."""
 
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def test_sobel_connect_loss_known_values() -> None:
 
 def test_shape_connect_faithful_layout_quirk() -> None:
     # with channels p and 1-p the correct layout sums to the constant 1: only the zero-padded border
-    # responds, whatever p (no learning signal, spec §4.5); the faithful view does depend on p
+    # responds, whatever p (no learning signal, docs/fidelity.md); the faithful view does depend on p
     g = torch.Generator().manual_seed(0)
     p = torch.rand(1, 8, 4, generator=g)
     probs = torch.stack([p, 1 - p], dim=1)

@@ -1,4 +1,4 @@
-"""Input preparation: resize, batched padding-resize, valid-region mask (spec §3.3)."""
+"""Input preparation: resize, batched padding-resize, valid-region mask (OpenGait `BigGait.py`, `padding_resize`)."""
 
 from __future__ import annotations
 

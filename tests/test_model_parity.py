@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -12,16 +11,9 @@ import torch.nn.functional as F
 from biggait.compat.opengait import load_opengait_checkpoint
 from biggait.models.gre import gather_pixels
 
-
-def reference_dir() -> Path:
-    """<repo>/../shared/reference (or $BIGGAIT_REFERENCE_DIR); a clear failure when absent."""
-    env = os.environ.get("BIGGAIT_REFERENCE_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-    if not (path / "official_tiny" / "cases.pt").is_file():
-        pytest.fail(
-            f"reference files not found in {path}: put shared/ beside the repo or set BIGGAIT_REFERENCE_DIR"
-        )
-    return path
+# Recorded by the official OpenGait code (tests/fixtures/README.md).
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+OFFICIAL_TINY = FIXTURES / "official_tiny"
 
 
 CASES = ["ccpg_256x128", "square_128x128"]
@@ -34,10 +26,9 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def tiny() -> dict:
-    ref = reference_dir() / "official_tiny"
     return {
-        "checkpoint": ref / "checkpoint.pt",
-        "cases": torch.load(ref / "cases.pt", weights_only=True),
+        "checkpoint": OFFICIAL_TINY / "checkpoint.pt",
+        "cases": torch.load(OFFICIAL_TINY / "cases.pt", weights_only=True),
     }
 
 

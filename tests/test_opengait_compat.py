@@ -21,22 +21,16 @@ from biggait.compat.opengait import (
 )
 from biggait.models import BigGait
 
+# Recorded by the official OpenGait code (tests/fixtures/README.md).
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+OFFICIAL_TINY = FIXTURES / "official_tiny"
+
+
 DTYPES = {"float32": torch.float32, "int64": torch.int64}
 
 
-def reference_dir() -> Path:
-    """<repo>/../shared/reference (or $BIGGAIT_REFERENCE_DIR); a clear failure when absent."""
-    env = os.environ.get("BIGGAIT_REFERENCE_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-    if not (path / "opengait_biggait_state_dict.tsv").is_file():
-        pytest.fail(
-            f"reference files not found in {path}: put shared/ beside the repo or set BIGGAIT_REFERENCE_DIR"
-        )
-    return path
-
-
 def official_layout() -> dict[str, tuple[list[int], torch.dtype]]:
-    lines = (reference_dir() / "opengait_biggait_state_dict.tsv").read_text().splitlines()[1:]
+    lines = (FIXTURES / "opengait_biggait_state_dict.tsv").read_text().splitlines()[1:]
     layout = {}
     for line in lines:
         key, shape, dtype = line.split("\t")
@@ -89,7 +83,7 @@ def test_official_checkpoint_round_trips_exactly(paper_checkpoint) -> None:
 
 
 def test_infers_every_size_of_official_tiny() -> None:
-    state = torch.load(reference_dir() / "official_tiny" / "checkpoint.pt", weights_only=True)["model"]
+    state = torch.load(OFFICIAL_TINY / "checkpoint.pt", weights_only=True)["model"]
     cfg = infer_config(state)
     assert cfg["backbone"] is None
     assert (cfg["backbone_width"], cfg["backbone_depth"], cfg["backbone_heads"]) == (32, 8, 2)
@@ -100,7 +94,7 @@ def test_infers_every_size_of_official_tiny() -> None:
 
 @pytest.fixture()
 def tiny_state() -> dict[str, torch.Tensor]:
-    return torch.load(reference_dir() / "official_tiny" / "checkpoint.pt", weights_only=True)["model"]
+    return torch.load(OFFICIAL_TINY / "checkpoint.pt", weights_only=True)["model"]
 
 
 def _save(tmp_path: Path, state: dict[str, torch.Tensor]) -> Path:
@@ -140,7 +134,7 @@ def test_not_an_opengait_file(tmp_path: Path, tiny_state) -> None:
 
 
 def test_cli_writes_a_lightning_checkpoint(tmp_path: Path) -> None:
-    src = reference_dir() / "official_tiny" / "checkpoint.pt"
+    src = OFFICIAL_TINY / "checkpoint.pt"
     out = tmp_path / "sub" / "tiny.ckpt"
     assert main([str(src), str(out)]) == 0
     ckpt = torch.load(out, weights_only=True)

@@ -241,3 +241,20 @@ def test_next_shard_build_removes_temporaries_of_a_killed_one(tmp_path: Path) ->
     )
     assert not stale.exists()
     assert not [p for p in split.iterdir() if p.name.startswith(".")]
+
+
+def test_partial_evaluation_is_marked_in_wandb(
+    tiny_shards: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    try:
+        _eval(tiny_shards, tiny_checkpoint, tmp_path, "+trainer.limit_test_batches=3", "logger=wandb")
+        # the run's summary: the partial flag next to the metrics, the reasons and the checkpoint
+        summary = dict(wandb.run.summary)
+    finally:
+        wandb.finish()
+    assert summary["test/partial"] == 1 and summary["test/sequences_evaluated"] == 12
+    assert "limit_test_batches=3" in summary["test/partial_reasons"]
+    assert summary["test/checkpoint"] == str(tiny_checkpoint)

@@ -202,11 +202,9 @@ def test_cli_bad_input_is_one_error_line_and_exit_2(
     assert "Traceback" not in run.stderr
 
 
-@pytest.mark.slow
-def test_cli_ddp_two_processes_matches_single_process_evaluation(tiny_shards: Path, tmp_path: Path) -> None:
-    """`python -m biggait.train trainer=ddp_cpu` (2 gloo processes) trains and tests; evaluating its checkpoint
-    with 2 processes gives the single-process numbers."""
-    base = [
+def cli_train(tiny_shards: Path) -> list[str]:
+    """`python -m biggait.train` for 2 steps of the tiny model on the tiny shards, no logger, no panels."""
+    return [
         sys.executable,
         "-m",
         "biggait.train",
@@ -216,6 +214,13 @@ def test_cli_ddp_two_processes_matches_single_process_evaluation(tiny_shards: Pa
         f"data.root={tiny_shards}",
         "callbacks.feature_maps.every_n_steps=0",
     ]
+
+
+@pytest.mark.slow
+def test_cli_ddp_two_processes_matches_single_process_evaluation(tiny_shards: Path, tmp_path: Path) -> None:
+    """`python -m biggait.train trainer=ddp_cpu` (2 gloo processes) trains and tests; evaluating its checkpoint
+    with 2 processes gives the single-process numbers."""
+    base = cli_train(tiny_shards)
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
         [*base, "trainer=ddp_cpu", f"hydra.run.dir={tmp_path / 'ddp'}"],
@@ -250,3 +255,34 @@ def test_cli_ddp_two_processes_matches_single_process_evaluation(tiny_shards: Pa
         result = next((tmp_path / name / "evaluation").glob("test-step*/results.json"))
         numbers[name] = json.loads(result.read_text())["metrics"]
     assert numbers["ddp"] == pytest.approx(numbers["single"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_cli_run_explains_itself(tiny_shards: Path, tmp_path: Path) -> None:
+    """`python -m biggait.train` names its run directory first and last, saves the resolved config, prints one
+    results table, and its train.log holds the run (our messages and Lightning's)."""
+    out = tmp_path / "run"
+    run = subprocess.run(
+        [*cli_train(tiny_shards), f"hydra.run.dir={out}"], capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [line for line in run.stdout.splitlines() if line.strip()]
+    assert lines[0].endswith(f"run directory: {out}") and lines[-1].endswith(f"run directory: {out}"), (
+        run.stdout
+    )
+    assert run.stdout.count("test results (") == 1, run.stdout
+    assert "Test metric" not in run.stdout + run.stderr  # Lightning's own table is not printed as well
+    saved = (out / "config.yaml").read_text()
+    assert f"root: {tiny_shards}" in saved and "${" not in saved  # resolved
+    assert "resolved configuration:" in run.stdout and "max_steps: 2" in run.stdout
+    log = (out / "train.log").read_text()
+    assert "test results (" in log and f"run directory: {out}" in log
+    assert "lightning.pytorch" in log  # e.g. Lightning's "GPU available" lines reach the run's log
+
+
+def test_throughput_window_must_be_positive() -> None:
+    from biggait.callbacks.throughput import TrainThroughput
+    from biggait.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="window must be >= 1"):
+        TrainThroughput(window=0)

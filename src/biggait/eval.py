@@ -9,12 +9,14 @@ import lightning as L
 from omegaconf import DictConfig
 
 from biggait.checkpoint import load_module
-from biggait.errors import ConfigError, exit_on_error
+from biggait.errors import ConfigError
 from biggait.paths import conf_dir
 from biggait.train import (
     check_accelerator,
+    explained_run,
     instantiate_callbacks,
     instantiate_loggers,
+    record_run_config,
     resolve_trainer_precision,
 )
 
@@ -36,18 +38,19 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     # read (the checkpoint holds every weight).
     module = load_module(ckpt, protocol=cfg.data.protocol)
     resolve_trainer_precision(cfg)
+    record_run_config(cfg)
     datamodule = hydra.utils.instantiate(cfg.data)
     module.checkpoint_path = str(ckpt)  # reported with the results (results.json, printed table)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    trainer.test(module, datamodule=datamodule)
+    trainer.test(module, datamodule=datamodule, verbose=False)  # EvaluationReport prints the table
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="eval")
 def main(cfg: DictConfig) -> None:
-    with exit_on_error():
+    with explained_run():
         evaluate_checkpoint(cfg)
 
 

@@ -8,6 +8,7 @@ where a rename becomes a copy that a kill can cut short). Its name carries the w
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -15,9 +16,19 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "remove_stale_temporaries"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "atomic_open",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "figure_png",
+    "remove_stale_temporaries",
+    "save_png",
+]
 
 _TMP_PID = re.compile(r"\.tmp-(\d+)(?:\.[^.]*\.tmp)?$")
 
@@ -97,3 +108,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2) -> Path:
     """`obj` as JSON (trailing newline), atomically."""
     return atomic_write_bytes(path, (json.dumps(obj, indent=indent) + "\n").encode())
+
+
+def figure_png(fig: Figure, *, dpi: int = 100) -> bytes:
+    """`fig` rendered as PNG bytes (for notebooks and loggers; nothing touches disk)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def save_png(fig: Figure, path: str | os.PathLike, *, dpi: int = 100) -> Path:
+    """Write `fig` to `path` as PNG atomically: the one PNG writer of the package."""
+    return atomic_write_bytes(path, figure_png(fig, dpi=dpi))

@@ -27,7 +27,7 @@ def gather_for_triplet(
 
     `all_gather(sync_grads=True)` sums the gradients of every rank's copy in backward; DDP then averages
     over ranks, which gives exactly the single-process full-batch gradient: no world-size factor
-    (engineering notes §G; tests/test_ddp_gradients.py checks it).
+    (docs/5_multi_gpu.md; tests/test_ddp_gradients.py checks it).
     """
     if module.trainer.world_size == 1:
         return embeddings, labels
@@ -132,7 +132,7 @@ class BigGaitModule(LightningModule):
 
     def _generator(self) -> torch.Generator:
         # Black DA draws from its own seeded generator (per rank) so runs and resumes are reproducible,
-        # unlike the official code's global `random` (spec §4.4, engineering notes A3.6).
+        # unlike the official code's global `random` (Black DA in OpenGait `BigGait__Dinov2_Gaitbase.forward`).
         if self._black_da_generator is None:
             self._black_da_generator = torch.Generator().manual_seed(
                 self.hparams.seed + 7919 * self.global_rank
@@ -169,7 +169,7 @@ class BigGaitModule(LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         # Only trainable parameters; a frozen mask branch (restored from a checkpoint) stays out, so it is
-        # never touched by weight decay (spec §11 pitfall 1).
+        # never touched by weight decay (see docs/fidelity.md).
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(
             params, lr=self.hparams.lr, momentum=self.hparams.momentum, weight_decay=self.hparams.weight_decay

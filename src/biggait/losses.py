@@ -1,4 +1,4 @@
-"""Training losses of BigGait (spec §7.1) as pure functions."""
+"""Training losses of BigGait (OpenGait `opengait/modeling/losses/triplet.py`, `ce.py`) as pure functions."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def triplet_loss(
     *,
     return_parts: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Batch-all triplet loss per part, averaged over non-zero terms, then over parts (spec §7.1).
+    """Batch-all triplet loss per part, averaged over non-zero terms, then over parts (OpenGait `TripletLoss`).
 
     embeddings [n, c, p], labels [n]. Positives include the anchor itself (distance 0). Works on
     embeddings gathered across ranks (`all_gather(sync_grads=True)`): no world-size factor is needed.
@@ -50,6 +50,6 @@ def triplet_loss(
 def cross_entropy_loss(
     logits: torch.Tensor, labels: torch.Tensor, scale: float = 16.0, label_smoothing: float = 0.1
 ) -> torch.Tensor:
-    """Cross-entropy of scale*logits [n, K, p] against labels repeated over the p parts (spec §7.1)."""
+    """Cross-entropy of scale*logits [n, K, p] against labels repeated over the p parts (OpenGait `CrossEntropyLoss`)."""
     target = labels[:, None].expand(-1, logits.shape[-1])
     return F.cross_entropy(scale * logits.float(), target, label_smoothing=label_smoothing)

@@ -1,6 +1,6 @@
 """A stand-in LVM for the synthetic world: pretrain the tiny backbone to make the walker its dominant structure.
 
-BigGait relies on one property of DINOv2 (spec §4): in its last-layer features the person is the dominant
+BigGait relies on one property of DINOv2 (paper Sec. 3; OpenGait `BigGait.py`): in its last-layer features the person is the dominant
 structure (their first PCA component separates the foreground, DINOv2 paper Fig. 1), so the *unsupervised*
 mask branch finds the person. No pretrained weights exist offline, and a random tiny ViT has no such
 property: its mask branch selects about as well as "every pixel" (foreground IoU ~0.3, data_prep/README.md),

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from biggait.checkpoint import validate_checkpoint
 from biggait.errors import ConfigError, exit_on_error
+from biggait.io import atomic_write_bytes
 from biggait.models import weights_from_checkpoint
 from biggait.paths import conf_dir
 from biggait.precision import describe_precision
@@ -23,9 +26,13 @@ log = logging.getLogger(__name__)
 __all__ = [
     "build_shards_if_missing",
     "check_accelerator",
+    "explained_run",
     "instantiate_callbacks",
     "instantiate_loggers",
+    "record_run_config",
     "resolve_trainer_precision",
+    "run_directory",
+    "send_lightning_logs_to_the_run_log",
     "train",
 ]
 
@@ -38,6 +45,36 @@ def resolve_trainer_precision(cfg: DictConfig) -> str:
         cfg.trainer.precision = choice.precision
     log.info("trainer.precision=%s -> %s", requested, choice)
     return choice.precision
+
+
+def run_directory() -> Path | None:
+    """The directory of the current Hydra run (None outside one, e.g. when `train` is called from Python)."""
+    return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+
+
+def send_lightning_logs_to_the_run_log() -> None:
+    """Let Lightning's messages reach the handlers Hydra put on the root logger (console and `<task>.log`).
+
+    Lightning gives its loggers their own console handler when it is imported before logging is configured
+    (it is, by our imports), which keeps its messages out of the run's log file.
+    """
+    if not logging.getLogger().handlers:
+        return
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        logger.propagate = True
+
+
+def record_run_config(cfg: DictConfig) -> None:
+    """Log the resolved configuration as a tree and save it as `<run dir>/config.yaml`."""
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    log.info("resolved configuration:\n%s", text.rstrip())
+    out = run_directory()
+    if out is not None:
+        atomic_write_bytes(out / "config.yaml", text.encode())
 
 
 def build_shards_if_missing(cfg: DictConfig) -> None:
@@ -129,6 +166,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                         f"{key} {value}: drop the override or fix the dataset"
                     )
             cfg.model.model[key] = value
+    record_run_config(cfg)
     # Resuming restores every weight from the checkpoint: the backbone's `pretrained` source is not read.
     with weights_from_checkpoint() if ckpt_path is not None else nullcontext():
         module = hydra.utils.instantiate(cfg.model, _convert_="all")
@@ -141,14 +179,27 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test_after_fit", True):
-        trainer.test(module, datamodule=datamodule)
+        trainer.test(module, datamodule=datamodule, verbose=False)  # EvaluationReport prints the table
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     return metrics
 
 
+@contextmanager
+def explained_run() -> Iterator[None]:
+    """For the Hydra entry points: the run directory named first and last, Lightning's messages in the run's
+    log, and a BiggaitError as one `error: ...` line (exit status 2)."""
+    send_lightning_logs_to_the_run_log()
+    log.info("run directory: %s", run_directory())
+    try:
+        with exit_on_error():
+            yield
+    finally:
+        log.info("run directory: %s", run_directory())
+
+
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def main(cfg: DictConfig) -> None:
-    with exit_on_error():
+    with explained_run():
         train(cfg)
 
 

@@ -1,11 +1,11 @@
 """Lightning callbacks of the training loop: each owns one concern."""
 
-from .checkpoint import AtomicCheckpointIO, StepCheckpoint
-from .feature_maps import FeatureMapLogger
-from .gallery_writer import GalleryWriter
-from .mask_schedule import MaskBranchSchedule
-from .report import EvaluationReport
-from .throughput import TrainThroughput
+from biggait.callbacks.checkpoint import AtomicCheckpointIO, StepCheckpoint
+from biggait.callbacks.feature_maps import FeatureMapLogger
+from biggait.callbacks.gallery_writer import GalleryWriter
+from biggait.callbacks.mask_schedule import MaskBranchSchedule
+from biggait.callbacks.report import EvaluationReport
+from biggait.callbacks.throughput import TrainThroughput
 
 __all__ = [
     "AtomicCheckpointIO",

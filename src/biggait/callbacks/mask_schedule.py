@@ -1,4 +1,4 @@
-"""The mask-branch schedule of spec §4.1, as a callback instead of a branch inside `forward`."""
+"""The mask-branch schedule of OpenGait `BigGait__Dinov2_Gaitbase.forward`, iteration 500, as a callback instead of a branch inside `forward`."""
 
 from __future__ import annotations
 
@@ -17,16 +17,16 @@ __all__ = ["MaskBranchSchedule"]
 class MaskBranchSchedule(Callback):
     """Freezes the mask branch at step `freeze_at_step` (optionally loading pretrained weights first).
 
-    Faithful default (spec §4.1): the branch trains from scratch for 500 steps, then is frozen: eval mode,
+    Faithful default (OpenGait `BigGait__Dinov2_Gaitbase.forward`, iteration 500): the branch trains from scratch for 500 steps, then is frozen: eval mode,
     no gradients, and removed from the optimizer so neither momentum nor weight decay touches it again
-    (spec §11 pitfall 1 fixed). `freeze_at_step=0` with `pretrained_path` loads and freezes it before the
+    (fixed, see docs/fidelity.md). `freeze_at_step=0` with `pretrained_path` loads and freezes it before the
     first step, which also lets DDP run without `find_unused_parameters`.
     """
 
     def __init__(self, *, freeze_at_step: int | None = 500, pretrained_path: str | None = None) -> None:
         if freeze_at_step is not None and freeze_at_step < 0:
             raise ConfigError(f"MaskBranchSchedule.freeze_at_step must be >= 0 or null, got {freeze_at_step}")
-        # YAML "None" (the official config's value) means no file, as in the official code (spec §4.1).
+        # YAML "None" (the official config's value) means no file, as in the official code (OpenGait `BigGait__Dinov2_Gaitbase.forward`, iteration 500).
         if pretrained_path in ("None", ""):
             pretrained_path = None
         if pretrained_path is not None and not Path(pretrained_path).is_file():

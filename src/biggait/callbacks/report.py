@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from lightning import Callback, LightningModule, Trainer
@@ -17,6 +18,8 @@ from biggait.evaluation.report import (
 from biggait.io import atomic_write_bytes
 
 __all__ = ["EvaluationReport"]
+
+log = logging.getLogger(__name__)
 
 
 class EvaluationReport(Callback):
@@ -67,7 +70,11 @@ class EvaluationReport(Callback):
             table += "\n" + "\n".join(f"{k}: {v:.2f}" for k, v in extra.items())
         header = f"{stage} results ({protocol}, step {step}, checkpoint {checkpoint or 'none saved'})"
         banner = partial_banner(result)
-        print(f"\n{header}:\n{banner + chr(10) if banner else ''}{table}\n", flush=True)
+        message = f"{header}:\n{banner + chr(10) if banner else ''}{table}"
+        if logging.getLogger().handlers:  # a configured run (Hydra): console and the run's log file
+            log.info(message)
+        else:
+            print(f"\n{message}\n", flush=True)
         atomic_write_bytes(
             out_dir / "results.md", ((banner + "\n\n" if banner else "") + table + "\n").encode()
         )

@@ -7,6 +7,8 @@ from typing import Any
 
 from lightning import Callback, LightningModule, Trainer
 
+from biggait.errors import ConfigError
+
 __all__ = ["TrainThroughput"]
 
 
@@ -15,7 +17,7 @@ class TrainThroughput(Callback):
 
     def __init__(self, *, window: int = 10) -> None:
         if window < 1:
-            raise ValueError(f"TrainThroughput.window must be >= 1, got {window}")
+            raise ConfigError(f"TrainThroughput.window must be >= 1, got {window}")
         self.window = window
         self._start: float | None = None
         self._sequences = 0

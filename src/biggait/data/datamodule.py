@@ -64,7 +64,7 @@ class GaitDataModule(L.LightningDataModule):
                 raw = "" if self.dataset == "synthetic" else f" RAW=/path/to/your/{self.dataset}"
                 raise DatasetNotFoundError(
                     f"dataset root {self.root} does not exist; build it with "
-                    f"`make data DATASET={self.dataset}{raw} OUT={self.root}` (see README, Data preparation)"
+                    f"`make data DATASET={self.dataset}{raw} OUT={self.root}` (see docs/1_data.md)"
                 )
             self._manifests[split] = read_manifest(self.root / split, dataset=self.dataset)
         return self._manifests[split]
@@ -91,7 +91,7 @@ class GaitDataModule(L.LightningDataModule):
 
     # --- Lightning hooks ---------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        # Rank from the trainer, never from environment guessing (engineering notes §B).
+        # Rank from the trainer, never from environment guessing.
         trainer = getattr(self, "trainer", None)
         if trainer is not None:
             self.rank, self.world_size = int(trainer.global_rank), int(trainer.world_size)
@@ -146,6 +146,7 @@ class GaitDataModule(L.LightningDataModule):
             rank=self.rank,
             world_size=self.world_size,
             frame_size=tuple(self.manifest("test")["frame_size"]),
+            num_workers=hp.num_workers,
         )
 
     def _loader(self, dataset: TrainStream | EvalStream, *, persistent: bool) -> DataLoader:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import tarfile
 import warnings
@@ -27,6 +28,7 @@ __all__ = [
     "TarSlice",
     "TrainStream",
     "consumer_split",
+    "pad_sequences",
     "read_fields",
     "validate_sample",
 ]
@@ -315,7 +317,7 @@ class _ShardStream(IterableDataset):
 
 
 class TrainStream(_ShardStream):
-    """Endless identity-balanced P x K batches of `frames_per_sequence` unordered frames (spec §7.1).
+    """Endless identity-balanced P x K batches of `frames_per_sequence` unordered frames (OpenGait `TripletSampler` and `fixed_unordered` sampling).
 
     Each consumer (rank x worker) reads its shards in a fresh seeded order every pass, keeps only the sampled
     frames (still encoded) in a buffer grouped by identity, and emits a batch of P identities x K sequences
@@ -358,7 +360,8 @@ class TrainStream(_ShardStream):
             raise ConfigError(f"color_jitter must be in [0, 1], got {color_jitter}")
         self.color_jitter = color_jitter
         self.labels = dict(labels)
-        self.frames_per_sequence, self.P, self.K = frames_per_sequence, ids_per_batch, seqs_per_id
+        self.frames_per_sequence = frames_per_sequence
+        self.ids_per_batch, self.seqs_per_id = ids_per_batch, seqs_per_id  # P x K
         self.steps_per_epoch, self.flip_prob = steps_per_epoch, flip_prob
         self.shuffle_buffer = max(shuffle_buffer, ids_per_batch * seqs_per_id)
 
@@ -385,7 +388,7 @@ class TrainStream(_ShardStream):
             self.shards, rank=self.rank, world_size=self.world_size, worker=worker, num_workers=num_workers
         )
         offsets, seen_subjects = self._offsets(), set()
-        for epoch in range(2**62):  # endless: a new seeded shard order every pass
+        for epoch in itertools.count():  # endless: a new seeded shard order every pass
             n_read = 0
             for index in rng.permutation(mine):
                 for sample in self._read_shard(int(index), keep, consumer, offsets[index]):
@@ -397,16 +400,18 @@ class TrainStream(_ShardStream):
                     n_read += 1
                     seen_subjects.add(sample.subject)
                     t, s = len(sample.frames), self.frames_per_sequence
-                    yield select_frames(sample, rng.choice(t, s, replace=t < s))  # fixed_unordered, spec §7.1
+                    yield select_frames(
+                        sample, rng.choice(t, s, replace=t < s)
+                    )  # OpenGait's `fixed_unordered` sampling
             if n_read == 0:
                 names = [Path(self.shards[i].path).name for i in mine]
                 raise CorruptDataError(
                     f"rank {self.rank} worker {worker}: no readable training sample in {names}"
                 )
-            if epoch == 0 and len(seen_subjects) < self.P:
+            if epoch == 0 and len(seen_subjects) < self.ids_per_batch:
                 raise ConfigError(
                     f"rank {self.rank} worker {worker} sees {len(seen_subjects)} identities, fewer than "
-                    f"ids_per_batch={self.P}; lower ids_per_batch or write more shards (smaller --shard-size)"
+                    f"ids_per_batch={self.ids_per_batch}; lower ids_per_batch or write more shards (smaller --shard-size)"
                 )
 
     def _batches(self, worker: int, num_workers: int, epoch: int = 0) -> Iterator[dict[str, Any]]:
@@ -414,7 +419,7 @@ class TrainStream(_ShardStream):
         rng = np.random.default_rng(seq)
         transforms = [A.HorizontalFlip(p=self.flip_prob)]
         if self.color_jitter > 0:
-            # Not in the paper recipe (spec §3.2): an option that makes clothing colour useless for identity
+            # Not in the paper recipe (OpenGait `configs/biggait/BigGait_CCPG.yaml`): an option that makes clothing colour useless for identity
             # (hue rotation + channel shuffle, value untouched so the black pad stays black).
             transforms += [
                 A.HueSaturationValue(
@@ -422,41 +427,41 @@ class TrainStream(_ShardStream):
                 ),
                 A.ChannelShuffle(p=self.color_jitter),
             ]
-        flip = A.Compose(transforms, seed=int(seq.generate_state(1)[0]))
+        sequence_augment = A.Compose(transforms, seed=int(seq.generate_state(1)[0]))
         samples = self._samples(worker, num_workers, rng)
         buffer: dict[str, list[RawSample]] = {}
         size = 0
         while True:
-            while size < self.shuffle_buffer or len(buffer) < self.P:
+            while size < self.shuffle_buffer or len(buffer) < self.ids_per_batch:
                 sample = next(samples)
                 buffer.setdefault(sample.subject, []).append(sample)
                 size += 1
             batch: list[tuple[RawSample, np.ndarray]] = []
             used: set[str] = set()
-            while len(batch) < self.P * self.K:
+            while len(batch) < self.ids_per_batch * self.seqs_per_id:
                 candidates = [s for s in buffer if s not in used]
                 if not candidates:  # every decodable identity used: read more (only after bad data)
                     sample = next(samples)
                     buffer.setdefault(sample.subject, []).append(sample)
                     size += 1
                     continue
-                full = [s for s in candidates if len(buffer[s]) >= self.K]
+                full = [s for s in candidates if len(buffer[s]) >= self.seqs_per_id]
                 subject = full[rng.integers(len(full))] if full else candidates[rng.integers(len(candidates))]
                 used.add(subject)
                 group = self._take(buffer, subject, rng)
                 size = sum(len(v) for v in buffer.values())
-                batch.extend(self._decode_group(group, rng, flip))
+                batch.extend(self._decode_group(group, rng, sequence_augment))
             yield self._collate(batch)
 
     def _take(
         self, buffer: dict[str, list[RawSample]], subject: str, rng: np.random.Generator
     ) -> list[RawSample]:
         items = buffer[subject]
-        if len(items) >= self.K:
-            pick = rng.choice(len(items), self.K, replace=False)
+        if len(items) >= self.seqs_per_id:
+            pick = rng.choice(len(items), self.seqs_per_id, replace=False)
             chosen, taken = [items[i] for i in pick], set(pick.tolist())
             rest = [x for i, x in enumerate(items) if i not in taken]
-        else:  # fewer than K: take them all, K with replacement (spec §7.1 TripletSampler)
+        else:  # fewer than K: take them all, K with replacement (OpenGait `TripletSampler`, `opengait/data/sampler.py`)
             chosen, rest = items, []
         if rest:
             buffer[subject] = rest
@@ -465,7 +470,7 @@ class TrainStream(_ShardStream):
         return chosen
 
     def _decode_group(
-        self, group: list[RawSample], rng: np.random.Generator, flip: A.Compose
+        self, group: list[RawSample], rng: np.random.Generator, sequence_augment: A.Compose
     ) -> list[tuple[RawSample, np.ndarray]]:
         decoded = []
         for sample in group:
@@ -476,10 +481,10 @@ class TrainStream(_ShardStream):
         if not decoded:
             return []
         picks = list(range(len(decoded)))
-        if len(picks) < self.K:
-            picks += rng.choice(len(decoded), self.K - len(picks), replace=True).tolist()
-        # One flip (and colour) decision per sequence, the same for all its frames (spec §3.2).
-        return [(decoded[i][0], flip(images=decoded[i][1])["images"]) for i in picks]
+        if len(picks) < self.seqs_per_id:
+            picks += rng.choice(len(decoded), self.seqs_per_id - len(picks), replace=True).tolist()
+        # One flip (and colour) decision per sequence, the same for all its frames (OpenGait `configs/biggait/BigGait_CCPG.yaml`).
+        return [(decoded[i][0], sequence_augment(images=decoded[i][1])["images"]) for i in picks]
 
     def _collate(self, batch: list[tuple[RawSample, np.ndarray]]) -> dict[str, Any]:
         frames = torch.from_numpy(
@@ -496,8 +501,36 @@ class TrainStream(_ShardStream):
         }
 
 
+def pad_sequences(
+    frames: Sequence[np.ndarray],
+    ratios: Sequence[np.ndarray],
+    silhouettes: Sequence[np.ndarray | None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Whole sequences -> `frames` uint8 [n, S, 3, H, W] zero-padded to the longest, `ratios` [n, S], `lengths`,
+    and `silhouettes` uint8 [n, S, H, W] when given (None entries stay zero): the one batch builder of
+    evaluation batches. Padding repeats the last ratio, so a padded frame is still a valid input to
+    `padding_resize` (OpenGait `BigGait.py`)."""
+    n, longest = len(frames), max(len(f) for f in frames)
+    h, w = frames[0].shape[1:3]
+    batch = {
+        "frames": torch.zeros(n, longest, 3, h, w, dtype=torch.uint8),
+        "ratios": torch.zeros(n, longest, dtype=torch.float32),
+        "lengths": torch.tensor([len(f) for f in frames], dtype=torch.int64),
+    }
+    for i, (f, r) in enumerate(zip(frames, ratios)):
+        batch["frames"][i, : len(f)] = torch.from_numpy(f).permute(0, 3, 1, 2)
+        batch["ratios"][i] = float(r[-1])
+        batch["ratios"][i, : len(f)] = torch.from_numpy(np.asarray(r, np.float32))
+    if silhouettes is not None:
+        batch["silhouettes"] = torch.zeros(n, longest, h, w, dtype=torch.uint8)
+        for i, sil in enumerate(silhouettes):
+            if sil is not None:
+                batch["silhouettes"][i, : len(sil)] = torch.from_numpy(sil)
+    return batch
+
+
 class EvalStream(_ShardStream):
-    """Every sequence of the consumer's shards exactly once, frames in order, truncated to `frames_limit` (spec §8)."""
+    """Every sequence of the consumer's shards exactly once, frames in order, truncated to `frames_limit` (OpenGait's `all_ordered` test sampling)."""
 
     def __init__(
         self,
@@ -510,8 +543,10 @@ class EvalStream(_ShardStream):
         rank: int = 0,
         world_size: int = 1,
         frame_size: tuple[int, int] | None = None,
+        num_workers: int = 0,
     ) -> None:
         super().__init__(shards, rank=rank, world_size=world_size, frame_size=frame_size)
+        self.num_workers = num_workers  # the DataLoader's: how this rank's sequences are dealt out
         if batch_size < 1 or (frames_limit is not None and frames_limit < 1):
             raise ConfigError(
                 f"eval batch_size ({batch_size}) and frames_limit ({frames_limit}) must be >= 1"
@@ -549,30 +584,32 @@ class EvalStream(_ShardStream):
             ready["n_skipped"] += self._take_skipped()
             yield ready
 
+    def __len__(self) -> int:
+        """Batches this rank yields, counted from the manifest (so progress bars know their total)."""
+        workers, batches = max(self.num_workers, 1), 0
+        total = sum(shard.n_samples for shard in self.shards)
+        for worker in range(workers):
+            mine, keep, consumer = consumer_split(
+                self.shards, rank=self.rank, world_size=self.world_size, worker=worker, num_workers=workers
+            )
+            if keep is None:
+                count = sum(self.shards[index].n_samples for index in mine)
+            else:
+                count = len(range(consumer, total, keep))
+            batches += -(-count // self.batch_size)
+        return batches
+
     def _collate(self, items: list[tuple[RawSample, np.ndarray, np.ndarray | None]]) -> dict[str, Any]:
-        n, longest = len(items), max(len(f) for _, f, _ in items)
-        h, w = items[0][1].shape[1:3]
-        frames = torch.zeros(n, longest, 3, h, w, dtype=torch.uint8)
-        ratios = torch.zeros(n, longest, dtype=torch.float32)
-        for i, (sample, f, _) in enumerate(items):
-            frames[i, : len(f)] = torch.from_numpy(f).permute(0, 3, 1, 2)
-            # Padding repeats the last ratio so a padded frame is still a valid input to padding_resize (§3.3).
-            ratios[i] = float(sample.ratios[-1])
-            ratios[i, : len(f)] = torch.from_numpy(sample.ratios)
-        batch = {
-            "frames": frames,
-            "ratios": ratios,
-            "lengths": torch.tensor([len(f) for _, f, _ in items], dtype=torch.int64),
-            "labels": torch.tensor([self.labels.get(s.subject, -1) for s, _, _ in items], dtype=torch.int64),
-            "subjects": [s.subject for s, _, _ in items],
-            "types": [s.seq_type for s, _, _ in items],
-            "views": [s.view for s, _, _ in items],
-            "n_skipped": self._take_skipped(),
-        }
-        if self.silhouettes:
-            sils = torch.zeros(n, longest, h, w, dtype=torch.uint8)
-            for i, (_, _, s) in enumerate(items):
-                if s is not None:
-                    sils[i, : len(s)] = torch.from_numpy(s)
-            batch["silhouettes"] = sils
+        batch = pad_sequences(
+            [f for _, f, _ in items],
+            [s.ratios for s, _, _ in items],
+            [s for _, _, s in items] if self.silhouettes else None,
+        )
+        batch.update(
+            labels=torch.tensor([self.labels.get(s.subject, -1) for s, _, _ in items], dtype=torch.int64),
+            subjects=[s.subject for s, _, _ in items],
+            types=[s.seq_type for s, _, _ in items],
+            views=[s.view for s, _, _ in items],
+            n_skipped=self._take_skipped(),
+        )
         return batch

@@ -1,4 +1,4 @@
-"""One gait sequence as every dataset builder hands it to the shard writer (docs/design.md)."""
+"""One gait sequence as every dataset builder hands it to the shard writer (docs/8_design.md)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ class SequenceRecord:
     seq_type: str  # e.g. "U0_D0_BG", "nm-01", "00-nm"
     view: str  # e.g. "2_1", "090"
     frames: np.ndarray  # uint8 [T, H, W, 3], RGB
-    ratios: np.ndarray  # float32 [T], width/height of the original person crop (spec §3.1)
+    ratios: (
+        np.ndarray
+    )  # float32 [T], width/height of the original person crop (OpenGait `datasets/pretreatment_rgb.py`)
     silhouettes: np.ndarray | None = None  # uint8 [T, H, W], 0/255
 
     def __post_init__(self) -> None:

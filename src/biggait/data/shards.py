@@ -1,4 +1,4 @@
-"""Shard writer and manifest reader: one webdataset tar sample per gait sequence (engineering notes §B)."""
+"""Shard writer and manifest reader: one webdataset tar sample per gait sequence."""
 
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-# Chosen by bench/bench_image_formats.py (README, "Shards, manifest and the streaming DataModule"): PNG is lossless (bit-exact with the official
-# uint8 pickles, spec §3.1) and decodes fast enough; JPEG q95 is 3x smaller and 2x faster to decode.
+# Chosen by bench/bench_image_formats.py (docs/1_data.md, "Image format"): PNG is lossless (bit-exact with the official
+# uint8 pickles, OpenGait `datasets/pretreatment_rgb.py`) and decodes fast enough; JPEG q95 is 3x smaller and 2x faster to decode.
 IMAGE_FORMATS = ("png", "jpg")
 MANIFEST = "manifest.json"
 SKIP_REPORT = "skipped.json"
@@ -56,7 +56,7 @@ def silhouette_field(index: int) -> str:
 
 
 def sample_key(index: int, record: SequenceRecord) -> str:
-    """Tar key without dots (webdataset splits the key at the first dot, engineering notes §B)."""
+    """Tar key without dots (webdataset splits the key at the first dot)."""
     raw = f"{index:08d}_{record.subject}_{record.seq_type}_{record.view}"
     return re.sub(r"[^A-Za-z0-9_-]", "-", raw)
 
@@ -200,6 +200,55 @@ def write_shards(
     a re-run is deterministic and reuses every complete shard. `load` must be picklable when `workers > 1`.
     Returns the manifest.
     """
+    _check_write_options(
+        specs,
+        load,
+        dataset=dataset,
+        split=split,
+        shard_size=shard_size,
+        workers=workers,
+        image_format=image_format,
+    )
+    order = list(range(len(specs)))
+    if shuffle_seed is not None:
+        order = np.random.default_rng(shuffle_seed).permutation(len(specs)).tolist()
+    split_dir = Path(out_dir) / split
+    split_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(split_dir)  # what a killed earlier build left (`.<shard>.tar.tmp-<pid>...`)
+    options = {
+        "image_format": image_format,
+        "jpeg_quality": jpeg_quality if image_format == "jpg" else None,
+        "frame_size": list(frame_size) if frame_size else None,
+        "format_version": FORMAT_VERSION,
+    }
+    tasks = _shard_tasks(
+        specs, order, load, split_dir, dataset=dataset, split=split, shard_size=shard_size, options=options
+    )
+    entries = _run_shard_tasks(tasks, workers=workers, progress=progress, desc=f"{dataset}/{split} shards")
+    entries.sort(key=lambda e: e["name"])
+    _remove_stale_shards(split_dir, dataset, split, keep={e["name"] for e in entries})
+    return _write_manifest(
+        split_dir,
+        entries,
+        dataset=dataset,
+        split=split,
+        shard_size=shard_size,
+        shuffle_seed=shuffle_seed,
+        options=options,
+    )
+
+
+def _check_write_options(
+    specs: Sequence[Any],
+    load: Callable[[Any], SequenceRecord | None],
+    *,
+    dataset: str,
+    split: str,
+    shard_size: int,
+    workers: int,
+    image_format: str,
+) -> None:
+    """Refuse, before any work, what `write_shards` cannot do (one ConfigError naming the option)."""
     for name, value in (("dataset", dataset), ("split", split)):
         if not value or not re.fullmatch(r"[A-Za-z0-9_-]+", value):
             raise ConfigError(
@@ -219,18 +268,20 @@ def write_shards(
                 f"load={load!r} cannot be pickled for workers={workers}; use a module-level function or "
                 f"functools.partial ({type(exc).__name__}: {exc})"
             ) from exc
-    order = list(range(len(specs)))
-    if shuffle_seed is not None:
-        order = np.random.default_rng(shuffle_seed).permutation(len(specs)).tolist()
-    split_dir = Path(out_dir) / split
-    split_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(split_dir)  # what a killed earlier build left (`.<shard>.tar.tmp-<pid>...`)
-    options = {
-        "image_format": image_format,
-        "jpeg_quality": jpeg_quality if image_format == "jpg" else None,
-        "frame_size": list(frame_size) if frame_size else None,
-        "format_version": FORMAT_VERSION,
-    }
+
+
+def _shard_tasks(
+    specs: Sequence[Any],
+    order: list[int],
+    load: Callable[[Any], SequenceRecord | None],
+    split_dir: Path,
+    *,
+    dataset: str,
+    split: str,
+    shard_size: int,
+    options: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """One picklable task per shard: its path, sidecar, (index, spec) items and their fingerprint."""
     tasks = []
     for i, start in enumerate(range(0, len(order), shard_size)):
         items = [(j, specs[j]) for j in order[start : start + shard_size]]
@@ -245,7 +296,14 @@ def write_shards(
                 "fingerprint": _fingerprint(items, options),
             }
         )
-    bar = tqdm(total=len(tasks), desc=f"{dataset}/{split} shards", unit="shard", disable=not progress)
+    return tasks
+
+
+def _run_shard_tasks(
+    tasks: list[dict[str, Any]], *, workers: int, progress: bool, desc: str
+) -> list[dict[str, Any]]:
+    """Write every shard (in `workers` processes when > 1) behind one progress bar; their manifest entries."""
+    bar = tqdm(total=len(tasks), desc=desc, unit="shard", disable=not progress)
     entries: list[dict[str, Any]] = []
     if workers == 1:
         for task in tasks:
@@ -257,17 +315,7 @@ def write_shards(
                 entries.append(entry)
                 bar.update()
     bar.close()
-    entries.sort(key=lambda e: e["name"])
-    _remove_stale_shards(split_dir, dataset, split, keep={e["name"] for e in entries})
-    return _write_manifest(
-        split_dir,
-        entries,
-        dataset=dataset,
-        split=split,
-        shard_size=shard_size,
-        shuffle_seed=shuffle_seed,
-        options=options,
-    )
+    return entries
 
 
 def _remove_stale_shards(split_dir: Path, dataset: str, split: str, keep: set[str]) -> None:

@@ -1,4 +1,4 @@
-"""CASIA-B* (`casiab-128-end2end`, spec §10) `<id>/<type>/<view>/` rgbs [T,3,128,128] + ratios + sils -> shards."""
+"""CASIA-B* (`casiab-128-end2end`, OpenGait `opengait/data/dataset.py`) `<id>/<type>/<view>/` rgbs [T,3,128,128] + ratios + sils -> shards."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from biggait.data_prep.opengait import PickleModalities, layout_for, load_sequen
 
 __all__ = ["LAYOUT", "MODALITIES", "main", "prepare", "split_of"]
 
-# Explicit names: the sorted order `ratios < rgbs` is what swapped the inputs in spec §11 (#248).
+# Explicit names: the sorted order `ratios < rgbs` is what swapped the inputs in OpenGait issue #248.
 MODALITIES = PickleModalities(
     frames="rgbs", ratios="ratios", frames_layout="chw", ratio_kind="wh", silhouettes="sils"
 )
@@ -30,7 +30,7 @@ LAYOUT = layout_for(
 
 
 def split_of(subject: str) -> str | None:
-    """Train 001-074, test 075-124 (spec §8, §10)."""
+    """Train 001-074, test 075-124 (OpenGait `opengait/evaluation/evaluator.py`, `opengait/data/dataset.py`)."""
     i = int(subject)
     return "train" if 1 <= i <= 74 else "test" if 75 <= i <= 124 else None
 

@@ -1,4 +1,4 @@
-"""CCPG raw RGB person crops `<id>/<type>/<view>/*.jpg|png` -> 256x128 pad-and-resized shards (spec §3.1)."""
+"""CCPG raw RGB person crops `<id>/<type>/<view>/*.jpg|png` -> 256x128 pad-and-resized shards (OpenGait `datasets/pretreatment_rgb.py`)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ LAYOUT = RawLayout(
 
 
 def split_of(subject: str) -> str | None:
-    """Train ids 000-099, test 100-199 (spec §8, §10)."""
+    """Train ids 000-099, test 100-199 (OpenGait `opengait/evaluation/evaluator.py`, `opengait/data/dataset.py`)."""
     i = int(subject)
     return "train" if i < 100 else "test" if i < 200 else None
 

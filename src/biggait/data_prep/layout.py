@@ -141,7 +141,7 @@ def discover(raw: str | os.PathLike, layout: RawLayout) -> tuple[list[SeqSpec], 
 
 
 def read_partition(path: str | os.PathLike) -> tuple[set[str], set[str]]:
-    """`TRAIN_SET` / `TEST_SET` id lists from an OpenGait partition JSON (spec §10)."""
+    """`TRAIN_SET` / `TEST_SET` id lists from an OpenGait partition JSON (OpenGait `opengait/data/dataset.py`)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -191,8 +191,39 @@ def probe(specs: Sequence[SeqSpec], load: Callable[[SeqSpec], Any], *, dataset: 
             reasons.append(f"{type(exc).__name__}: {exc}")
     raise CorruptDataError(
         f"{dataset}: none of the first {len(reasons)} sequences could be read, so the RAW files do not have the "
-        f"expected content (see the README section 'Real datasets'):\n  " + "\n  ".join(reasons)
+        f"expected content (see docs/1_data.md, 'Real datasets'):\n  " + "\n  ".join(reasons)
     )
+
+
+def _split_by_subject(
+    specs: Sequence[SeqSpec], split_of: Callable[[str], str | None]
+) -> tuple[dict[str, list[SeqSpec]], set[str]]:
+    """specs per split ("train", "test"), and the subjects `split_of` assigns to neither."""
+    splits: dict[str, list[SeqSpec]] = {"train": [], "test": []}
+    unassigned: set[str] = set()
+    for spec in specs:
+        split = split_of(spec.subject)
+        if split is None:
+            unassigned.add(spec.subject)
+        else:
+            splits[split].append(spec)
+    return splits, unassigned
+
+
+def _split_report(out: Path, split: str, items: list[SeqSpec], manifest: dict[str, Any]) -> dict[str, Any]:
+    """What `conversion_report.json` says about one split: sequences found / written / skipped, frames skipped."""
+    names = {f"{s.subject}/{s.seq_type}/{s.view}" for s in items}
+    frames = _gather_frame_notes(out, names)
+    return {
+        "n_sequences_found": len(items),
+        "n_sequences_written": manifest["n_sequences"],
+        "n_subjects": manifest["n_subjects"],
+        "n_frames": manifest["n_frames"],
+        "n_sequences_skipped": manifest["n_skipped"],
+        "skipped_sequences": f"{split}/{manifest['skip_report']}",
+        "n_frames_skipped": sum(len(n["frames"]) for n in frames),
+        "skipped_frames": frames,
+    }
 
 
 def prepare_dataset(
@@ -212,18 +243,11 @@ def prepare_dataset(
 ) -> dict[str, Any]:
     """Split `specs` by subject, write each split's shards and `<out>/conversion_report.json`; returns the report.
 
-    Training shards are shuffled (seeded), test shards keep the sorted order (docs/design.md).
+    Training shards are shuffled (seeded), test shards keep the sorted order (docs/8_design.md).
     """
     out = Path(out)
     probe(specs, load, dataset=dataset)
-    splits: dict[str, list[SeqSpec]] = {"train": [], "test": []}
-    unassigned: set[str] = set()
-    for spec in specs:
-        split = split_of(spec.subject)
-        if split is None:
-            unassigned.add(spec.subject)
-        else:
-            splits[split].append(spec)
+    splits, unassigned = _split_by_subject(specs, split_of)
     report: dict[str, Any] = {"dataset": dataset, "splits": {}}
     for split, items in splits.items():
         if not items:
@@ -242,18 +266,7 @@ def prepare_dataset(
             progress=progress,
             image_format=image_format,
         )
-        names = {f"{s.subject}/{s.seq_type}/{s.view}" for s in items}
-        frames = _gather_frame_notes(out, names)
-        report["splits"][split] = {
-            "n_sequences_found": len(items),
-            "n_sequences_written": manifest["n_sequences"],
-            "n_subjects": manifest["n_subjects"],
-            "n_frames": manifest["n_frames"],
-            "n_sequences_skipped": manifest["n_skipped"],
-            "skipped_sequences": f"{split}/{manifest['skip_report']}",
-            "n_frames_skipped": sum(len(n["frames"]) for n in frames),
-            "skipped_frames": frames,
-        }
+        report["splits"][split] = _split_report(out, split, items, manifest)
     report["subjects_in_no_split"] = sorted(unassigned)
     report["ignored_folders"] = {k: v[:50] for k, v in (ignored or {}).items()}
     report["n_ignored_folders"] = {k: len(v) for k, v in (ignored or {}).items()}
@@ -266,7 +279,7 @@ def build_parser(name: str, doc: str) -> argparse.ArgumentParser:
     """The options every converter takes; dataset modules add their own."""
     parser = argparse.ArgumentParser(prog=f"python -m biggait.data_prep {name}", description=doc)
     parser.add_argument(
-        "--raw", required=True, help="your copy of the raw dataset (see the README section 'Real datasets')"
+        "--raw", required=True, help="your copy of the raw dataset (see docs/1_data.md, 'Real datasets')"
     )
     parser.add_argument("--out", required=True, help="output folder for <split>/*.tar + manifest.json")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))

@@ -1,7 +1,7 @@
-"""OpenGait pickle trees `<id>/<type>/<view>/*.pkl` (spec §10) -> shards, modalities chosen by name.
+"""OpenGait pickle trees `<id>/<type>/<view>/*.pkl` (OpenGait `opengait/data/dataset.py`) -> shards, modalities chosen by name.
 
 Modalities are picked by name, never by sorted position: sorting put `ratios` before `rgbs` and swapped the
-model inputs in a known failed reproduction (spec §11, #248). A file's modality name is its stem without the
+model inputs in a known failed reproduction (OpenGait issue #248). A file's modality name is its stem without the
 leading `NN-` index and `<view>-` prefix: `000-rgbs.pkl` -> `rgbs`, `04-000-Camera-Ratios-HW.pkl` ->
 `Camera-Ratios-HW`, `2_1-aligned-rgbs.pkl` -> `aligned-rgbs`. Every pickle goes through the restricted unpickler.
 """
@@ -42,7 +42,7 @@ class PickleModalities:
     frames: str  # e.g. "rgbs", "aligned-rgbs", "Camera-RGB_raw"
     ratios: str  # e.g. "ratios", "Camera-Ratios-HW"
     frames_layout: str = "chw"  # "chw": [T,3,H,W] (OpenGait rgbs), "hwc": [T,H,W,3]
-    ratio_kind: str = "wh"  # "wh": one w/h per frame, "hw": (H, W) per frame (SUSTech1K, spec §7.2 RatioHW)
+    ratio_kind: str = "wh"  # "wh": one w/h per frame, "hw": (H, W) per frame (SUSTech1K, OpenGait `RatioHW`, `opengait/data/transform.py`)
     silhouettes: str | None = None  # e.g. "sils" ([T,H,W], same H, W as the frames)
 
     def __post_init__(self) -> None:
@@ -116,7 +116,7 @@ def load_sequence(spec: SeqSpec, *, modalities: PickleModalities) -> SequenceRec
     if modalities.ratio_kind == "hw":
         if ratios.ndim != 2 or ratios.shape[1] != 2:
             raise CorruptDataError(f"{rpath}: expected (H, W) per frame [T, 2], got {list(ratios.shape)}")
-        ratios = ratios[:, 1] / ratios[:, 0]  # store w/h (spec §7.2 RatioHW)
+        ratios = ratios[:, 1] / ratios[:, 0]  # store w/h (OpenGait `RatioHW`, `opengait/data/transform.py`)
     ratios = ratios.reshape(-1).astype(np.float32)
     if len(ratios) != len(frames):
         raise CorruptDataError(f"{spec.path}: {len(frames)} frames but {len(ratios)} ratios")

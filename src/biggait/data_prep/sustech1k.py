@@ -21,8 +21,8 @@ from biggait.data_prep.opengait import (
 
 __all__ = ["LAYOUT", "MODALITIES", "N_TRAIN", "main", "prepare"]
 
-N_TRAIN = 250  # official partition: 250 train / 800 test ids (spec §10)
-# spec §7.2: `05-...-Camera-RGB_raw.pkl` (HWC) and `04-...-Camera-Ratios-HW.pkl` ((H, W) -> stored as w/h).
+N_TRAIN = 250  # official partition: 250 train / 800 test ids (OpenGait `opengait/data/dataset.py`)
+# OpenGait `configs/biggait/BigGait_SUSTech1K.yaml`, PR #307: `05-...-Camera-RGB_raw.pkl` (HWC) and `04-...-Camera-Ratios-HW.pkl` ((H, W) -> stored as w/h).
 MODALITIES = PickleModalities(
     frames="Camera-RGB_raw", ratios="Camera-Ratios-HW", frames_layout="hwc", ratio_kind="hw"
 )

@@ -1,7 +1,7 @@
 """The synthetic gait world: procedural walkers rendered as CCPG-style RGB person crops (data_prep/README.md).
 
 Identity = latent body shape + gait style; nuisance per sequence = outfit, bag, background, lighting,
-scale/position jitter, start phase and length. Naming and protocol follow CCPG (spec §8.1).
+scale/position jitter, start phase and length. Naming and protocol follow CCPG (OpenGait `evaluate_CCPG`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 import hashlib
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import numpy as np
 from biggait.data.records import SequenceRecord
 from biggait.data.shards import write_shards
 from biggait.errors import ConfigError
+from biggait.evaluation.protocols import CCPG_TYPES
 from biggait.io import atomic_write_bytes
 from biggait.preprocess import pad_and_resize
 
@@ -39,8 +40,6 @@ __all__ = [
     "write_scene_video",
 ]
 
-# Every type the CCPG protocol reads (spec §8.1): U = upper outfit state, D = lower, _BG = carrying a bag.
-CCPG_TYPES = ("U0_D0", "U0_D0_BG", "U1_D0", "U1_D1", "U2_D2", "U3_D3", "U0_D3")
 
 # Label-map ids of the drawn parts (0 = background).
 _SKIN, _HAIR, _UPPER, _LOWER, _SHOE, _BAG = 1, 2, 3, 4, 5, 6
@@ -293,71 +292,17 @@ def _walker_frames(
     cols = np.arange(size)[None, :]
     for t in range(length):
         joints = _skeleton(jitter, gait, phase0 + gait["cadence"] * t)
-
-        # orthographic camera rotated about the vertical axis: screen u, depth d (larger = nearer)
-        def project(p: np.ndarray) -> tuple[tuple[int, int], float]:
-            u = p[0] * math.sin(az) - p[2] * math.cos(az)
-            d = p[0] * math.cos(az) + p[2] * math.sin(az)
-            return (int(round(size / 2 + u * scale)), int(round(size * 0.92 - p[1] * scale))), d
-
-        labels = np.zeros((size, size), np.uint8)
-        parts: list[tuple[float, Any]] = []
-        for side in ("l", "r"):
-            for a, b, kind, radius in _LIMBS:
-                (pa, da), (pb, db) = project(joints[a.format(s=side)]), project(joints[b.format(s=side)])
-                if kind in ("thigh",) or (kind == "shin" and lower["long"]):
-                    label = _LOWER
-                elif kind == "upper_arm" or (kind == "fore_arm" and upper["long"]):
-                    label = _UPPER
-                elif kind == "foot":
-                    label = _SHOE
-                else:
-                    label = _SKIN
-                width = max(2, int(round(2 * radius * thick * scale / 1.2)))
-                parts.append(((da + db) / 2, ("line", pa, pb, width, label)))
-        # torso as a filled quad (shoulders to hips), head as a disc, neck as skin
-        quad = [project(joints[k])[0] for k in ("shoulder_l", "shoulder_r", "hip_r", "hip_l")]
-        parts.append((0.0, ("poly", quad, _UPPER)))
-        # the chest/belly depth, so the torso has a body in side views too
-        chest = max(3, int(round(0.14 * thick * scale)))
-        parts.append(
-            (0.0005, ("line", project(joints["pelvis"])[0], project(joints["neck"])[0], chest, _UPPER))
-        )
-        hips = [project(joints[k])[0] for k in ("hip_l", "hip_r")]
-        parts.append((0.0004, ("line", hips[0], hips[1], max(3, int(round(0.09 * thick * scale))), _LOWER)))
-        parts.append((0.001, ("line", project(joints["neck"])[0], project(joints["head"])[0],
-                              max(2, int(0.05 * thick * scale)), _SKIN)))  # fmt: skip
-        head, _ = project(joints["head"])
-        parts.append(
-            (0.002, ("circle", head, max(2, int(round(jitter["head"] * jitter["height"] * scale))), _HAIR))
+        project = _orthographic_camera(az, scale, size)
+        parts = _body_parts(
+            joints, project, jitter=jitter, thick=thick, scale=scale, upper=upper, lower=lower
         )
         if has_bag:
-            hip = joints["hip_l"] if bag_side > 0 else joints["hip_r"]
-            centre = hip + np.array([-0.05, 0.05 * jitter["height"], bag_side * 0.12])
-            (cu, cv), cd = project(centre)
-            half_w, half_h = int(0.10 * scale), int(0.09 * scale)
-            parts.append((cd, ("rect", (cu - half_w, cv - half_h), (cu + half_w, cv + half_h), _BAG)))
-        # painter's algorithm: far parts first
-        for _, shape in sorted(parts, key=lambda item: item[0]):
-            if shape[0] == "line":
-                cv2.line(labels, shape[1], shape[2], int(shape[4]), shape[3])
-            elif shape[0] == "poly":
-                cv2.fillConvexPoly(labels, np.array(shape[1], np.int32), int(shape[2]))
-            elif shape[0] == "circle":
-                cv2.circle(labels, shape[1], shape[2], int(shape[3]), -1)
-            else:
-                cv2.rectangle(labels, shape[1], shape[2], int(shape[3]), -1)
+            parts.append(_bag_part(joints, project, jitter=jitter, scale=scale, bag_side=bag_side))
+        labels = _draw_parts(parts, size)
         rgb = tex[labels, rows, cols]
         rgb = np.clip(rgb.astype(np.float32) * light, 0, 255).astype(np.uint8)
         body = labels > 0
-        ys, xs = np.nonzero(body)
-        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        bh, bw = y1 - y0, x1 - x0
-        y0 = max(0, int(y0 - margin[2] * bh))
-        y1 = min(size, int(y1 + margin[3] * bh))
-        x0 = max(0, int(x0 - margin[0] * bw))
-        x1 = min(size, int(x1 + margin[1] * bw))
-        yield rgb, body, (y0, y1, x0, x1)
+        yield rgb, body, _crop_box(body, margin, size)
 
 
 def render_sequence(
@@ -542,6 +487,104 @@ def write_scene_video(
         tmp.unlink(missing_ok=True)
     atomic_write_bytes(tracks, scene.tracks_text().encode())
     return scene
+
+
+def _orthographic_camera(
+    az: float, scale: float, size: int
+) -> Callable[[np.ndarray], tuple[tuple[int, int], float]]:
+    """Camera rotated about the vertical axis: a 3-D point -> (screen pixel, depth; larger = nearer)."""
+
+    def project(p: np.ndarray) -> tuple[tuple[int, int], float]:
+        u = p[0] * math.sin(az) - p[2] * math.cos(az)
+        d = p[0] * math.cos(az) + p[2] * math.sin(az)
+        return (int(round(size / 2 + u * scale)), int(round(size * 0.92 - p[1] * scale))), d
+
+    return project
+
+
+def _body_parts(
+    joints: dict[str, np.ndarray],
+    project: Callable[[np.ndarray], tuple[tuple[int, int], float]],
+    *,
+    jitter: dict[str, float],
+    thick: float,
+    scale: float,
+    upper: dict[str, Any],
+    lower: dict[str, Any],
+) -> list[tuple[float, Any]]:
+    """The drawable shapes of one pose, each with its depth: limbs, torso, hips, neck, head."""
+    parts: list[tuple[float, Any]] = []
+    for side in ("l", "r"):
+        for a, b, kind, radius in _LIMBS:
+            (pa, da), (pb, db) = project(joints[a.format(s=side)]), project(joints[b.format(s=side)])
+            if kind in ("thigh",) or (kind == "shin" and lower["long"]):
+                label = _LOWER
+            elif kind == "upper_arm" or (kind == "fore_arm" and upper["long"]):
+                label = _UPPER
+            elif kind == "foot":
+                label = _SHOE
+            else:
+                label = _SKIN
+            width = max(2, int(round(2 * radius * thick * scale / 1.2)))
+            parts.append(((da + db) / 2, ("line", pa, pb, width, label)))
+    # torso as a filled quad (shoulders to hips), head as a disc, neck as skin
+    quad = [project(joints[k])[0] for k in ("shoulder_l", "shoulder_r", "hip_r", "hip_l")]
+    parts.append((0.0, ("poly", quad, _UPPER)))
+    # the chest/belly depth, so the torso has a body in side views too
+    chest = max(3, int(round(0.14 * thick * scale)))
+    parts.append((0.0005, ("line", project(joints["pelvis"])[0], project(joints["neck"])[0], chest, _UPPER)))
+    hips = [project(joints[k])[0] for k in ("hip_l", "hip_r")]
+    parts.append((0.0004, ("line", hips[0], hips[1], max(3, int(round(0.09 * thick * scale))), _LOWER)))
+    parts.append((0.001, ("line", project(joints["neck"])[0], project(joints["head"])[0],
+                          max(2, int(0.05 * thick * scale)), _SKIN)))  # fmt: skip
+    head, _ = project(joints["head"])
+    parts.append(
+        (0.002, ("circle", head, max(2, int(round(jitter["head"] * jitter["height"] * scale))), _HAIR))
+    )
+    return parts
+
+
+def _bag_part(
+    joints: dict[str, np.ndarray],
+    project: Callable[[np.ndarray], tuple[tuple[int, int], float]],
+    *,
+    jitter: dict[str, float],
+    scale: float,
+    bag_side: float,
+) -> tuple[float, Any]:
+    """A bag on one hip, with its depth."""
+    hip = joints["hip_l"] if bag_side > 0 else joints["hip_r"]
+    centre = hip + np.array([-0.05, 0.05 * jitter["height"], bag_side * 0.12])
+    (cu, cv), cd = project(centre)
+    half_w, half_h = int(0.10 * scale), int(0.09 * scale)
+    return (cd, ("rect", (cu - half_w, cv - half_h), (cu + half_w, cv + half_h), _BAG))
+
+
+def _draw_parts(parts: list[tuple[float, Any]], size: int) -> np.ndarray:
+    """Label map [size, size] of the parts, drawn far to near (painter's algorithm)."""
+    labels = np.zeros((size, size), np.uint8)
+    for _, shape in sorted(parts, key=lambda item: item[0]):
+        if shape[0] == "line":
+            cv2.line(labels, shape[1], shape[2], int(shape[4]), shape[3])
+        elif shape[0] == "poly":
+            cv2.fillConvexPoly(labels, np.array(shape[1], np.int32), int(shape[2]))
+        elif shape[0] == "circle":
+            cv2.circle(labels, shape[1], shape[2], int(shape[3]), -1)
+        else:
+            cv2.rectangle(labels, shape[1], shape[2], int(shape[3]), -1)
+    return labels
+
+
+def _crop_box(body: np.ndarray, margin: np.ndarray, size: int) -> tuple[int, int, int, int]:
+    """The body's bounding box widened by the per-sequence slack (left, right, top, bottom), in the canvas."""
+    ys, xs = np.nonzero(body)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    bh, bw = y1 - y0, x1 - x0
+    y0 = max(0, int(y0 - margin[2] * bh))
+    y1 = min(size, int(y1 + margin[3] * bh))
+    x0 = max(0, int(x0 - margin[0] * bw))
+    x1 = min(size, int(x1 + margin[1] * bw))
+    return y0, y1, x0, x1
 
 
 class _Loader:

@@ -1,8 +1,14 @@
-"""Gait retrieval evaluation: OpenGait's protocols (spec §8) with bounded memory."""
+"""Gait retrieval evaluation: OpenGait's protocols (OpenGait `opengait/evaluation/evaluator.py`) with bounded memory."""
 
-from .distance import part_euclidean
-from .metric import GaitRetrievalMetric
-from .protocols import PROTOCOLS, EvaluationResult, ProtocolError, evaluate, evaluate_detailed
+from biggait.evaluation.distance import part_euclidean
+from biggait.evaluation.metric import GaitRetrievalMetric
+from biggait.evaluation.protocols import (
+    PROTOCOLS,
+    EvaluationResult,
+    ProtocolError,
+    evaluate,
+    evaluate_detailed,
+)
 
 __all__ = [
     "PROTOCOLS",

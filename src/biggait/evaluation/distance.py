@@ -1,4 +1,4 @@
-"""Per-part Euclidean distance of OpenGait's evaluator (spec §8), in bounded-memory chunks."""
+"""Per-part Euclidean distance of OpenGait's evaluator (OpenGait `opengait/evaluation/evaluator.py`), in bounded-memory chunks."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from .protocols import PROTOCOLS, EvaluationResult, ProtocolError, evaluate_detailed
+from biggait.evaluation.protocols import PROTOCOLS, EvaluationResult, ProtocolError, evaluate_detailed
 
 __all__ = ["GaitRetrievalMetric"]
 

@@ -1,4 +1,4 @@
-"""The gait evaluation protocols of OpenGait's evaluator (spec §8), vectorised and memory-bounded."""
+"""The gait evaluation protocols of OpenGait's evaluator (OpenGait `opengait/evaluation/evaluator.py`), vectorised and memory-bounded."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import numpy as np
 import torch
 
 from biggait.errors import BiggaitError
-
-from .distance import iter_distance_rows
+from biggait.evaluation.distance import iter_distance_rows
 
 __all__ = ["PROTOCOLS", "EvaluationResult", "Protocol", "ProtocolError", "evaluate", "evaluate_detailed"]
 
@@ -29,11 +28,15 @@ class Protocol:
     conditions: dict[
         str, tuple[tuple[str, ...], tuple[str, ...]]
     ]  # condition -> (probe types, gallery types)
-    substring_types: bool = False  # SUSTech1K matches types by substring (spec §8.3)
-    view_prefix: bool = False  # CCPG: view = folder name before the first "_" (spec §8.1)
+    substring_types: bool = False  # SUSTech1K matches types by substring (OpenGait `evaluate_indoor_dataset`)
+    view_prefix: bool = False  # CCPG: view = folder name before the first "_" (OpenGait `evaluate_CCPG`)
     ranks: int = 1  # cumulative ranks reported (SUSTech1K: rank-1 and rank-5)
-    reid: bool = False  # CCPG also reports the ReID protocol (spec §8.1)
+    reid: bool = False  # CCPG also reports the ReID protocol (OpenGait `evaluate_CCPG`)
 
+
+# The CCPG types the protocol reads (U = upper outfit state, D = lower, _BG = carrying a bag), in the order
+# the synthetic world and the demo walkers enumerate them (their seeds depend on it): the one copy.
+CCPG_TYPES = ("U0_D0", "U0_D0_BG", "U1_D0", "U1_D1", "U2_D2", "U3_D3", "U0_D3")
 
 _CCPG = Protocol(
     name="ccpg",
@@ -283,5 +286,5 @@ def evaluate(
     types: Sequence[str],
     views: Sequence[str],
 ) -> dict[str, float]:
-    """Flat dict of percentages, e.g. {"CL": .., "UP": .., "reid/CL/mAP": ..} for CCPG (spec §8)."""
+    """Flat dict of percentages, e.g. {"CL": .., "UP": .., "reid/CL/mAP": ..} for CCPG (OpenGait `opengait/evaluation/evaluator.py`)."""
     return evaluate_detailed(protocol, embeddings, labels, types, views).metrics

@@ -7,16 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")  # headless: figures are written to files or logged, never shown
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from biggait.evaluation.protocols import EvaluationResult  # noqa: E402
-from biggait.io import atomic_write_bytes  # noqa: E402
+# Figures are built with the object API (no pyplot), so no GUI backend is ever chosen or needed.
+from biggait.evaluation.protocols import EvaluationResult
+from biggait.io import atomic_write_bytes, save_png
 
 __all__ = ["partial_banner", "rank1_heatmap", "results_markdown", "save_figure", "write_results_json"]
 
@@ -80,7 +77,8 @@ def rank1_heatmap(
     """View-by-view rank-1 heatmap (probe views as rows), annotated; the diagonal is framed (excluded)."""
     matrix = np.asarray(matrix, dtype=float)
     size = max(3.0, 0.55 * len(gallery_views) + 1.5)
-    fig, ax = plt.subplots(figsize=(size + 1.0, max(2.5, 0.5 * len(probe_views) + 1.5)))
+    fig = Figure(figsize=(size + 1.0, max(2.5, 0.5 * len(probe_views) + 1.5)))
+    ax = fig.subplots()
     im = ax.imshow(matrix, vmin=0, vmax=100, cmap="viridis")
     ax.set_xticks(range(len(gallery_views)), labels=list(gallery_views), rotation=45, ha="right")
     ax.set_yticks(range(len(probe_views)), labels=list(probe_views))
@@ -94,17 +92,12 @@ def rank1_heatmap(
                 color = "white" if matrix[i, j] < 60 else "black"
                 ax.text(j, i, f"{matrix[i, j]:.0f}", ha="center", va="center", fontsize=7, color=color)
             if probe_views[i] == gallery_views[j]:
-                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=1))
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=1))
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     return fig
 
 
 def save_figure(fig: Figure, path: str | Path, *, dpi: int = 110) -> None:
-    """Render `fig` to PNG atomically and close it."""
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    """Render `fig` to PNG atomically (`biggait.io.save_png` at the heatmaps' resolution)."""
+    save_png(fig, path, dpi=dpi)

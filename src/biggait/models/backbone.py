@@ -1,4 +1,4 @@
-"""Frozen DINOv2 backbone through timm, with the official positional-embedding interpolation (spec §2)."""
+"""Frozen DINOv2 backbone through timm, with the official positional-embedding interpolation (OpenGait `BigGait_utils/DINOv2.py`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from biggait.errors import ConfigError
+from biggait.errors import ConfigError, CorruptDataError
 
 __all__ = [
     "BACKBONE_FILE_FORMAT",
@@ -53,7 +53,7 @@ def weights_from_checkpoint() -> Iterator[None]:
         _RESTORING.reset(token)
 
 
-class BackboneFileError(ValueError):
+class BackboneFileError(CorruptDataError):
     """A backbone weights file that does not fit the backbone being built."""
 
 
@@ -80,7 +80,7 @@ OFFICIAL_GRID = 37  # DINOv2 checkpoints store a 37x37 table (img_size 518)
 
 
 def mid4_indices(depth: int) -> list[int]:
-    """0-based blocks whose raw outputs form f_mid4: 2, 5, 8, 11 for depth 12 (spec §2)."""
+    """0-based blocks whose raw outputs form f_mid4: 2, 5, 8, 11 for depth 12 (OpenGait `BigGait_utils/DINOv2.py`)."""
     return [int(i * depth / 4 + depth / 4 - 1) for i in range(4)]
 
 
@@ -89,7 +89,7 @@ def interpolate_pos_embed(
 ) -> torch.Tensor:
     """Resample a DINOv2 [1, 1 + M*M, C] table to `grid` exactly as the official DINOv2 code does.
 
-    Bicubic with `scale_factor = (g + 0.1) / M` per axis and no antialias (spec §2); timm's default
+    Bicubic with `scale_factor = (g + 0.1) / M` per axis and no antialias (OpenGait `BigGait_utils/DINOv2.py`); timm's default
     (`size=`, antialias) gives slightly different values, which imported checkpoints were not trained with.
     """
     num_patches = pos_embed.shape[1] - 1
@@ -109,7 +109,7 @@ def interpolate_pos_embed(
 
 
 class DinoV2Backbone(nn.Module):
-    """DINOv2 ViT returning f_last and f_mid4 token maps (spec §2)."""
+    """DINOv2 ViT returning f_last and f_mid4 token maps (OpenGait `BigGait_utils/DINOv2.py`)."""
 
     def __init__(
         self,
@@ -268,7 +268,7 @@ class DinoV2Backbone(nn.Module):
             if i in self.mid4:
                 mids.append(x[:, 1:])
         f_last = vit.norm(x)[:, 1:]
-        # spec §2: non-affine LayerNorm over the concatenated 4C vector, jointly
+        # OpenGait `BigGait_utils/DINOv2.py`: non-affine LayerNorm over the concatenated 4C vector, jointly
         f_mid4 = F.layer_norm(torch.cat(mids, dim=-1), (self.mid4_dim,), eps=1e-6)
         return self._to_map(f_last), self._to_map(f_mid4)
 

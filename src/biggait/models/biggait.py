@@ -1,7 +1,8 @@
-"""BigGait: frozen DINOv2 -> Gait Representation Extractor -> GaitBase head (spec §1)."""
+"""BigGait: frozen DINOv2 -> Gait Representation Extractor -> GaitBase head (paper Sec. 3; OpenGait `opengait/modeling/models/BigGait.py`)."""
 
 from __future__ import annotations
 
+import inspect
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
@@ -9,11 +10,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from biggait.errors import BiggaitError
-
-from .backbone import DinoV2Backbone
-from .gaitbase import GaitBaseHead
-from .gre import (
+from biggait.compat.names import branch_key_to_ours
+from biggait.errors import BiggaitError, ConfigError
+from biggait.models.backbone import DinoV2Backbone
+from biggait.models.gaitbase import GaitBaseHead
+from biggait.models.gre import (
     GRE_LOSS_WEIGHTS,
     DistillationBranch,
     black_da,
@@ -25,7 +26,7 @@ from .gre import (
     sobel_connect_loss,
     upsample_maps,
 )
-from .input import prepare_images, valid_region_mask
+from biggait.models.input import prepare_images, valid_region_mask
 
 __all__ = ["BigGait", "MaskBranchFileError"]
 
@@ -44,6 +45,31 @@ def _official_init(module: nn.Module) -> None:
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.affine:
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
+
+
+def _check_options(
+    *, shape_connect_layout: str, padding_resize_crop: str, frame_size: Any, backbone_precision: str | None
+) -> None:
+    if len(frame_size) != 2 or min(int(v) for v in frame_size) < 1:
+        raise ConfigError(f"frame_size must be (H, W) of positive ints, got {frame_size!r}")
+    if backbone_precision not in (None, "bf16", "fp16", "fp32"):
+        raise ConfigError(
+            f"backbone_precision must be null (follow the trainer), 'bf16', 'fp16' or 'fp32', got {backbone_precision!r}"
+        )
+    if shape_connect_layout not in ("faithful", "fixed"):
+        raise ConfigError(f"shape_connect_layout must be 'faithful' or 'fixed', got {shape_connect_layout!r}")
+    if padding_resize_crop not in ("left", "center"):
+        raise ConfigError(f"padding_resize_crop must be 'left' or 'center', got {padding_resize_crop!r}")
+
+
+def _recorded_config(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The constructor's arguments (from its `locals()`), so `BigGait(**model.config)` rebuilds the model."""
+    names = list(inspect.signature(BigGait.__init__).parameters)[1:]
+    config = {name: arguments[name] for name in names}
+    for key in ("image_size", "map_size", "channels"):
+        config[key] = tuple(config[key])
+    config["frame_size"] = tuple(int(v) for v in config["frame_size"])
+    return config
 
 
 class BigGait(nn.Module):
@@ -78,49 +104,15 @@ class BigGait(nn.Module):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        if len(frame_size) != 2 or min(int(v) for v in frame_size) < 1:
-            raise ValueError(f"frame_size must be (H, W) of positive ints, got {frame_size!r}")
-        if shape_connect_layout not in ("faithful", "fixed"):
-            raise ValueError(
-                f"shape_connect_layout must be 'faithful' or 'fixed', got {shape_connect_layout!r}"
-            )
-        if padding_resize_crop not in ("left", "center"):
-            raise ValueError(f"padding_resize_crop must be 'left' or 'center', got {padding_resize_crop!r}")
-        if backbone_precision not in (None, "bf16", "fp16", "fp32"):
-            raise ValueError(
-                f"backbone_precision must be null (follow the trainer), 'bf16', 'fp16' or 'fp32', "
-                f"got {backbone_precision!r}"
-            )
-        self.config: dict[str, Any] = {
-            "backbone": backbone,
-            "num_classes": num_classes,
-            "backbone_width": backbone_width,
-            "backbone_depth": backbone_depth,
-            "backbone_heads": backbone_heads,
-            "backbone_mlp_ratio": backbone_mlp_ratio,
-            "pretrained": pretrained,
-            "backbone_trainable": backbone_trainable,
-            "image_size": tuple(image_size),
-            "map_size": tuple(map_size),
-            "mask_dropout": mask_dropout,
-            "denoising_dim": denoising_dim,
-            "appearance_dim": appearance_dim,
-            "denoising_hidden": denoising_hidden,
-            "channels": tuple(channels),
-            "fusion_squeeze": fusion_squeeze,
-            "embed_dim": embed_dim,
-            "parts": parts,
-            "shape_connect_layout": shape_connect_layout,
-            "padding_resize_crop": padding_resize_crop,
-            "frame_size": tuple(int(v) for v in frame_size),
-            "static_shapes": static_shapes,
-            "backbone_precision": backbone_precision,
-            "channels_last": channels_last,
-        }
-        self.image_size = tuple(image_size)
-        self.map_size = tuple(map_size)
-        self.shape_connect_layout = shape_connect_layout
-        self.padding_resize_crop = padding_resize_crop
+        _check_options(
+            shape_connect_layout=shape_connect_layout,
+            padding_resize_crop=padding_resize_crop,
+            frame_size=frame_size,
+            backbone_precision=backbone_precision,
+        )
+        self.config: dict[str, Any] = _recorded_config(locals())
+        self.image_size, self.map_size = tuple(image_size), tuple(map_size)
+        self.shape_connect_layout, self.padding_resize_crop = shape_connect_layout, padding_resize_crop
         # The stored frame size the model is trained on (the converters' pad-and-resize canvas, e.g. 256x128 for
         # CCPG, 128x64 for the synthetic world); inference prepares new person crops to it (biggait.preprocess).
         self.frame_size = self.config["frame_size"]
@@ -138,12 +130,12 @@ class BigGait(nn.Module):
             image_size=self.image_size,
             pretrained=pretrained,
         )
-        c_last, c_mid4 = self.backbone.embed_dim, self.backbone.mid4_dim
-        self.mask_branch = DistillationBranch(c_last, 2, dropout=mask_dropout, reconstruct=True)
-        self.denoising_branch = DistillationBranch(
-            c_mid4, denoising_dim, hidden_dim=denoising_hidden or c_mid4 // 2
+        self._build_branches(
+            mask_dropout=mask_dropout,
+            denoising_dim=denoising_dim,
+            appearance_dim=appearance_dim,
+            denoising_hidden=denoising_hidden,
         )
-        self.appearance_branch = DistillationBranch(c_mid4, appearance_dim, softmax=False)
         self.head = GaitBaseHead(
             denoising_dim=denoising_dim,
             appearance_dim=appearance_dim,
@@ -161,22 +153,33 @@ class BigGait(nn.Module):
             self.backbone.requires_grad_(False)
         self.train()
 
+    def _build_branches(
+        self, *, mask_dropout: float, denoising_dim: int, appearance_dim: int, denoising_hidden: int | None
+    ) -> None:
+        """The three GRE branches over the backbone's f_last (mask) and f_mid4 (denoising, appearance)."""
+        c_last, c_mid4 = self.backbone.embed_dim, self.backbone.mid4_dim
+        self.mask_branch = DistillationBranch(c_last, 2, dropout=mask_dropout, reconstruct=True)
+        self.denoising_branch = DistillationBranch(
+            c_mid4, denoising_dim, hidden_dim=denoising_hidden or c_mid4 // 2
+        )
+        self.appearance_branch = DistillationBranch(c_mid4, appearance_dim, softmax=False)
+
     # ----------------------------------------------------------------------------------------- modes
     def train(self, mode: bool = True) -> BigGait:
         super().train(mode)
         if not self.backbone_trainable:
-            self.backbone.eval()  # spec §2: frozen, eval
+            self.backbone.eval()  # frozen, as OpenGait `BigGait__Dinov2_Gaitbase.init_parameters`
         if self._mask_branch_frozen:
-            self.mask_branch.eval()  # spec §4.1: dropout off, running BN stats after the freeze
+            self.mask_branch.eval()  # OpenGait `BigGait__Dinov2_Gaitbase.forward`, iteration 500: dropout off, running BN stats after the freeze
         return self
 
     @property
     def mask_branch_frozen(self) -> bool:
-        """Whether the mask branch is frozen (eval, no gradients), spec §4.1."""
+        """Whether the mask branch is frozen (eval, no gradients), OpenGait `BigGait__Dinov2_Gaitbase.forward`, iteration 500."""
         return self._mask_branch_frozen
 
     def freeze_mask_branch(self) -> list[nn.Parameter]:
-        """Freeze the mask branch (spec §4.1); returns its parameters so the optimizer can drop them."""
+        """Freeze the mask branch (OpenGait `BigGait__Dinov2_Gaitbase.forward`, iteration 500); returns its parameters so the optimizer can drop them."""
         self._mask_branch_frozen = True
         self.mask_branch.requires_grad_(False)
         self.mask_branch.eval()
@@ -184,8 +187,6 @@ class BigGait(nn.Module):
 
     def load_mask_branch(self, path: str | Path, *, freeze: bool = True) -> list[nn.Parameter]:
         """Load a `{'model': state_dict}` file such as MaskBranch_vits14.pt strictly (official names)."""
-        from biggait.compat.opengait import branch_key_to_ours
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"mask-branch file not found: {path}")
@@ -253,7 +254,7 @@ class BigGait(nn.Module):
             denoising = self.denoising_branch.forward_dense(f_mid4, foreground, fuse_upsampling=fuse)[0]
             appearance = self.appearance_branch.forward_dense(f_mid4, foreground, fuse_upsampling=fuse)[0]
         else:
-            # mask branch on the valid pixels (paper Sec. 3.2; opengait/modeling/models/BigGait.py)
+            # mask branch on the valid pixels (paper Sec. 3; OpenGait `BigGait.py`)
             mask_out, shape_mse = self.mask_branch(gather_pixels(last_map, valid))
             mask_probs = scatter_pixels(mask_out, valid)
             foreground_prob, foreground = select_foreground(mask_probs.detach())
@@ -278,14 +279,16 @@ class BigGait(nn.Module):
         }
 
     def gre_losses(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The four weighted GRE auxiliary losses (spec §4.5)."""
+        """The four weighted GRE auxiliary losses (OpenGait `BigGait__Dinov2_Gaitbase.forward`)."""
         denoising = features["denoising"].flatten(0, 1)
         losses = {
             "shape_mse": features["shape_mse"],
             "shape_connect": shape_connect_loss(
                 features["mask_probs"].flatten(0, 1), layout=self.shape_connect_layout
             ),
-            "part_connect": sobel_connect_loss(denoising[:, :-1]),  # spec §4.5: last channel dropped
+            "part_connect": sobel_connect_loss(
+                denoising[:, :-1]
+            ),  # OpenGait `connect_loss` on the denoising map: last channel dropped
             "part_diversity": diversity_loss(denoising),
         }
         return {k: v * GRE_LOSS_WEIGHTS[k] for k, v in losses.items()}
@@ -297,7 +300,7 @@ class BigGait(nn.Module):
         rate: float = 0.2,
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Black DA (spec §4.4), out of place: returns a new features dict."""
+        """Black DA (OpenGait `BigGait__Dinov2_Gaitbase.forward`), out of place: returns a new features dict."""
         denoising, appearance = black_da(
             features["denoising"], features["appearance"], rate=rate, generator=generator
         )

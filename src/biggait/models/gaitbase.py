@@ -1,4 +1,4 @@
-"""GaitBase head of BigGait: two stems, attention fusion, ResNet stages, pooling, BNNeck (spec §5)."""
+"""GaitBase head of BigGait: two stems, attention fusion, ResNet stages, pooling, BNNeck (OpenGait `BigGait_utils/BigGait_GaitBase.py`)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class Body(nn.Module):
 
 
 class AttentionFusion(nn.Module):
-    """Per-pixel softmax weights over the denoising and appearance features (spec §5)."""
+    """Per-pixel softmax weights over the denoising and appearance features (OpenGait `BigGait_utils/BigGait_GaitBase.py`)."""
 
     def __init__(self, channels: int, *, squeeze_ratio: int = 16, num_inputs: int = 2) -> None:
         super().__init__()
@@ -79,7 +79,7 @@ class AttentionFusion(nn.Module):
     def forward(self, *feats: torch.Tensor) -> torch.Tensor:
         score = self.score(torch.cat(feats, dim=1))
         b, _, h, w = score.shape
-        # spec §5: channel index = num_inputs*c + d (interleaved), softmax over d
+        # OpenGait `BigGait_utils/BigGait_GaitBase.py`: channel index = num_inputs*c + d (interleaved), softmax over d
         score = F.softmax(score.view(b, -1, self.num_inputs, h, w), dim=2)
         return sum(f * score[:, :, i] for i, f in enumerate(feats))
 
@@ -134,7 +134,7 @@ class SeparateBNNeck(nn.Module):
 
 
 class GaitBaseHead(nn.Module):
-    """The modified GaitBase of BigGait (spec §5)."""
+    """The modified GaitBase of BigGait (OpenGait `BigGait_utils/BigGait_GaitBase.py`)."""
 
     def __init__(
         self,

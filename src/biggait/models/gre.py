@@ -1,4 +1,4 @@
-"""Gait Representation Extractor: mask / denoising / appearance branches, foreground, losses (spec §4)."""
+"""Gait Representation Extractor: mask / denoising / appearance branches, foreground, losses (paper Sec. 3; OpenGait `BigGait.py`)."""
 
 from __future__ import annotations
 
@@ -21,13 +21,13 @@ __all__ = [
     "upsample_maps",
 ]
 
-# spec §4.5: weights as applied by the official loss aggregator
+# Weights as OpenGait `BigGait__Dinov2_Gaitbase.forward` hands them to `opengait/modeling/loss_aggregator.py`
 GRE_LOSS_WEIGHTS = {"shape_mse": 1.0, "shape_connect": 0.02, "part_connect": 0.01, "part_diversity": 5.0}
-BORDER_ROWS = 5  # spec §4.2: rows inspected at the top and at the bottom to decide the polarity
+BORDER_ROWS = 5  # OpenGait `BigGait__Dinov2_Gaitbase.get_body`: rows inspected at the top and at the bottom to decide the polarity
 
 
 class DistillationBranch(nn.Module):
-    """Per-pixel MLP over selected pixels (the official `infoDistillation`, spec §4)."""
+    """Per-pixel MLP over selected pixels (the official `infoDistillation`, paper Sec. 3; OpenGait `BigGait.py`)."""
 
     def __init__(
         self,
@@ -152,7 +152,7 @@ def gather_pixels(maps: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
 
 
 def select_foreground(mask_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, 2, h, w] mask probabilities (0 at padding) -> (foreground_prob p, selected pixels), spec §4.2."""
+    """[B, 2, h, w] mask probabilities (0 at padding) -> (foreground_prob p, selected pixels), OpenGait `BigGait__Dinov2_Gaitbase.get_body`, `get_edge`."""
     w = mask_probs.shape[-1]
     c0 = torch.round(mask_probs[:, 0])  # half-to-even: 0.5 -> 0
     border = c0[:, :BORDER_ROWS].sum((1, 2)) + c0[:, -BORDER_ROWS:].sum((1, 2))
@@ -163,13 +163,13 @@ def select_foreground(mask_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     # kornia dilation 3x3 then erosion 5x5 with geodesic borders: max-pool pads with -inf
     dilated = F.max_pool2d(binary, 3, stride=1, padding=1)
     eroded = -F.max_pool2d(-dilated, 5, stride=1, padding=2)
-    # value = (D xor E)*p + E, selected where value != 0 (spec §4.2)
+    # value = (D xor E)*p + E, selected where value != 0 (OpenGait `BigGait__Dinov2_Gaitbase.get_body`, `get_edge`)
     selected = (eroded > 0) | ((dilated > 0) & (p != 0))
     return p, selected
 
 
 def sobel_connect_loss(x: torch.Tensor) -> torch.Tensor:
-    """Sobel smoothness, responses summed over channels before abs, / x.numel() (spec §4.5)."""
+    """Sobel smoothness, responses summed over channels before abs, / x.numel() (OpenGait `BigGait__Dinov2_Gaitbase.connect_loss`)."""
     c = x.shape[1]
     kx = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], dtype=x.dtype, device=x.device)
     weight = torch.stack([kx, kx.t()])[:, None].expand(2, c, 3, 3)  # kx.t() is Ky
@@ -180,9 +180,9 @@ def sobel_connect_loss(x: torch.Tensor) -> torch.Tensor:
 def shape_connect_loss(
     mask_probs: torch.Tensor, *, layout: Literal["faithful", "fixed"] = "faithful"
 ) -> torch.Tensor:
-    """Sobel loss on the 2-channel mask probabilities [B, 2, h, w] (spec §4.5)."""
+    """Sobel loss on the 2-channel mask probabilities [B, 2, h, w] (OpenGait `BigGait__Dinov2_Gaitbase.connect_loss`)."""
     if layout == "faithful":
-        # spec §4.5 quirk: the pixel-major [B*h*w, 2] buffer is viewed as [B, 2, h, w] without a permute
+        # quirk of OpenGait `BigGait__Dinov2_Gaitbase.connect_loss` (docs/fidelity.md): the pixel-major [B*h*w, 2] buffer is viewed as [B, 2, h, w] without a permute
         b, c, h, w = mask_probs.shape
         mask_probs = mask_probs.permute(0, 2, 3, 1).reshape(b, c, h, w)
     elif layout != "fixed":
@@ -191,7 +191,7 @@ def shape_connect_loss(
 
 
 def diversity_loss(denoising: torch.Tensor) -> torch.Tensor:
-    """Entropy deficit of the per-frame channel usage of the [B, C, h, w] denoising map (spec §4.5)."""
+    """Entropy deficit of the per-frame channel usage of the [B, C, h, w] denoising map (OpenGait `BigGait__Dinov2_Gaitbase.diversity_loss`)."""
     c = denoising.shape[1]
     usage = denoising.sum((2, 3))
     q = usage / (usage.sum(1, keepdim=True) + 1e-6)
@@ -206,9 +206,9 @@ def black_da(
     rate: float = 0.2,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero the whole denoising or appearance map of round(rate*n) random sequences (spec §4.4).
+    """Zero the whole denoising or appearance map of round(rate*n) random sequences (Black DA of OpenGait `BigGait__Dinov2_Gaitbase.forward`).
 
-    Maps are [n, ...]; out of place (the official in-place version breaks fp32 autograd, spec §11).
+    Maps are [n, ...]; out of place (the official in-place version breaks fp32 autograd, docs/fidelity.md).
     """
     n = denoising.shape[0]
     count = round(rate * n)

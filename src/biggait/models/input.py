@@ -1,4 +1,4 @@
-"""In-model input preparation: resize, padding-resize by the per-frame ratio, valid-region mask (spec §3.3)."""
+"""In-model input preparation: resize, padding-resize by the per-frame ratio, valid-region mask (OpenGait `BigGait.py`, `padding_resize`)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _bilinear_weights(
 def padding_resize(
     x: torch.Tensor, ratios: torch.Tensor, size: tuple[int, int], *, crop: Crop = "left"
 ) -> torch.Tensor:
-    """Resize each frame to (h, int(h*ratio)) and pad centrally (or crop) to width w, batched (spec §3.3).
+    """Resize each frame to (h, int(h*ratio)) and pad centrally (or crop) to width w, batched (OpenGait `BigGait.py`, `padding_resize`).
 
     `crop="left"` keeps the authors' bug (the left w columns when the resized frame is too wide);
     `crop="center"` is the PR #307 fix. Padding is 0 in the input's value space.
@@ -68,7 +68,7 @@ def padding_resize(
 def prepare_images(
     frames: torch.Tensor, ratios: torch.Tensor, *, image_size: tuple[int, int], crop: Crop = "left"
 ) -> torch.Tensor:
-    """[B, 3, H, W] normalised frames -> [B, 3, *image_size] backbone input (spec §3.3)."""
+    """[B, 3, H, W] normalised frames -> [B, 3, *image_size] backbone input (OpenGait `BigGait.py`, `padding_resize`)."""
     h, w = frames.shape[-2:]
     if h != 2 * w:
         # squashed crops: restore the aspect ratio on a 256x128 canvas first
@@ -77,7 +77,7 @@ def prepare_images(
 
 
 def valid_region_mask(ratios: torch.Tensor, map_size: tuple[int, int]) -> torch.Tensor:
-    """[B] ratios -> [B, 1, h, w] float mask of the non-padding pixels: padding_resize of ones (spec §3.3)."""
+    """[B] ratios -> [B, 1, h, w] float mask of the non-padding pixels: padding_resize of ones (OpenGait `BigGait.py`, `padding_resize`)."""
     h, w = map_size
     ratios = ratios.reshape(-1)
     need_w = _need_width(ratios, h)

@@ -1,7 +1,7 @@
 """Look inside BigGait: PCA / part colourings of the feature maps, foreground IoU and figure panels."""
 
-from .io import figure_png, read_sequences, records_to_batch, save_png
-from .maps import (
+from biggait.viz.io import figure_png, read_sequences, records_to_batch, save_png
+from biggait.viz.maps import (
     PART_PALETTE,
     PCABasis,
     VizInputError,
@@ -13,7 +13,7 @@ from .maps import (
     resize_mask,
     silhouettes_to_map,
 )
-from .panels import (
+from biggait.viz.panels import (
     MAP_KEYS,
     PanelSequence,
     comparison_indices,

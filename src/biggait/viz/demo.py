@@ -11,9 +11,9 @@ import torch
 from matplotlib.figure import Figure
 
 from biggait.data import SequenceRecord, write_shards
-
-from .io import read_sequences, records_to_batch
-from .panels import PanelSequence, comparison_indices, select_sequence
+from biggait.evaluation.protocols import CCPG_TYPES
+from biggait.viz.io import read_sequences, records_to_batch
+from biggait.viz.panels import PanelSequence, comparison_indices, select_sequence
 
 __all__ = ["comparison_sequences", "make_demo_shards", "rank1_heatmaps", "tiny_random_model"]
 
@@ -31,8 +31,8 @@ def tiny_random_model(*, seed: int = 0) -> torch.nn.Module:
         return BigGait(**TINY_MODEL).eval()
 
 
-# CCPG naming (spec §8.1), so the CCPG protocol and the comparison trio (two outfits of one person) work.
-DEMO_TYPES = ("U0_D0", "U0_D0_BG", "U1_D0", "U1_D1", "U2_D2", "U3_D3", "U0_D3")
+# CCPG naming (OpenGait `evaluate_CCPG`), so the CCPG protocol and the comparison trio (two outfits of one person) work.
+DEMO_TYPES = CCPG_TYPES
 DEMO_VIEWS = ("1_0", "2_90")
 
 

@@ -3,34 +3,25 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from matplotlib.figure import Figure
 
 from biggait.data import SequenceRecord, normalize_frames, read_manifest
-from biggait.data.pipeline import decode_frames, decode_silhouettes, iter_tar, parse_sample, select_frames
-from biggait.io import atomic_write_bytes
-
-from .maps import VizInputError
+from biggait.data.pipeline import (
+    decode_frames,
+    decode_silhouettes,
+    iter_tar,
+    pad_sequences,
+    parse_sample,
+    select_frames,
+)
+from biggait.io import figure_png, save_png  # re-exported: viz's public API
+from biggait.viz.maps import VizInputError
 
 __all__ = ["figure_png", "read_sequences", "records_to_batch", "save_png"]
-
-
-def figure_png(fig: Figure, *, dpi: int = 100) -> bytes:
-    """`fig` rendered as PNG bytes (for notebooks and loggers; nothing touches disk)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
-
-
-def save_png(fig: Figure, path: str | Path, *, dpi: int = 100) -> Path:
-    """Write `fig` to `path` as PNG atomically (temp file in the same folder, then rename)."""
-    return atomic_write_bytes(path, figure_png(fig, dpi=dpi))
 
 
 def read_sequences(
@@ -77,25 +68,16 @@ def records_to_batch(records: Sequence[SequenceRecord]) -> dict[str, Any]:
     `ratios`, `lengths`, labels and `silhouettes` (when every record has them)."""
     if not records:
         raise VizInputError("records_to_batch got no sequences; check the shard directory and the filter")
-    s = max(r.frames.shape[0] for r in records)
-    h, w = records[0].frames.shape[1:3]
-    frames = torch.zeros(len(records), s, 3, h, w, dtype=torch.uint8)
-    ratios = torch.zeros(len(records), s)
-    lengths = torch.tensor([r.frames.shape[0] for r in records])
-    for i, r in enumerate(records):
-        frames[i, : len(r.frames)] = torch.from_numpy(r.frames).permute(0, 3, 1, 2)
-        ratios[i, : len(r.frames)] = torch.from_numpy(np.asarray(r.ratios, np.float32))
-    batch: dict[str, Any] = {
-        "frames": normalize_frames(frames, lengths),
-        "ratios": ratios,
-        "lengths": lengths,
-        "subjects": [r.subject for r in records],
-        "types": [r.seq_type for r in records],
-        "views": [r.view for r in records],
-    }
-    if all(r.silhouettes is not None for r in records):
-        sils = torch.zeros(len(records), s, h, w, dtype=torch.uint8)
-        for i, r in enumerate(records):
-            sils[i, : len(r.frames)] = torch.from_numpy(r.silhouettes)
-        batch["silhouettes"] = sils
+    with_silhouettes = all(r.silhouettes is not None for r in records)
+    batch: dict[str, Any] = pad_sequences(
+        [r.frames for r in records],
+        [r.ratios for r in records],
+        [r.silhouettes for r in records] if with_silhouettes else None,
+    )
+    batch["frames"] = normalize_frames(batch["frames"], batch["lengths"])
+    batch.update(
+        subjects=[r.subject for r in records],
+        types=[r.seq_type for r in records],
+        views=[r.view for r in records],
+    )
     return batch

@@ -157,7 +157,7 @@ def part_colors(
 ) -> np.ndarray:
     """Argmax part of each pixel coloured with the fixed `PART_PALETTE` -> float32 [T, h, w, 3].
 
-    Pixels whose denoising vector is all zero (off the foreground, spec §4.3) or outside `mask` are black.
+    Pixels whose denoising vector is all zero (off the foreground, OpenGait `BigGait__Dinov2_Gaitbase.forward`) or outside `mask` are black.
     """
     d = _as_tensor(denoising, "denoising").float()
     _check_maps(d, "denoising")
@@ -174,7 +174,7 @@ def part_colors(
 
 
 def _padding_resize_geometry(sil: torch.Tensor, ratio: float, size: tuple[int, int]) -> torch.Tensor:
-    # The model's padding-resize (spec §3.3) at its 256 x 128 reference scale, then down to the map size.
+    # The model's padding-resize (OpenGait `BigGait.py`, `padding_resize`) at its 256 x 128 reference scale, then down to the map size.
     need_w = int(256 * ratio)
     x = F.interpolate(sil[None, None], size=(256, max(need_w, 1)), mode="bilinear", align_corners=False)[0, 0]
     canvas = sil.new_zeros(256, 128)
@@ -196,7 +196,7 @@ def silhouettes_to_map(
     """Ground-truth silhouettes [T, H, W] (0/255 or 0/1) -> boolean [T, 1, *size] in the model's map frame.
 
     Frames with the map's aspect ratio (e.g. 256 x 128 for 64 x 32 maps) are resized plainly, as the model
-    does; other frames need their `ratios` to reproduce the model's padding-resize (spec §3.3). The resize
+    does; other frames need their `ratios` to reproduce the model's padding-resize (OpenGait `BigGait.py`, `padding_resize`). The resize
     averages areas and the result is thresholded at 0.5 (a map pixel is foreground when at least half of it is).
     """
     s = _as_tensor(silhouettes, "silhouettes")
@@ -211,7 +211,7 @@ def silhouettes_to_map(
     elif ratios is None:
         raise VizInputError(
             f"silhouettes are {s.shape[1]}x{s.shape[2]} but the maps are {h}x{w}: the model padding-resized "
-            "these frames (spec §3.3); pass ratios=<the batch's ratios for this sequence>"
+            "these frames (OpenGait `BigGait.py`, `padding_resize`); pass ratios=<the batch's ratios for this sequence>"
         )
     else:
         r = _as_tensor(ratios, "ratios").float().reshape(-1)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .maps import (
+from biggait.viz.maps import (
     VizInputError,
     denormalize_frames,
     fit_pca,
@@ -28,7 +28,7 @@ __all__ = [
     "sequence_panel",
 ]
 
-# The per-frame maps of `BigGait.forward_features` that the panels read (docs/design.md).
+# The per-frame maps of `BigGait.forward_features` that the panels read (docs/8_design.md).
 MAP_KEYS = ("f_last", "f_mid4", "foreground_prob", "foreground", "denoising", "appearance")
 
 # Row name -> one-line explanation, shown as the y label (and reused by the notebook's text).
