@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 
@@ -71,7 +72,7 @@ class EvaluationReport(Callback):
         header = f"{stage} results ({protocol}, step {step}, checkpoint {checkpoint or 'none saved'})"
         banner = partial_banner(result)
         message = f"{header}:\n{banner + chr(10) if banner else ''}{table}"
-        if logging.getLogger().handlers:  # a configured run (Hydra): console and the run's log file
+        if HydraConfig.initialized():  # a Hydra run: its logging goes to the console and the run's log file
             log.info(message)
         else:
             print(f"\n{message}\n", flush=True)
