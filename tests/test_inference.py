@@ -20,8 +20,9 @@ from biggait.evaluation.distance import part_euclidean
 from biggait.gallery import Gallery, GalleryError, load_gallery
 from biggait.identify import format_table, identify
 from biggait.identify import main as identify_main
-from biggait.inference import embed_padded, embed_sequences
+from biggait.inference import SequencePooler, embed_padded, embed_sequences
 from biggait.models import BigGait
+from biggait.precision import resolve_precision
 from biggait.preprocess import normalize_frames, pad_and_resize, prepare_crops
 from biggait.sources import InputError, discover_inputs, read_tracks
 from test_checkpoint import TINY
@@ -54,6 +55,21 @@ def test_chunked_batched_embedding_equals_one_forward_pass(model: BigGait, batch
     assert len(out) == 3
     for got, (f, r) in zip(out, seqs):
         np.testing.assert_allclose(got, _forward(model, f, r), rtol=1e-4, atol=1e-5)
+
+
+def test_precision_auto_follows_the_hardware_and_keeps_the_embeddings(model: BigGait) -> None:
+    seqs = [_frames(5, 3)]
+    pooler = SequencePooler(model, device=torch.device("cpu"), precision="auto")
+    assert pooler.precision.precision == resolve_precision("auto", accelerator="cpu")  # what /proc/cpuinfo has
+    fp32 = next(embed_sequences(model, seqs, device="cpu"))
+    auto = next(embed_sequences(model, seqs, device="cpu", precision="auto"))
+    rel = np.linalg.norm(auto - fp32) / np.linalg.norm(fp32)
+    if pooler.dtype is None:  # no bf16 units: auto is fp32, bit for bit
+        assert rel == 0
+    else:  # autocast really ran; random weights drift more than a trained model (docs/performance.md: 2.8e-3)
+        assert 0 < rel < 0.1
+    with pytest.raises(ValueError, match="precision must be one of"):
+        SequencePooler(model, precision="int8")
 
 
 def test_padded_batch_embedding_equals_the_evaluation_forward(model: BigGait) -> None:

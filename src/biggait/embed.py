@@ -20,7 +20,8 @@ import numpy as np
 from biggait.checkpoint import load_model, model_fingerprint
 from biggait.errors import ConfigError, exit_on_error
 from biggait.gallery import Gallery
-from biggait.inference import PRECISIONS, embed_sequences
+from biggait.inference import PRECISIONS, embed_sequences, resolve_device
+from biggait.precision import describe_precision
 from biggait.preprocess import prepare_crops
 from biggait.sources import InputError, RawSequence, discover_inputs
 
@@ -86,10 +87,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--identity", default=None, help="identity of every sequence of this run")
     parser.add_argument("--batch-frames", type=int, default=256, help="frames per forward pass (default 256)")
     parser.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--precision", default="32", choices=sorted(PRECISIONS), help="default 32 (float32)")
+    parser.add_argument(
+        "--precision",
+        default="32",
+        choices=PRECISIONS,
+        help="default 32 (float32); auto: bf16 on CPUs with AVX-512 BF16 / AMX and on GPUs that have it, "
+        "fp16 on older GPUs (docs/performance.md)",
+    )
     args = parser.parse_args(argv)
     with exit_on_error():
         model = load_model(args.model)
+        if args.precision == "auto":
+            dev = resolve_device(args.device)
+            accelerator = "gpu" if dev.type == "cuda" else dev.type
+            print(f"precision auto -> {describe_precision('auto', accelerator=accelerator)}", file=sys.stderr)
         gallery = embed_inputs(
             model,
             args.inputs,

@@ -17,16 +17,14 @@ import torch
 
 from biggait.errors import ConfigError
 from biggait.models import BigGait
+from biggait.precision import autocast_dtype, describe_precision
 from biggait.preprocess import normalize_frames
 
 __all__ = ["PRECISIONS", "SequencePooler", "embed_padded", "embed_sequences", "resolve_device"]
 
-# Lightning's precision names; "32" = float32, the others autocast the forward pass.
-PRECISIONS: dict[str, torch.dtype | None] = {
-    "32": None,
-    "16-mixed": torch.float16,
-    "bf16-mixed": torch.bfloat16,
-}
+# What `--precision` accepts: "auto" (what the hardware has, biggait.precision), Lightning's names, and short
+# aliases; "32" = float32, the mixed ones autocast the forward pass.
+PRECISIONS = ("auto", "32", "32-true", "fp32", "16-mixed", "fp16", "bf16-mixed", "bf16")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -51,11 +49,13 @@ class SequencePooler:
         if batch_frames < 1:
             raise ConfigError(f"batch_frames must be >= 1, got {batch_frames}")
         if precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+            raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         self.model = model
         self.batch_frames = batch_frames
         self.device = device or next(model.parameters()).device
-        self.dtype = PRECISIONS[precision]
+        accelerator = "gpu" if self.device.type == "cuda" else self.device.type
+        self.precision = describe_precision(precision, accelerator=accelerator)  # says what "auto" picked
+        self.dtype = autocast_dtype(self.precision.precision)
         self._queue: deque[tuple[int, np.ndarray | torch.Tensor, torch.Tensor]] = deque()
         self._queued = 0
         self._remaining: dict[int, int] = {}
