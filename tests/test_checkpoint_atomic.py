@@ -113,11 +113,15 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path: Path) -> None:
 
 
 def _temporaries(*folders: Path) -> list[Path]:
+    """Files other than the checkpoints themselves (a save's temporary is a file; the folders that other
+    libraries make in TMPDIR at import, e.g. wandb's media/artifact dirs or torchinductor's cache, are not)."""
     return [
         p
         for folder in folders
         for p in folder.iterdir()
-        if p.name not in ("last.ckpt",) and not (p.name.startswith("step") and p.name.endswith(".ckpt"))
+        if p.is_file()
+        and p.name not in ("last.ckpt",)
+        and not (p.name.startswith("step") and p.name.endswith(".ckpt"))
     ]
 
 
