@@ -60,7 +60,7 @@ def send_lightning_logs_to_the_run_log() -> None:
     """
     if not logging.getLogger().handlers:
         return
-    for name in ("lightning.pytorch", "lightning.fabric"):
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
             if type(handler) is logging.StreamHandler:
