@@ -60,7 +60,9 @@ def test_chunked_batched_embedding_equals_one_forward_pass(model: BigGait, batch
 def test_precision_auto_follows_the_hardware_and_keeps_the_embeddings(model: BigGait) -> None:
     seqs = [_frames(5, 3)]
     pooler = SequencePooler(model, device=torch.device("cpu"), precision="auto")
-    assert pooler.precision.precision == resolve_precision("auto", accelerator="cpu")  # what /proc/cpuinfo has
+    assert pooler.precision.precision == resolve_precision(
+        "auto", accelerator="cpu"
+    )  # what /proc/cpuinfo has
     fp32 = next(embed_sequences(model, seqs, device="cpu"))
     auto = next(embed_sequences(model, seqs, device="cpu", precision="auto"))
     rel = np.linalg.norm(auto - fp32) / np.linalg.norm(fp32)
@@ -309,6 +311,11 @@ def test_embed_and_identify_clis(model: BigGait, tmp_path: Path, capsys) -> None
     # the same frames give the same embedding through the folder path and the library
     frames, ratios = prepare_crops(discover_inputs(probe_dir)[0].read(), (64, 32))
     np.testing.assert_allclose(p.embeddings[0], _forward(model, frames, ratios), rtol=1e-4, atol=1e-5)
+    # --max-frames keeps the first frames only, as the evaluation's frame limit does
+    assert embed_main([*args[:2], "--out", str(tmp_path / "p2.npz"), "--max-frames", "2"]) == 0
+    first_two = load_gallery(tmp_path / "p2.npz").embeddings[0]
+    np.testing.assert_allclose(first_two, _forward(model, frames[:2], ratios[:2]), rtol=1e-4, atol=1e-5)
+    assert np.abs(first_two - p.embeddings[0]).max() > 1e-4  # the other frames did count without it
 
 
 def test_embed_cli_bad_input_is_one_error_line(model: BigGait, tmp_path: Path, capsys) -> None:

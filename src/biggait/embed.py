@@ -37,8 +37,12 @@ def embed_inputs(
     batch_frames: int = 256,
     device: str = "auto",
     precision: str = "32",
+    max_frames: int | None = None,
 ) -> Gallery:
-    """Every sequence found under `inputs` embedded by `model` (a `BigGait`), as a `Gallery`."""
+    """Every sequence found under `inputs` embedded by `model` (a `BigGait`), as a `Gallery`; `max_frames` keeps
+    the first frames of each, as the evaluation does (`data.eval_frames_limit`)."""
+    if max_frames is not None and max_frames < 1:
+        raise ConfigError(f"--max-frames must be >= 1, got {max_frames}")
     if tracks is not None and len(inputs) != 1:
         raise ConfigError(f"--tracks belongs to one video, but {len(inputs)} inputs were given")
     found: list[RawSequence] = [seq for path in inputs for seq in discover_inputs(path, tracks=tracks)]
@@ -51,7 +55,7 @@ def embed_inputs(
 
     def prepared() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for seq in found:
-            crops = seq.read()
+            crops = seq.read()[:max_frames]
             if not crops:
                 raise InputError(f"sequence {seq.label} ({seq.source}) has no frames")
             yield prepare_crops(crops, model.frame_size)
@@ -86,6 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--identity", default=None, help="identity of every sequence of this run")
     parser.add_argument("--batch-frames", type=int, default=256, help="frames per forward pass (default 256)")
+    parser.add_argument(
+        "--max-frames",
+        type=int,
+        default=None,
+        help="embed only the first N frames of each sequence (the evaluation's eval_frames_limit; default: all)",
+    )
     parser.add_argument("--device", default="auto", help="auto (a GPU when present), cpu, cuda, cuda:1, ...")
     parser.add_argument(
         "--precision",
@@ -109,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_frames=args.batch_frames,
             device=args.device,
             precision=args.precision,
+            max_frames=args.max_frames,
         )
         gallery.save(args.out)
     print(f"wrote {args.out}: {len(gallery)} sequences of {len(set(gallery.identities))} identities")
