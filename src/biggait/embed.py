@@ -21,7 +21,7 @@ from biggait.checkpoint import load_model, model_fingerprint
 from biggait.errors import ConfigError, exit_on_error
 from biggait.gallery import Gallery
 from biggait.inference import PRECISIONS, embed_sequences, resolve_device
-from biggait.precision import describe_precision
+from biggait.precision import describe_precision_on
 from biggait.preprocess import prepare_crops
 from biggait.sources import InputError, RawSequence, discover_inputs
 
@@ -108,9 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with exit_on_error():
         model = load_model(args.model)
         if args.precision == "auto":
-            dev = resolve_device(args.device)
-            accelerator = "gpu" if dev.type == "cuda" else dev.type
-            print(f"precision auto -> {describe_precision('auto', accelerator=accelerator)}", file=sys.stderr)
+            choice = describe_precision_on("auto", resolve_device(args.device))
+            print(f"precision auto -> {choice}", file=sys.stderr)
         gallery = embed_inputs(
             model,
             args.inputs,

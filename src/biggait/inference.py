@@ -17,7 +17,7 @@ import torch
 
 from biggait.errors import ConfigError
 from biggait.models import BigGait
-from biggait.precision import autocast_dtype, describe_precision
+from biggait.precision import autocast_dtype, describe_precision_on
 from biggait.preprocess import normalize_frames
 
 __all__ = ["PRECISIONS", "SequencePooler", "embed_padded", "embed_sequences", "resolve_device"]
@@ -53,8 +53,7 @@ class SequencePooler:
         self.model = model
         self.batch_frames = batch_frames
         self.device = device or next(model.parameters()).device
-        accelerator = "gpu" if self.device.type == "cuda" else self.device.type
-        self.precision = describe_precision(precision, accelerator=accelerator)  # says what "auto" picked
+        self.precision = describe_precision_on(precision, self.device)  # says what "auto" picked
         self.dtype = autocast_dtype(self.precision.precision)
         self._queue: deque[tuple[int, np.ndarray | torch.Tensor, torch.Tensor]] = deque()
         self._queued = 0

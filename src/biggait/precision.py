@@ -21,6 +21,7 @@ __all__ = [
     "CPU_BF16_FLAGS",
     "PRECISION_ALIASES",
     "PrecisionChoice",
+    "describe_precision_on",
     "autocast_dtype",
     "choose_precision",
     "cpu_flags",
@@ -113,6 +114,11 @@ def describe_precision(requested: str, *, accelerator: str = "auto") -> Precisio
             return PrecisionChoice("32-true", "accelerator gpu requested but CUDA is unavailable: fp32")
         return choose_precision("gpu", capability=torch.cuda.get_device_capability())
     return choose_precision(kind, flags=cpu_flags() if kind == "cpu" else None)
+
+
+def describe_precision_on(requested: str, device: torch.device) -> PrecisionChoice:
+    """`describe_precision` for the accelerator of `device` (cuda -> gpu, cpu -> cpu)."""
+    return describe_precision(requested, accelerator="gpu" if device.type == "cuda" else device.type)
 
 
 def resolve_precision(requested: str, *, accelerator: str = "auto") -> str:
