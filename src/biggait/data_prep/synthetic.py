@@ -290,9 +290,9 @@ def _walker_frames(
 
     rows = np.arange(size)[:, None]
     cols = np.arange(size)[None, :]
+    project = _orthographic_camera(az, scale, size)  # one camera for the whole sequence
     for t in range(length):
         joints = _skeleton(jitter, gait, phase0 + gait["cadence"] * t)
-        project = _orthographic_camera(az, scale, size)
         parts = _body_parts(
             joints, project, jitter=jitter, thick=thick, scale=scale, upper=upper, lower=lower
         )
