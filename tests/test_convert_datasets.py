@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from biggait.data.pipeline import decode_frames, decode_silhouettes, iter_tar, parse_sample
+from biggait.data.pipeline import decode_frames, decode_silhouettes, iter_shard, parse_sample
 from biggait.data_prep import casiab, ccpg, opengait, sustech1k
 from biggait.data_prep.layout import REPORT
 from biggait.errors import ConfigError, DatasetNotFoundError
@@ -26,7 +26,7 @@ def read_split(split_dir: Path) -> dict[tuple, tuple]:
     """(subject, type, view) -> (sample, frames [T,H,W,3], silhouettes or None), from the written tars."""
     out = {}
     for path in sorted(split_dir.glob("*.tar")):
-        for key, fields in iter_tar(str(path)):
+        for key, fields in iter_shard(str(path)):
             sample = parse_sample(key, fields, path.name, silhouettes=True)
             sils = decode_silhouettes(sample) if sample.silhouettes else None
             out[(sample.subject, sample.seq_type, sample.view)] = (sample, decode_frames(sample), sils)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from biggait.data import GaitDataModule, SequenceRecord, write_shards
-from biggait.data.pipeline import BadDataWarning, iter_tar
+from biggait.data.pipeline import BadDataWarning, iter_shard
 from biggait.errors import ConfigError, DatasetNotFoundError
 from biggait.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
@@ -227,7 +227,7 @@ def _corrupt(tmp_path) -> tuple[str, str, tuple, tuple]:
 
     split = tmp_path / "test"
     bad = split / "toy-test-000001.tar"
-    samples = list(iter_tar(str(bad)))
+    samples = list(iter_shard(str(bad)))
     (k0, f0), (k1, f1) = samples[0], samples[1]
     f0 = dict(f0) | {"f0001.png": b"not a png"}
     f1 = {k: v for k, v in f1.items() if k != "meta.json"}

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from biggait.data.pipeline import (
-    TarSlice,
+    ShardError,
     decode_frames,
     decode_silhouettes,
-    iter_tar,
+    iter_shard,
     parse_sample,
-    read_fields,
+    without_silhouettes,
 )
 from biggait.data.records import SequenceRecord
 from biggait.data.shards import read_manifest, write_shards
@@ -80,7 +80,7 @@ def specs_for(n_subjects: int = 5, per_subject: int = 3) -> list[tuple]:
 def read_split(split_dir) -> dict[tuple, tuple]:
     out = {}
     for path in sorted(split_dir.glob("*.tar")):
-        for key, fields in iter_tar(str(path)):
+        for key, fields in iter_shard(str(path)):
             assert "." not in key
             sample = parse_sample(key, fields, path.name, silhouettes=True)
             out[(sample.subject, sample.seq_type, sample.view)] = (sample, decode_frames(sample))
@@ -146,7 +146,7 @@ def test_shards_follow_the_seeded_global_shuffle(tmp_path) -> None:
     )
     order = np.random.default_rng(7).permutation(len(specs))
     for i in range(4):
-        keys = [k for k, _ in iter_tar(str(tmp_path / "train" / f"toy-train-{i:06d}.tar"))]
+        keys = [k for k, _ in iter_shard(str(tmp_path / "train" / f"toy-train-{i:06d}.tar"))]
         assert [int(k.split("_")[0]) for k in keys] == order[4 * i : 4 * i + 4].tolist()
     # shuffle_seed=None keeps the given order (test splits)
     write_shards(
@@ -161,7 +161,7 @@ def test_shards_follow_the_seeded_global_shuffle(tmp_path) -> None:
         frame_size=None,
         progress=False,
     )
-    keys = [k for k, _ in iter_tar(str(tmp_path / "test" / "toy-test-000000.tar"))]
+    keys = [k for k, _ in iter_shard(str(tmp_path / "test" / "toy-test-000000.tar"))]
     assert [int(k.split("_")[0]) for k in keys] == [0, 1, 2, 3]
 
 
@@ -332,38 +332,38 @@ def _one_shard(tmp_path) -> str:
 
 def test_truncated_tar_raises_in_the_reader(tmp_path) -> None:
     path = Path(_one_shard(tmp_path))
+    complete = [key for key, _ in iter_shard(str(path))]
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2 + 100])
-    with pytest.raises((tarfile.TarError, EOFError, OSError)):
-        list(iter_tar(str(path)))
+    got = []
+    with pytest.raises(ShardError, match="unexpected end of data"):
+        got.extend(key for key, _ in iter_shard(str(path)))
+    assert len(complete) == 4 and got == complete[: len(got)] and len(got) < 4  # no partial sample
 
 
-def test_lazy_reader_reads_only_meta_and_gives_the_same_bytes_on_demand(tmp_path) -> None:
+def test_reader_matches_tarfile_and_drops_only_silhouettes_when_asked(tmp_path) -> None:
     path = _one_shard(tmp_path)
-    eager, lazy = list(iter_tar(path)), list(iter_tar(path, lazy=True))
-    assert [k for k, _ in lazy] == [k for k, _ in eager] and len(lazy) == 4
-    for (_, full), (_, slices) in zip(eager, lazy):
-        assert slices.keys() == full.keys()
-        assert isinstance(slices["meta.json"], bytes)
-        others = [name for name in full if name != "meta.json"]
-        assert others and all(isinstance(slices[name], TarSlice) for name in others)
-        assert read_fields([slices[name] for name in others]) == [full[name] for name in others]
-    # a sample read lazily decodes to the same frames and silhouettes
-    (key, fields), (_, full) = lazy[1], eager[1]
-    a = parse_sample(key, fields, "toy", silhouettes=True)
-    b = parse_sample(key, full, "toy", silhouettes=True)
+    with tarfile.open(path) as tar:  # the standard library's view of the same file
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    samples = list(iter_shard(path))
+    assert len(samples) == 4
+    assert {f"{key}.{field}": data for key, fields in samples for field, data in fields.items()} == members
+    light = list(iter_shard(path, select=without_silhouettes))
+    for (key, full), (key2, fields) in zip(samples, light):
+        assert key == key2 and fields == {k: v for k, v in full.items() if not k.startswith("s")}
+        assert any(k.startswith("s") for k in full)
+    # a sample read without silhouettes decodes to the same frames
+    a = parse_sample(*light[1], "toy", silhouettes=False)
+    b = parse_sample(*samples[1], "toy", silhouettes=True)
     np.testing.assert_array_equal(decode_frames(a), decode_frames(b))
-    np.testing.assert_array_equal(decode_silhouettes(a), decode_silhouettes(b))
+    assert a.silhouettes is None and decode_silhouettes(b).shape[0] == len(b.frames)
 
 
-def test_lazy_reader_detects_truncation_in_the_index_and_on_read(tmp_path) -> None:
-    path = _one_shard(tmp_path)
-    lazy = list(iter_tar(path, lazy=True))
-    data = Path(path).read_bytes()
-    Path(path).write_bytes(data[: len(data) // 2 + 100])
-    with pytest.raises(tarfile.ReadError, match="unexpected end of data"):
-        list(iter_tar(path, lazy=True))
-    # slices taken before the file was cut fail with a clear error, never with short bytes
-    last = lazy[-1][1]
-    with pytest.raises(CorruptDataError, match="truncated"):
-        read_fields([v for k, v in last.items() if k != "meta.json"])
+def test_unreadable_shard_is_one_shard_error(tmp_path) -> None:
+    with pytest.raises(ShardError, match="FileNotFoundError"):
+        list(iter_shard(str(tmp_path / "nowhere.tar")))
+    with pytest.raises(ShardError, match="exited with status 3"):
+        list(iter_shard("pipe:exit 3"))
+    (tmp_path / "not.tar").write_bytes(b"hello" * 200)
+    with pytest.raises(ShardError, match="ReadError"):
+        list(iter_shard(str(tmp_path / "not.tar")))

@@ -22,7 +22,7 @@ import pytest
 import webdataset as wds
 
 from biggait.data import GaitDataModule, SequenceRecord
-from biggait.data.pipeline import BadDataWarning, iter_tar
+from biggait.data.pipeline import BadDataWarning, iter_shard
 from biggait.data.shards import encode_record
 from biggait.errors import CorruptDataError, DatasetNotFoundError, one_line
 from test_data_datamodule import datamodule as tiny_datamodule  # tests/ is on sys.path (rootdir conftest)
@@ -40,7 +40,7 @@ def copy_shards(tiny_shards: Path, tmp_path: Path) -> Path:
 
 def rewrite_first_sample(tar: Path, mutate: Callable[[str, dict], dict]) -> None:
     """Replace the first sample of `tar` by `mutate(key, fields)`; the sample count stays the same."""
-    samples = list(iter_tar(str(tar)))
+    samples = list(iter_shard(str(tar)))
     samples[0] = (samples[0][0], mutate(*samples[0]))
     with open(tar, "wb") as stream, wds.TarWriter(stream, encoder=False) as writer:
         for key, fields in samples:

@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from biggait.checkpoint import validate_checkpoint
+from biggait.data.roots import DataRoot
 from biggait.errors import ConfigError, exit_on_error
 from biggait.io import atomic_write_bytes
 from biggait.models import weights_from_checkpoint
@@ -78,7 +79,10 @@ def record_run_config(cfg: DictConfig) -> None:
 
 
 def build_shards_if_missing(cfg: DictConfig) -> None:
-    """Run the configured shard builder (synthetic only) when the dataset root has no manifests yet."""
+    """Run the configured shard builder (synthetic only) when the local dataset root has no manifests yet
+    (a URL root is read as it is: its errors name the URL)."""
+    if not DataRoot.parse(cfg.data.root).is_local:
+        return
     root = Path(cfg.data.root)
     complete = all((root / split / "manifest.json").is_file() for split in ("train", "test"))
     if complete or not cfg.get("data_prep"):

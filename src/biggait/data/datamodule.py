@@ -1,4 +1,5 @@
-"""`GaitDataModule`: streams the tar shards written by `write_shards` into training and evaluation batches."""
+"""`GaitDataModule`: streams the tar shards written by `write_shards` (from a local directory or a URL) into
+training and evaluation batches."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from biggait.data.pipeline import EvalStream, ShardInfo, TrainStream
-from biggait.data.shards import read_manifest
+from biggait.data.roots import DataRoot, read_manifest_at
 from biggait.errors import ConfigError, DatasetNotFoundError
 from biggait.preprocess import normalize_frames
 
@@ -18,7 +19,12 @@ __all__ = ["GaitDataModule", "normalize_frames"]
 
 
 class GaitDataModule(L.LightningDataModule):
-    """Identity-balanced P x K training stream and exactly-once ordered evaluation over `<root>/{train,test}`."""
+    """Identity-balanced P x K training stream and exactly-once ordered evaluation over `<root>/{train,test}`.
+
+    `root` is a local directory or a URL webdataset's `gopen` opens (`https://host/ccpg`,
+    `pipe:aws s3 cp s3://bucket/ccpg/{} -`, ...; docs/1_data.md); `cache_dir` keeps a local copy of every remote
+    shard read (off by default).
+    """
 
     def __init__(
         self,
@@ -39,6 +45,7 @@ class GaitDataModule(L.LightningDataModule):
         seed: int = 0,
         load_silhouettes: bool = False,
         pin_memory: bool = True,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(protocol, str) or not protocol:
@@ -46,7 +53,7 @@ class GaitDataModule(L.LightningDataModule):
         if num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
         self.save_hyperparameters(logger=False)
-        self.root = Path(root)
+        self.root = DataRoot.parse(root)
         self._protocol = protocol
         self.dataset = dataset or self.root.name
         self.rank, self.world_size = 0, 1
@@ -60,13 +67,13 @@ class GaitDataModule(L.LightningDataModule):
     def manifest(self, split: str) -> dict[str, Any]:
         """The split's manifest; a missing root, split or manifest is a `DatasetNotFoundError` naming the fix."""
         if split not in self._manifests:
-            if not self.root.is_dir():
+            if self.root.is_local and not Path(self.root.spec).is_dir():
                 raw = "" if self.dataset == "synthetic" else f" RAW=/path/to/your/{self.dataset}"
                 raise DatasetNotFoundError(
-                    f"dataset root {self.root} does not exist; build it with "
-                    f"`make data DATASET={self.dataset}{raw} OUT={self.root}` (see docs/1_data.md)"
+                    f"dataset root {self.root.spec} does not exist; build it with "
+                    f"`make data DATASET={self.dataset}{raw} OUT={self.root.spec}` (see docs/1_data.md)"
                 )
-            self._manifests[split] = read_manifest(self.root / split, dataset=self.dataset)
+            self._manifests[split] = read_manifest_at(self.root, split, dataset=self.dataset)
         return self._manifests[split]
 
     @property
@@ -84,7 +91,7 @@ class GaitDataModule(L.LightningDataModule):
     def _shards(self, split: str) -> list[ShardInfo]:
         manifest = self.manifest(split)
         return [
-            ShardInfo(str(self.root / split / s["name"]), int(s["n_samples"]))
+            ShardInfo(self.root.locate(f"{split}/{s['name']}"), int(s["n_samples"]), name=s["name"])
             for s in manifest["shards"]
             if s["n_samples"] > 0
         ]
@@ -99,7 +106,7 @@ class GaitDataModule(L.LightningDataModule):
             hp = self.hparams
             if hp.ids_per_batch > self.num_classes:
                 raise ConfigError(
-                    f"ids_per_batch={hp.ids_per_batch} > {self.num_classes} training identities in {self.root / 'train'}"
+                    f"ids_per_batch={hp.ids_per_batch} > {self.num_classes} training identities in {self.root.locate('train')}"
                 )
         # The test split is read when val/test loaders are built, which Lightning also does before training.
 
@@ -129,13 +136,14 @@ class GaitDataModule(L.LightningDataModule):
             # says current_epoch=e, so the epoch is derived from the step, not read).
             start_epoch=int(getattr(getattr(self, "trainer", None), "global_step", 0)) // hp.steps_per_epoch,
             frame_size=tuple(self.manifest("train")["frame_size"]),
+            cache_dir=hp.cache_dir,
         )
 
     def eval_dataset(self) -> EvalStream:
         hp = self.hparams
         if hp.load_silhouettes and not self.manifest("test")["has_silhouettes"]:
             raise ConfigError(
-                f"load_silhouettes=True but {self.root / 'test'} was written without silhouettes"
+                f"load_silhouettes=True but {self.root.locate('test')} was written without silhouettes"
             )
         return EvalStream(
             self._shards("test"),
@@ -147,6 +155,7 @@ class GaitDataModule(L.LightningDataModule):
             world_size=self.world_size,
             frame_size=tuple(self.manifest("test")["frame_size"]),
             num_workers=hp.num_workers,
+            cache_dir=hp.cache_dir,
         )
 
     def _loader(self, dataset: TrainStream | EvalStream, *, persistent: bool) -> DataLoader:

@@ -1,22 +1,32 @@
-"""Streaming readers over the tar shards: identity-balanced P x K training batches and ordered evaluation."""
+"""Streaming readers over the tar shards, on webdataset's pipeline: identity-balanced P x K training batches and
+ordered evaluation, from a local directory or any URL webdataset's `gopen` opens (docs/1_data.md)."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
+import re
 import tarfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
+from hashlib import sha1
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import albumentations as A
 import numpy as np
 import torch
+import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
-from webdataset.tariterators import base_plus_ext
+from webdataset.cache import FileCache, islocal
+from webdataset.handlers import reraise_exception
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from biggait.data.roots import describe_exit
 from biggait.data.shards import decode_image, frame_field, silhouette_field
 from biggait.errors import ConfigError, CorruptDataError
 
@@ -24,12 +34,12 @@ __all__ = [
     "BadDataWarning",
     "EvalStream",
     "RawSample",
+    "ShardError",
     "ShardInfo",
-    "TarSlice",
     "TrainStream",
     "consumer_split",
+    "iter_shard",
     "pad_sequences",
-    "read_fields",
     "validate_sample",
 ]
 
@@ -38,12 +48,21 @@ class BadDataWarning(UserWarning):
     """A shard, sample or frame was unreadable and skipped."""
 
 
+class ShardError(CorruptDataError):
+    """A shard could not be opened or read to its end (corrupt, truncated, or its URL failed)."""
+
+
 @dataclass(frozen=True)
 class ShardInfo:
-    """One shard file and the sample count its manifest promises."""
+    """One shard (a local path or a gopen URL) and the sample count its manifest promises."""
 
     path: str
     n_samples: int
+    name: str = ""  # its file name in the manifest (messages); the path's last part when empty
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(urlparse(self.path).path).name or self.path
 
 
 @dataclass
@@ -57,39 +76,75 @@ class RawSample:
     view: str
     frame_size: tuple[int, int]
     ratios: np.ndarray  # float32 [t], for the kept frames
-    frames: list[bytes | TarSlice]  # kept frames, in the order they will be stacked
-    silhouettes: list[bytes | TarSlice] | None = None
+    frames: list[bytes]  # kept frames, in the order they will be stacked
+    silhouettes: list[bytes] | None = None
 
 
-@dataclass(frozen=True)
-class TarSlice:
-    """Where a tar member's bytes are, so that only the frames a sample keeps are ever read."""
-
-    path: str
-    offset: int
-    size: int
+def cache_name(url: str) -> str:
+    """A flat, collision-free file name for a cached copy of `url` (webdataset's `FileCache` wants no '/')."""
+    tail = re.sub(r"[^A-Za-z0-9_.-]", "_", urlparse(url).path.rsplit("/", 1)[-1])[-80:]
+    return f"{sha1(url.encode()).hexdigest()[:16]}-{tail}"
 
 
-def read_fields(items: Sequence[bytes | TarSlice]) -> list[bytes]:
-    """The bytes of each item, reading every slice from its shard (one open per shard)."""
-    out: list[bytes] = [b""] * len(items)
-    by_path: dict[str, list[int]] = {}
-    for i, item in enumerate(items):
-        if isinstance(item, TarSlice):
-            by_path.setdefault(item.path, []).append(i)
-        else:
-            out[i] = item
-    for path, indices in by_path.items():
-        try:
-            with open(path, "rb") as stream:
-                for i in sorted(indices, key=lambda j: items[j].offset):
-                    stream.seek(items[i].offset)
-                    out[i] = stream.read(items[i].size)
-                    if len(out[i]) != items[i].size:
-                        raise CorruptDataError(f"{Path(path).name} ends inside a member (truncated?)")
-        except OSError as exc:
-            raise CorruptDataError(f"cannot read {path}: {exc}") from exc
-    return out
+def open_shard(url: str, cache_dir: str | None = None) -> Any:
+    """A binary stream of the shard: webdataset's `gopen` (files, http(s) via curl, pipe:, gs, hf), or, with
+    `cache_dir`, a local copy that webdataset's `FileCache` downloads once (written under a temporary name
+    and renamed, so a killed download never leaves a partial shard)."""
+    if cache_dir is None or islocal(url):
+        return wds.gopen(url, "rb")
+    cache = FileCache(cache_dir, url_to_name=cache_name)
+    try:
+        return open(cache.get_file(url), "rb")
+    except BaseException:
+        Path(cache_dir, f"{cache_name(url)}.temp{os.getpid()}").unlink(missing_ok=True)
+        raise
+
+
+def _quiet_close(stream: Any) -> None:
+    try:
+        if stream is not None:
+            stream.close()
+    except Exception:  # a command stopped early by its reader (SIGPIPE) or already failed: reported elsewhere
+        pass
+
+
+def _reason(exc: BaseException) -> str:
+    first = str(exc.args[0]).split(" @ ")[0] if exc.args else str(exc)  # webdataset appends the stream
+    return f"{type(exc).__name__}: {first.splitlines()[0] if first else ''}"
+
+
+def iter_shard(
+    url: str, *, cache_dir: str | None = None, select: Callable[[str], bool] | None = None
+) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Stream (key, {field: bytes}) samples of one shard through webdataset's tar expander and `group_by_keys`.
+
+    `select(member_name)` drops members before their bytes are copied. A corrupt, truncated or unreadable
+    shard (a URL that fails: 404, no curl, a `pipe:` command that exits non-zero) raises `ShardError` naming
+    the cause; a sample is yielded only once the next key starts, so a truncated last sample never is.
+    """
+    stream = None
+    try:
+        stream = open_shard(url, cache_dir)
+        files = tar_file_expander(
+            [{"url": url, "stream": stream}], handler=reraise_exception, select_files=select
+        )
+        for sample in group_by_keys(files, handler=reraise_exception):
+            yield sample["__key__"], {k: v for k, v in sample.items() if not k.startswith("__")}
+        stream.close()  # a command (curl, pipe:) reports its failure when it is waited for
+    except (tarfile.TarError, OSError, EOFError, ValueError, AssertionError) as exc:
+        _quiet_close(stream)
+        cause = describe_exit(stream, urlparse(url).scheme)
+        raise ShardError(f"{cause} ({_reason(exc)})" if cause else _reason(exc)) from exc
+    finally:
+        _quiet_close(stream)  # also when the reader stops early
+
+
+_SILHOUETTE_MEMBER = re.compile(r"\.s\d{4}\.png$")
+
+
+def without_silhouettes(member: str) -> bool:
+    """`iter_shard(select=...)` for training: silhouettes (`<key>.sNNNN.png`) are never copied."""
+    return _SILHOUETTE_MEMBER.search(member) is None
 
 
 def consumer_split(
@@ -100,7 +155,8 @@ def consumer_split(
     Consumer c = rank * num_workers + worker of n = world_size * num_workers. With at least n shards each
     consumer reads shards c, c + n, ... whole (returned modulus None). With fewer shards every consumer reads
     all of them and keeps the samples whose global position (manifest order) is c mod n, so no sample is
-    duplicated or dropped and no consumer starves.
+    duplicated or dropped and no consumer starves. (webdataset's `split_by_node` / `split_by_worker` deal out
+    whole shards only, and take the rank from the environment, which Lightning's spawned workers do not set.)
     """
     n, c = world_size * num_workers, rank * num_workers + worker
     if len(shards) >= n:
@@ -108,38 +164,7 @@ def consumer_split(
     return list(range(len(shards))), n, c
 
 
-def iter_tar(path: str, *, lazy: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Stream (key, {field: bytes}) groups from a webdataset tar; raises on a corrupt or truncated tar.
-
-    `lazy=True` reads only the headers and `meta.json`: every other field is a `TarSlice`, read later by
-    `read_fields` (a training sample keeps a few of its frames, so most bytes are never read).
-    A group is yielded only once the next key starts, so a truncated last sample is never yielded.
-    """
-    # "r:" seeks over the data of members nobody asks for; "r|" streams (and reads) everything.
-    with tarfile.open(path, mode="r:" if lazy else "r|") as tar:
-        key, fields = None, {}
-        for member in tar:
-            if not member.isfile():
-                continue
-            prefix, field = base_plus_ext(member.name)
-            if prefix is None:
-                continue
-            if not lazy or field == "meta.json":
-                data: Any = tar.extractfile(member).read()
-            else:  # tarfile still checks, when it seeks past it, that the member's data is all there
-                data = TarSlice(path, member.offset_data, member.size)
-            if prefix != key:
-                if key is not None:
-                    yield key, fields
-                key, fields = prefix, {}
-            fields[field] = data
-        if key is not None:
-            yield key, fields
-
-
-def parse_sample(
-    key: str, fields: dict[str, bytes | TarSlice], shard: str, *, silhouettes: bool
-) -> RawSample:
+def parse_sample(key: str, fields: dict[str, bytes], shard: str, *, silhouettes: bool) -> RawSample:
     """Check the fields of one tar sample; raises `CorruptDataError` naming what is missing."""
     if "meta.json" not in fields:
         raise CorruptDataError(f"sample {key} in {shard} has no meta.json")
@@ -208,12 +233,8 @@ def select_frames(sample: RawSample, indices: np.ndarray) -> RawSample:
 
 def decode_frames(sample: RawSample) -> np.ndarray:
     """uint8 [t, H, W, 3] RGB; raises `CorruptDataError` for an undecodable or mis-sized frame."""
-    try:
-        buffers = read_fields(sample.frames)
-    except CorruptDataError as exc:
-        raise CorruptDataError(f"sample {sample.key} in {sample.shard}: {exc}") from exc
     frames = []
-    for t, buf in enumerate(buffers):
+    for t, buf in enumerate(sample.frames):
         try:
             image = decode_image(buf, colour=True, size=sample.frame_size)
         except CorruptDataError as exc:
@@ -224,14 +245,15 @@ def decode_frames(sample: RawSample) -> np.ndarray:
 
 def decode_silhouettes(sample: RawSample) -> np.ndarray:
     try:
-        buffers = read_fields(sample.silhouettes)
-        return np.stack([decode_image(buf, colour=False, size=sample.frame_size) for buf in buffers])
+        return np.stack(
+            [decode_image(buf, colour=False, size=sample.frame_size) for buf in sample.silhouettes]
+        )
     except CorruptDataError as exc:
         raise CorruptDataError(f"sample {sample.key} in {sample.shard}: silhouette: {exc}") from exc
 
 
 class _ShardStream(IterableDataset):
-    """Shared plumbing: consumer split, bad-data accounting and the shard reader."""
+    """Shared plumbing: consumer split, bad-data accounting and the shard reader (one webdataset stage)."""
 
     def __init__(
         self,
@@ -241,6 +263,7 @@ class _ShardStream(IterableDataset):
         world_size: int = 1,
         seed: int = 0,
         frame_size: tuple[int, int] | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         if not shards:
@@ -249,6 +272,7 @@ class _ShardStream(IterableDataset):
         # The manifest's frame size: samples of any other size are skipped (None: each sample's own meta).
         self.frame_size = None if frame_size is None else (int(frame_size[0]), int(frame_size[1]))
         self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.cache_dir = None if cache_dir is None else str(cache_dir)
         self.silhouettes = False
         self._skipped = 0
 
@@ -262,6 +286,11 @@ class _ShardStream(IterableDataset):
         info = get_worker_info()
         return (0, 1) if info is None else (info.id, info.num_workers)
 
+    def _split(self, worker: int, num_workers: int) -> tuple[list[int], int | None, int]:
+        return consumer_split(
+            self.shards, rank=self.rank, world_size=self.world_size, worker=worker, num_workers=num_workers
+        )
+
     def _skip(self, message: str, *, count: int = 1) -> None:
         self._skipped += count
         warnings.warn(f"skipped bad data: {message}", BadDataWarning, stacklevel=2)
@@ -270,12 +299,21 @@ class _ShardStream(IterableDataset):
         count, self._skipped = self._skipped, 0
         return torch.tensor(count, dtype=torch.int64)
 
+    def _read_stage(self, shards: Iterable[int], keep: int | None, consumer: int) -> Iterator[RawSample]:
+        """Pipeline stage: shard indices -> this consumer's parsed, validated samples."""
+        offsets = self._offsets()
+        for index in shards:
+            yield from self._read_shard(index, keep, consumer, offsets[index])
+
     def _read_shard(self, index: int, keep: int | None, consumer: int, offset: int) -> Iterator[RawSample]:
         """Parsed, validated samples of one shard (those of this consumer); bad ones are skipped and counted."""
         shard = self.shards[index]
-        name, seen = Path(shard.path).name, 0
+        name, seen = shard.label, 0
+        select = None if self.silhouettes else without_silhouettes
         try:
-            for position, (key, fields) in enumerate(iter_tar(shard.path, lazy=True)):
+            for position, (key, fields) in enumerate(
+                iter_shard(shard.path, cache_dir=self.cache_dir, select=select)
+            ):
                 if position >= shard.n_samples:
                     # The consumer split relies on the manifest's counts: an under-stated one is a bad manifest.
                     raise CorruptDataError(
@@ -290,9 +328,9 @@ class _ShardStream(IterableDataset):
                     yield validate_sample(sample, frame_size=self.frame_size)
                 except CorruptDataError as exc:
                     self._skip(str(exc))
-        except (tarfile.TarError, OSError, EOFError) as exc:
+        except ShardError as exc:
             self._skip(
-                f"shard {name} is corrupt or truncated after {seen} samples ({type(exc).__name__}: {exc})",
+                f"shard {name} is corrupt, truncated or unreadable after {seen} samples ({exc})",
                 count=max(1, self._mine(range(seen, shard.n_samples), keep, consumer, offset)),
             )
             return
@@ -319,11 +357,12 @@ class _ShardStream(IterableDataset):
 class TrainStream(_ShardStream):
     """Endless identity-balanced P x K batches of `frames_per_sequence` unordered frames (OpenGait `TripletSampler` and `fixed_unordered` sampling).
 
-    Each consumer (rank x worker) reads its shards in a fresh seeded order every pass, keeps only the sampled
-    frames (still encoded) in a buffer grouped by identity, and emits a batch of P identities x K sequences
-    (identities with >= K buffered sequences first; K drawn with replacement from an identity with fewer).
-    Every epoch starts a fresh stream seeded by (seed, rank, worker, epoch): epochs never replay each other,
-    and a run resumed at an epoch boundary (`start_epoch`) sees exactly the batches of an uninterrupted run.
+    A `wds.DataPipeline` per consumer (rank x worker) and epoch: its shards in a fresh seeded order every pass,
+    read by webdataset's tar expander, parsed and checked, only the sampled frames kept (still encoded) in a
+    buffer grouped by identity, and batches of P identities x K sequences emitted (identities with >= K
+    buffered sequences first; K drawn with replacement from an identity with fewer). Every epoch starts a
+    fresh pipeline seeded by (seed, rank, world size, worker, epoch): epochs never replay each other, and a run
+    resumed at an epoch boundary (`start_epoch`) sees exactly the batches of an uninterrupted run.
     """
 
     def __init__(
@@ -343,8 +382,11 @@ class TrainStream(_ShardStream):
         seed: int = 0,
         start_epoch: int = 0,
         frame_size: tuple[int, int] | None = None,
+        cache_dir: str | None = None,
     ) -> None:
-        super().__init__(shards, rank=rank, world_size=world_size, seed=seed, frame_size=frame_size)
+        super().__init__(
+            shards, rank=rank, world_size=world_size, seed=seed, frame_size=frame_size, cache_dir=cache_dir
+        )
         self._next_epoch = start_epoch
         for name, value in (
             ("frames_per_sequence", frames_per_sequence),
@@ -375,48 +417,80 @@ class TrainStream(_ShardStream):
         n_batches = self.steps_per_epoch // num_workers + (worker < self.steps_per_epoch % num_workers)
         # Each worker holds its own copy (persistent workers keep it), so the counter advances per epoch.
         epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
-        stream = self._batches(worker, num_workers, epoch)
-        for _ in range(n_batches):
-            yield next(stream)
+        if n_batches > 0:
+            yield from self.pipeline(worker, num_workers, epoch).with_epoch(n_batches)
 
     def _seed_sequence(self, worker: int, num_workers: int, epoch: int = 0) -> np.random.SeedSequence:
         entropy = [self.seed, self.rank, self.world_size, worker, num_workers]
         return np.random.SeedSequence(entropy + [epoch] if epoch else entropy)
 
-    def _samples(self, worker: int, num_workers: int, rng: np.random.Generator) -> Iterator[RawSample]:
-        mine, keep, consumer = consumer_split(
-            self.shards, rank=self.rank, world_size=self.world_size, worker=worker, num_workers=num_workers
-        )
-        offsets, seen_subjects = self._offsets(), set()
-        for epoch in itertools.count():  # endless: a new seeded shard order every pass
-            n_read = 0
-            for index in rng.permutation(mine):
-                for sample in self._read_shard(int(index), keep, consumer, offsets[index]):
-                    if sample.subject not in self.labels:
-                        self._skip(
-                            f"sample {sample.key} in {sample.shard}: subject {sample.subject} not in the manifest"
-                        )
-                        continue
-                    n_read += 1
-                    seen_subjects.add(sample.subject)
-                    t, s = len(sample.frames), self.frames_per_sequence
-                    yield select_frames(
-                        sample, rng.choice(t, s, replace=t < s)
-                    )  # OpenGait's `fixed_unordered` sampling
-            if n_read == 0:
-                names = [Path(self.shards[i].path).name for i in mine]
-                raise CorruptDataError(
-                    f"rank {self.rank} worker {worker}: no readable training sample in {names}"
-                )
-            if epoch == 0 and len(seen_subjects) < self.ids_per_batch:
-                raise ConfigError(
-                    f"rank {self.rank} worker {worker} sees {len(seen_subjects)} identities, fewer than "
-                    f"ids_per_batch={self.ids_per_batch}; lower ids_per_batch or write more shards (smaller --shard-size)"
-                )
-
-    def _batches(self, worker: int, num_workers: int, epoch: int = 0) -> Iterator[dict[str, Any]]:
+    def pipeline(self, worker: int, num_workers: int, epoch: int = 0) -> wds.DataPipeline:
+        """This consumer's endless batch pipeline for `epoch`; one generator draws every random choice in
+        stream order (shard order, frames, P x K picks), so a seed gives one sequence of batches."""
         seq = self._seed_sequence(worker, num_workers, epoch)
         rng = np.random.default_rng(seq)
+        mine, keep, consumer = self._split(worker, num_workers)
+        return wds.DataPipeline(
+            partial(self._shard_passes, mine, rng),
+            partial(self._known_samples, mine=mine, keep=keep, consumer=consumer, worker=worker),
+            partial(self._sample_frames, rng=rng),
+            partial(self._pk_batches, rng=rng, augment=self._sequence_augment(seq)),
+        )
+
+    @staticmethod
+    def _shard_passes(mine: list[int], rng: np.random.Generator) -> Iterator[tuple[int, int]]:
+        """Source stage: (pass, shard index), endless, every pass in a new seeded order."""
+        for n_pass in itertools.count():
+            for index in rng.permutation(mine):
+                yield n_pass, int(index)
+
+    def _known_samples(
+        self,
+        passes: Iterable[tuple[int, int]],
+        *,
+        mine: list[int],
+        keep: int | None,
+        consumer: int,
+        worker: int,
+    ) -> Iterator[RawSample]:
+        """Read stage: samples of a subject the manifest lists; a pass without any (or, the first pass, with
+        fewer than P identities) stops with one error."""
+        offsets, seen_subjects, n_read, current = self._offsets(), set(), 0, 0
+        for n_pass, index in passes:
+            if n_pass != current:
+                self._check_pass(current, n_read, seen_subjects, mine, worker)
+                current, n_read = n_pass, 0
+            for sample in self._read_shard(index, keep, consumer, offsets[index]):
+                if sample.subject not in self.labels:
+                    self._skip(
+                        f"sample {sample.key} in {sample.shard}: subject {sample.subject} not in the manifest"
+                    )
+                    continue
+                n_read += 1
+                seen_subjects.add(sample.subject)
+                yield sample
+
+    def _check_pass(self, n_pass: int, n_read: int, subjects: set[str], mine: list[int], worker: int) -> None:
+        if n_read == 0:
+            names = [self.shards[i].label for i in mine]
+            raise CorruptDataError(
+                f"rank {self.rank} worker {worker}: no readable training sample in {names}"
+            )
+        if n_pass == 0 and len(subjects) < self.ids_per_batch:
+            raise ConfigError(
+                f"rank {self.rank} worker {worker} sees {len(subjects)} identities, fewer than "
+                f"ids_per_batch={self.ids_per_batch}; lower ids_per_batch or write more shards (smaller --shard-size)"
+            )
+
+    def _sample_frames(
+        self, samples: Iterable[RawSample], *, rng: np.random.Generator
+    ) -> Iterator[RawSample]:
+        """Frame stage, on the encoded bytes: OpenGait's `fixed_unordered` sampling (with replacement when short)."""
+        for sample in samples:
+            t, s = len(sample.frames), self.frames_per_sequence
+            yield select_frames(sample, rng.choice(t, s, replace=t < s))
+
+    def _sequence_augment(self, seq: np.random.SeedSequence) -> A.Compose:
         transforms = [A.HorizontalFlip(p=self.flip_prob)]
         if self.color_jitter > 0:
             # Not in the paper recipe (OpenGait `configs/biggait/BigGait_CCPG.yaml`): an option that makes clothing colour useless for identity
@@ -427,8 +501,12 @@ class TrainStream(_ShardStream):
                 ),
                 A.ChannelShuffle(p=self.color_jitter),
             ]
-        sequence_augment = A.Compose(transforms, seed=int(seq.generate_state(1)[0]))
-        samples = self._samples(worker, num_workers, rng)
+        return A.Compose(transforms, seed=int(seq.generate_state(1)[0]))
+
+    def _pk_batches(
+        self, samples: Iterator[RawSample], *, rng: np.random.Generator, augment: A.Compose
+    ) -> Iterator[dict[str, Any]]:
+        """Batch stage: an identity-keyed buffer of `shuffle_buffer` sequences -> P x K decoded batches."""
         buffer: dict[str, list[RawSample]] = {}
         size = 0
         while True:
@@ -450,7 +528,7 @@ class TrainStream(_ShardStream):
                 used.add(subject)
                 group = self._take(buffer, subject, rng)
                 size = sum(len(v) for v in buffer.values())
-                batch.extend(self._decode_group(group, rng, sequence_augment))
+                batch.extend(self._decode_group(group, rng, augment))
             yield self._collate(batch)
 
     def _take(
@@ -544,8 +622,9 @@ class EvalStream(_ShardStream):
         world_size: int = 1,
         frame_size: tuple[int, int] | None = None,
         num_workers: int = 0,
+        cache_dir: str | None = None,
     ) -> None:
-        super().__init__(shards, rank=rank, world_size=world_size, frame_size=frame_size)
+        super().__init__(shards, rank=rank, world_size=world_size, frame_size=frame_size, cache_dir=cache_dir)
         self.num_workers = num_workers  # the DataLoader's: how this rank's sequences are dealt out
         if batch_size < 1 or (frames_limit is not None and frames_limit < 1):
             raise ConfigError(
@@ -556,31 +635,46 @@ class EvalStream(_ShardStream):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, num_workers = self._worker()
-        mine, keep, consumer = consumer_split(
-            self.shards, rank=self.rank, world_size=self.world_size, worker=worker, num_workers=num_workers
+        mine, keep, consumer = self._split(worker, num_workers)
+        yield from wds.DataPipeline(
+            partial(iter, mine),  # the consumer's shards in manifest order, read once
+            partial(self._read_stage, keep=keep, consumer=consumer),
+            self._decoded,
+            self._batches,
         )
-        offsets, pending, ready = self._offsets(), [], None
-        for index in mine:
-            for sample in self._read_shard(index, keep, consumer, offsets[index]):
-                limit = len(sample.frames) if self.frames_limit is None else self.frames_limit
-                sample = select_frames(sample, np.arange(min(len(sample.frames), limit)))
-                try:
-                    frames = decode_frames(sample)
-                    sils = decode_silhouettes(sample) if self.silhouettes and sample.silhouettes else None
-                except CorruptDataError as exc:
-                    self._skip(str(exc))
-                    continue
-                pending.append((sample, frames, sils))
-                if len(pending) == self.batch_size:
-                    if ready is not None:
-                        yield ready
-                    ready, pending = self._collate(pending), []
+
+    def _decoded(
+        self, samples: Iterable[RawSample]
+    ) -> Iterator[tuple[RawSample, np.ndarray, np.ndarray | None]]:
+        """Decode stage: the first `frames_limit` frames (OpenGait's `all_ordered`); undecodable ones skipped."""
+        for sample in samples:
+            limit = len(sample.frames) if self.frames_limit is None else self.frames_limit
+            sample = select_frames(sample, np.arange(min(len(sample.frames), limit)))
+            try:
+                frames = decode_frames(sample)
+                sils = decode_silhouettes(sample) if self.silhouettes and sample.silhouettes else None
+            except CorruptDataError as exc:
+                self._skip(str(exc))
+                continue
+            yield sample, frames, sils
+
+    def _batches(
+        self, items: Iterable[tuple[RawSample, np.ndarray, np.ndarray | None]]
+    ) -> Iterator[dict[str, Any]]:
+        """Batch stage: `batch_size` sequences, zero-padded; the last batch is held back so skips found after
+        it (a truncated last shard) are still counted."""
+        pending, ready = [], None
+        for item in items:
+            pending.append(item)
+            if len(pending) == self.batch_size:
+                if ready is not None:
+                    yield ready
+                ready, pending = self._collate(pending), []
         if pending:
             if ready is not None:
                 yield ready
             ready = self._collate(pending)
         if ready is not None:
-            # One batch is held back so skips found after it (a truncated last shard) are still counted.
             ready["n_skipped"] += self._take_skipped()
             yield ready
 
@@ -589,9 +683,7 @@ class EvalStream(_ShardStream):
         workers, batches = max(self.num_workers, 1), 0
         total = sum(shard.n_samples for shard in self.shards)
         for worker in range(workers):
-            mine, keep, consumer = consumer_split(
-                self.shards, rank=self.rank, world_size=self.world_size, worker=worker, num_workers=workers
-            )
+            mine, keep, consumer = self._split(worker, workers)
             if keep is None:
                 count = sum(self.shards[index].n_samples for index in mine)
             else:

@@ -27,6 +27,7 @@ __all__ = [
     "IMAGE_FORMATS",
     "encode_record",
     "frame_field",
+    "parse_manifest",
     "read_manifest",
     "sample_key",
     "shard_name",
@@ -377,7 +378,8 @@ _REQUIRED = (
 
 
 def read_manifest(split_dir: str | os.PathLike, *, dataset: str | None = None) -> dict[str, Any]:
-    """Read and check `<split_dir>/manifest.json`; a missing or broken one is one clear error naming the fix."""
+    """Read and check `<split_dir>/manifest.json` of a local split directory; a missing or broken one is one
+    clear error naming the fix. (A URL root is read by `biggait.data.roots.read_manifest_at`.)"""
     split_dir = Path(split_dir)
     fix = f"build it with `make data DATASET={dataset or '<name>'} OUT={split_dir.parent}`"
     if not split_dir.is_dir():
@@ -392,33 +394,48 @@ def read_manifest(split_dir: str | os.PathLike, *, dataset: str | None = None) -
         )
         raise DatasetNotFoundError(f"{split_dir} {detail}; {fix}")
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptDataError(f"{path} is not valid JSON ({exc}); rebuild: {fix}") from exc
-    if not isinstance(manifest, dict):
-        raise CorruptDataError(
-            f"{path} holds a JSON {type(manifest).__name__}, not an object; rebuild: {fix}"
-        )
-    missing = [k for k in _REQUIRED if k not in manifest]
-    if missing:
-        raise CorruptDataError(f"{path} lacks {missing}; rebuild: {fix}")
-    if manifest["format_version"] != FORMAT_VERSION:
-        raise CorruptDataError(
-            f"{path} has shard format version {manifest['format_version']}, this code reads {FORMAT_VERSION}; "
-            f"rebuild: {fix}"
-        )
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CorruptDataError(f"{path} cannot be read ({exc}); rebuild: {fix}") from exc
+    manifest = parse_manifest(data, where=str(path), fix=fix)
+    # Local files only: the sidecars and the shard files themselves (a URL root is checked while read).
     try:
-        validate_manifest(manifest)
         check_manifest_against_shards(manifest, split_dir)
     except ManifestFieldError as exc:
         raise CorruptDataError(f"{path}: {exc}; rebuild: {fix}") from exc
-    if not any(s["n_samples"] > 0 for s in manifest["shards"]):
-        raise DatasetNotFoundError(f"{split_dir} holds no sequences (every shard is empty); {fix}")
     absent = [s["name"] for s in manifest["shards"] if not (split_dir / s["name"]).is_file()]
     if absent:
         raise DatasetNotFoundError(
             f"{split_dir}: shards listed in {MANIFEST} are missing: {absent[:5]}; {fix}"
         )
+    return manifest
+
+
+def parse_manifest(data: bytes, *, where: str, fix: str) -> dict[str, Any]:
+    """The checked manifest in `data` (read from `where`, a path or URL); one `CorruptDataError` line naming
+    `where`, the field and `fix` otherwise."""
+    try:
+        manifest = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptDataError(f"{where} is not valid JSON ({exc}); rebuild: {fix}") from exc
+    if not isinstance(manifest, dict):
+        raise CorruptDataError(
+            f"{where} holds a JSON {type(manifest).__name__}, not an object; rebuild: {fix}"
+        )
+    missing = [k for k in _REQUIRED if k not in manifest]
+    if missing:
+        raise CorruptDataError(f"{where} lacks {missing}; rebuild: {fix}")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise CorruptDataError(
+            f"{where} has shard format version {manifest['format_version']}, this code reads {FORMAT_VERSION}; "
+            f"rebuild: {fix}"
+        )
+    try:
+        validate_manifest(manifest)
+    except ManifestFieldError as exc:
+        raise CorruptDataError(f"{where}: {exc}; rebuild: {fix}") from exc
+    if not any(s["n_samples"] > 0 for s in manifest["shards"]):
+        raise DatasetNotFoundError(f"{where} lists no sequences (every shard is empty); {fix}")
     return manifest
 
 
@@ -436,8 +453,19 @@ def _field(ok: bool, name: str, value: Any, wanted: str) -> None:
         raise ManifestFieldError(f"field {name} = {shown} must be {wanted}")
 
 
+# What `shard_name` writes; nothing else is ever joined to a root (a URL, or a `pipe:` shell command).
+_SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.tar")
+
+
 def validate_manifest(manifest: dict[str, Any]) -> None:
     """Types, ranges and internal consistency of a manifest; raises `ManifestFieldError` naming the field."""
+    _check_header_fields(manifest)
+    _check_shard_entries(manifest["shards"])
+    _check_totals(manifest)
+
+
+def _check_header_fields(manifest: dict[str, Any]) -> None:
+    """dataset, split, image_format, frame_size and sequences_per_subject."""
     for name in ("dataset", "split"):
         _field(
             isinstance(manifest[name], str) and bool(manifest[name]),
@@ -460,7 +488,10 @@ def validate_manifest(manifest: dict[str, Any]) -> None:
     )
     for subject, count in subjects.items():
         _field(_is_int(count) and count > 0, f"sequences_per_subject[{subject!r}]", count, "an integer > 0")
-    shards = manifest["shards"]
+
+
+def _check_shard_entries(shards: Any) -> None:
+    """Every shards[i] is {name: a bare .tar file name listed once, n_samples >= 0, n_frames >= n_samples}."""
     _field(
         isinstance(shards, list) and bool(shards), "shards", shards, "a non-empty list of {name, n_samples}"
     )
@@ -469,13 +500,10 @@ def validate_manifest(manifest: dict[str, Any]) -> None:
         _field(isinstance(shard, dict), f"shards[{i}]", shard, "an object {name, n_samples}")
         name = shard.get("name")
         _field(
-            isinstance(name, str)
-            and name.endswith(".tar")
-            and name == Path(name).name
-            and not name.startswith("."),
+            isinstance(name, str) and _SHARD_NAME.fullmatch(name) is not None,
             f"shards[{i}].name",
             name,
-            "a .tar file name in the split directory (no path)",
+            "a .tar file name in the split directory (letters, digits, '_', '-', '.'; no path)",
         )
         _field(name not in names, f"shards[{i}].name", name, "listed once")
         names.add(name)
@@ -488,6 +516,11 @@ def validate_manifest(manifest: dict[str, Any]) -> None:
                 shard["n_frames"],
                 f"an integer >= its n_samples ({n})",
             )
+
+
+def _check_totals(manifest: dict[str, Any]) -> None:
+    """The per-subject counts, n_sequences and n_subjects agree with the shard entries."""
+    shards, subjects = manifest["shards"], manifest["sequences_per_subject"]
     total = sum(s["n_samples"] for s in shards)
     per_subject = sum(subjects.values())
     _field(

@@ -13,7 +13,7 @@ from biggait.data import SequenceRecord, normalize_frames, read_manifest
 from biggait.data.pipeline import (
     decode_frames,
     decode_silhouettes,
-    iter_tar,
+    iter_shard,
     pad_sequences,
     parse_sample,
     select_frames,
@@ -42,7 +42,7 @@ def read_sequences(
     out: list[SequenceRecord] = []
     for shard in manifest["shards"]:
         path = str(split_dir / shard["name"])
-        for key, fields in iter_tar(path):
+        for key, fields in iter_shard(path):
             sample = parse_sample(key, fields, path, silhouettes=True)
             if where is not None and not where(sample.subject, sample.seq_type, sample.view):
                 continue
