@@ -37,6 +37,17 @@ def test_roots_resolve_relative_paths_for_files_urls_and_commands() -> None:
     )
 
 
+def test_the_documented_hydra_override_gives_a_pipe_root() -> None:
+    """docs/1_data.md: `{}` is quoted for Hydra; the override reaches the DataModule as the command."""
+    from hydra import compose, initialize_config_dir
+
+    from test_train import CONF
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose(config_name="train", overrides=["data.root='pipe:aws s3 cp s3://b/ccpg/{} -'"])
+    assert DataRoot.parse(cfg.data.root).locate("train/x.tar") == "pipe:aws s3 cp s3://b/ccpg/train/x.tar -"
+
+
 @pytest.mark.parametrize(
     ("spec", "pattern"),
     [
