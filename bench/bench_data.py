@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import subprocess
 import sys
 import tempfile
@@ -103,28 +104,15 @@ def load_before(revision: str, tmp: str) -> ModuleType | None:
     return module
 
 
-def before_streams(old: ModuleType, dm: GaitDataModule) -> tuple:
-    """The old reader's training and evaluation streams with exactly the DataModule's settings."""
-    train, test = dm.train_dataset(), dm.eval_dataset()
-    keys = ("frames_per_sequence", "ids_per_batch", "seqs_per_id", "steps_per_epoch", "shuffle_buffer")
-    old_train = old.TrainStream(
-        [old.ShardInfo(s.path, s.n_samples) for s in train.shards],
-        labels=train.labels,
-        flip_prob=train.flip_prob,
-        seed=train.seed,
-        frame_size=train.frame_size,
-        **{k: getattr(train, k) for k in keys},
-    )
-    old_test = old.EvalStream(
-        [old.ShardInfo(s.path, s.n_samples) for s in test.shards],
-        labels=test.labels,
-        batch_size=test.batch_size,
-        frames_limit=test.frames_limit,
-        silhouettes=test.silhouettes,
-        frame_size=test.frame_size,
-        num_workers=test.num_workers,
-    )
-    return old_train, old_test
+def before_streams(old: ModuleType, dm: GaitDataModule) -> list:
+    """The old reader's training and evaluation streams with exactly the DataModule's settings (every
+    constructor argument of the old class that the new stream holds as an attribute of the same name)."""
+    streams = []
+    for cls, new in ((old.TrainStream, dm.train_dataset()), (old.EvalStream, dm.eval_dataset())):
+        names = [n for n in inspect.signature(cls).parameters if n != "shards" and hasattr(new, n)]
+        shards = [old.ShardInfo(s.path, s.n_samples) for s in new.shards]
+        streams.append(cls(shards, **{n: getattr(new, n) for n in names}))
+    return streams
 
 
 def loaders(

@@ -17,6 +17,7 @@ from biggait.data import GaitDataModule
 from biggait.data.pipeline import BadDataWarning
 from biggait.data.roots import DataRoot, serve_directory
 from biggait.errors import ConfigError, CorruptDataError, DatasetNotFoundError
+from test_data_datamodule import datamodule  # tests/ is on sys.path (rootdir conftest)
 
 
 def test_roots_resolve_relative_paths_for_files_urls_and_commands() -> None:
@@ -100,19 +101,10 @@ def test_a_broken_remote_manifest_is_checked_like_a_local_one(tiny_shards: Path,
         assert "is not valid JSON" in _manifest_error(url, CorruptDataError)
 
 
-def _batches(root: str, **options) -> list[dict]:
-    dm = GaitDataModule(
-        root=root,
-        protocol="ccpg",
-        frames_per_sequence=4,
-        ids_per_batch=3,
-        seqs_per_id=2,
-        steps_per_epoch=4,
-        shuffle_buffer=8,
-        eval_batch_size=5,
-        load_silhouettes=True,
-        **({"num_workers": 2} | options),
-    )
+def _batches(root: str, **options) -> tuple[list[dict], list[str]]:
+    """Training then evaluation batches of the test_data_datamodule settings, and the BadDataWarnings."""
+    options = {"num_workers": 2} | options
+    dm = datamodule(root, frames_per_sequence=4, eval_batch_size=5, load_silhouettes=True, **options)
     dm.setup("fit")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
