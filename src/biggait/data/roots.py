@@ -63,7 +63,7 @@ class DataRoot:
         if scheme and scheme not in _SCHEMES:
             raise ConfigError(
                 f"data.root={spec}: unknown scheme {scheme}:; use a local directory or one of "
-                f"{', '.join(s + ':' for s in _SCHEMES)} (docs/1_data.md)"
+                f"{', '.join(s + ':' for s in _SCHEMES)} (docs/1_data.md; a local path with a colon: ./{spec})"
             )
         if scheme == "pipe" and PLACEHOLDER not in spec:
             raise ConfigError(
