@@ -474,3 +474,25 @@ def test_eval_loader_length_is_the_number_of_batches_it_yields(
         dm.set_rank(rank, 2)
         loader = dm.test_dataloader()
         assert len(loader) == sum(1 for _ in loader) > 0
+
+
+def test_a_training_pass_without_samples_or_identities_stops_with_one_error(tmp_path) -> None:
+    from biggait.data.pipeline import TrainStream
+    from biggait.errors import CorruptDataError
+
+    build(tmp_path)
+    dm = datamodule(tmp_path)
+    shards = dm.train_dataset().shards
+    # every sample readable, but only two of the subjects are known: fewer than P = 3 identities
+    stream = TrainStream(
+        shards, labels={"000": 0, "001": 1}, ids_per_batch=3, seqs_per_id=1, shuffle_buffer=1
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BadDataWarning)
+        with pytest.raises(ConfigError, match="sees 2 identities, fewer than ids_per_batch=3"):
+            next(iter(stream))
+        for shard in shards:
+            with open(shard.path, "wb") as broken:
+                broken.write(b"not a tar file" * 100)
+        with pytest.raises(CorruptDataError, match="no readable training sample in .*toy-train-000000.tar"):
+            next(iter(dm.train_dataloader()))
