@@ -80,7 +80,7 @@ test: lint ## lint, then the whole test suite (fast tests first, then the slow o
 test-fast: $(STAMP) ## only the fast tests
 	WANDB_MODE=offline $(PY) -m pytest -m "not slow" -q
 
-bench-data: $(STAMP) ## data-pipeline throughput (frames/s, sequences/s) for 1 and 2 workers
+bench-data: $(STAMP) ## data-pipeline frames/s and sequences/s, 1 and 2 workers: reader before issue 14 vs now, local vs HTTP
 	$(PY) bench/bench_data.py $(ARGS)
 
 bench-model: $(STAMP) ## model frames/s per precision, vs the official code with OPENGAIT_SRC (docs/performance.md)
