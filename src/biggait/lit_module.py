@@ -12,6 +12,7 @@ from lightning import LightningModule
 from torchmetrics import MeanMetric
 
 from biggait.evaluation import EvaluationResult
+from biggait.evaluation.foreground import foreground_iou
 from biggait.evaluation.metric import GaitRetrievalMetric
 from biggait.inference import embed_padded
 from biggait.losses import cross_entropy_loss, triplet_loss
@@ -191,8 +192,6 @@ class BigGaitModule(LightningModule):
             skipped=batch.get("n_skipped", 0),
         )
         if "silhouettes" in batch:
-            from biggait.viz import foreground_iou
-
             lengths = batch.get("lengths")
             for i in range(out["embeddings"].shape[0]):
                 t = int(lengths[i]) if lengths is not None else features["foreground"].shape[1]

@@ -1,5 +1,6 @@
 """Look inside BigGait: PCA / part colourings of the feature maps, foreground IoU and figure panels."""
 
+from biggait.evaluation.foreground import foreground_iou, silhouettes_to_map
 from biggait.viz.io import figure_png, read_sequences, records_to_batch, save_png
 from biggait.viz.maps import (
     PART_PALETTE,
@@ -7,11 +8,9 @@ from biggait.viz.maps import (
     VizInputError,
     denormalize_frames,
     fit_pca,
-    foreground_iou,
     part_colors,
     pca_rgb,
     resize_mask,
-    silhouettes_to_map,
 )
 from biggait.viz.panels import (
     MAP_KEYS,

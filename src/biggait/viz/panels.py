@@ -9,14 +9,13 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from biggait.evaluation.foreground import foreground_iou, silhouettes_to_map
 from biggait.viz.maps import (
     VizInputError,
     denormalize_frames,
     fit_pca,
-    foreground_iou,
     part_colors,
     pca_rgb,
-    silhouettes_to_map,
 )
 
 __all__ = [
