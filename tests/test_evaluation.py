@@ -212,7 +212,11 @@ def test_metric_accumulates_and_merges_like_one_shot() -> None:
     a.update(torch.as_tensor(emb[:half]), subj[:half], types[:half], views[:half])
     b.update(torch.as_tensor(emb[half:]), subj[half:], types[half:], views[half:])
     a.merge_state(b)  # what the cross-rank "cat" reduction does
-    assert a.compute().metrics == pytest.approx(want)
+    assert a.result is None
+    result = a.compute()
+    assert result.metrics == pytest.approx(want)
+    a.reset()  # frees the embeddings; the result behind the logged numbers stays for the report callback
+    assert a.update_count == 0 and a.result.metrics == result.metrics and a.result.counts == result.counts
     with pytest.raises(ProtocolError, match="longer than 64 bytes"):
         a.update(torch.zeros(1, 6, 4), ["x" * 65], ["U0_D0"], ["1_a"])
 

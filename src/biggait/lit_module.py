@@ -11,7 +11,7 @@ import torch
 from lightning import LightningModule
 from torchmetrics import MeanMetric
 
-from biggait.evaluation import EvaluationResult
+from biggait.errors import ConfigError
 from biggait.evaluation.foreground import foreground_iou
 from biggait.evaluation.metric import GaitRetrievalMetric
 from biggait.inference import embed_padded
@@ -105,7 +105,7 @@ class BigGaitModule(LightningModule):
         super().__init__()
         self.save_hyperparameters(logger=False)
         if model.get("num_classes") is None:
-            raise ValueError(
+            raise ConfigError(
                 "model.num_classes is unset: train.py fills it from the train manifest; "
                 "pass it explicitly when building BigGaitModule by hand"
             )
@@ -114,8 +114,6 @@ class BigGaitModule(LightningModule):
         self.test_metric = GaitRetrievalMetric(protocol)
         self.val_foreground_iou = MeanMetric()
         self.test_foreground_iou = MeanMetric()
-        # The result of the last evaluation (matrices for heatmaps), read by the EvaluationReport callback.
-        self.last_evaluation: dict[str, EvaluationResult] = {}
         self._black_da_generator: torch.Generator | None = None
         self.checkpoint_step = 0
         self.checkpoint_path: str | None = None  # the file the weights were loaded from (set by biggait.eval)
@@ -247,10 +245,18 @@ class BigGaitModule(LightningModule):
             "sources": list(batch.get("sources", labels)),
         }
 
+    def retrieval_metric(self, stage: str) -> GaitRetrievalMetric:
+        """The metric of the `"val"` or `"test"` evaluation. After the stage's epoch end its `result` is the
+        `EvaluationResult` whose numbers were logged as `{stage}/...`: the `EvaluationReport` callback reads the
+        view matrices and counts there."""
+        if stage not in ("val", "test"):
+            raise ConfigError(f"stage must be 'val' or 'test', got {stage!r}")
+        return self.val_metric if stage == "val" else self.test_metric
+
     def _eval_epoch_end(self, stage: str, metric: GaitRetrievalMetric, iou: MeanMetric) -> None:
         metric.expected_sequences = self._expected_sequences()
         metric.limits = self._evaluation_limits(stage)
-        result = metric.compute()
+        result = metric.compute()  # also kept as metric.result, for the EvaluationReport callback
         metric.reset()
         values = {f"{stage}/{k}": v for k, v in result.metrics.items()}
         # What the numbers were computed on, next to them in every logger (W&B, CSV).
@@ -260,7 +266,6 @@ class BigGaitModule(LightningModule):
         if iou.update_count > 0:
             values[f"{stage}/foreground_iou"] = float(iou.compute()) * 100.0
             iou.reset()
-        self.last_evaluation[stage] = result
         # compute() already gathered every rank's embeddings: the values are identical on all ranks.
         self.log_dict(values, sync_dist=False)
 
