@@ -64,3 +64,25 @@ def write_tiny_dataset(root: Path, *, train_ids: int = 6, test_ids: int = 4, sha
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory) -> Path:
     return write_tiny_dataset(tmp_path_factory.mktemp("tiny_shards"))
+
+
+def write_legacy_checkpoint(src: Path, dst: Path) -> Path:
+    """`src` (a checkpoint of today's biggait) rewritten as older versions wrote it: the BigGait options under
+    hyper_parameters["model"] (today "net") and the weights under "model.*" (today "net.*")."""
+    import torch
+
+    blob = torch.load(src, map_location="cpu", weights_only=True)
+    assert "net" in blob["hyper_parameters"], "not a checkpoint of today's layout"
+    blob["hyper_parameters"]["model"] = blob["hyper_parameters"].pop("net")
+    blob["state_dict"] = {
+        ("model." + k.removeprefix("net.") if k.startswith("net.") else k): v
+        for k, v in blob["state_dict"].items()
+    }
+    torch.save(blob, dst)
+    return dst
+
+
+@pytest.fixture()
+def as_legacy_checkpoint():
+    """`write_legacy_checkpoint(src, dst)`: a checkpoint in the layout older biggait versions wrote."""
+    return write_legacy_checkpoint

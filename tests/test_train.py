@@ -19,11 +19,11 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 # A CPU-sized model and loop: tiny ViT at 112x56 (8x4 tokens), 32x16 maps, narrow GaitBase.
 TINY = [
-    "model.model.image_size=[112,56]",
-    "model.model.map_size=[32,16]",
-    "model.model.channels=[8,16,32,64]",
-    "model.model.embed_dim=16",
-    "model.model.fusion_squeeze=4",
+    "model.net.image_size=[112,56]",
+    "model.net.map_size=[32,16]",
+    "model.net.channels=[8,16,32,64]",
+    "model.net.embed_dim=16",
+    "model.net.fusion_squeeze=4",
     "data.frames_per_sequence=4",
     "data.ids_per_batch=3",
     "data.seqs_per_id=2",
@@ -57,7 +57,9 @@ def steps(n: int, per_epoch: int) -> list[str]:
     ]
 
 
-def test_train_then_eval_reproduces_the_numbers(tiny_shards: Path, tmp_path: Path) -> None:
+def test_train_then_eval_reproduces_the_numbers(
+    tiny_shards: Path, tmp_path: Path, as_legacy_checkpoint
+) -> None:
     cfg = compose_train(tmp_path / "run", tiny_shards, *steps(4, 2), "logger=csv")
     metrics = train(cfg)
     for key in ("test/CL", "test/UP", "test/DN", "test/BG", "test/reid/CL/mAP", "test/foreground_iou"):
@@ -80,29 +82,33 @@ def test_train_then_eval_reproduces_the_numbers(tiny_shards: Path, tmp_path: Pat
     for key in ("train/triplet", "train/ce", "train/shape_mse", "train/part_diversity", "train/lr"):
         assert key in csv, key
 
-    # evaluation only, from the checkpoint: the same numbers
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        ecfg = compose(
-            config_name="eval",
-            overrides=[
-                "experiment=synthetic",  # what `make eval` passes: its train-only deltas must compose
-                "data.eval_batch_size=4",
-                "data.num_workers=0",
-                f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
-            ],
-        )
-    with open_dict(ecfg):
-        ecfg.paths.output_dir = str(tmp_path / "eval")
-        ecfg.data.root = str(tiny_shards)
-    again = evaluate_checkpoint(ecfg)
-    keys = [k for k in metrics if k.startswith("test/")]
-    assert len(keys) >= 20
-    for key in keys:
-        assert again[key] == pytest.approx(metrics[key], abs=1e-6), key
+    # evaluation only, from the checkpoint (and from it as older versions wrote it): the same numbers
+    last = out / "checkpoints" / "last.ckpt"
+    for name, ckpt in (("eval", last), ("eval_legacy", as_legacy_checkpoint(last, tmp_path / "legacy.ckpt"))):
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+            ecfg = compose(
+                config_name="eval",
+                overrides=[
+                    "experiment=synthetic",  # what `make eval` passes: its train-only deltas must compose
+                    "data.eval_batch_size=4",
+                    "data.num_workers=0",
+                    f"ckpt_path={ckpt}",
+                ],
+            )
+        with open_dict(ecfg):
+            ecfg.paths.output_dir = str(tmp_path / name)
+            ecfg.data.root = str(tiny_shards)
+        again = evaluate_checkpoint(ecfg)
+        keys = [k for k in metrics if k.startswith("test/")]
+        assert len(keys) >= 20
+        for key in keys:
+            assert again[key] == pytest.approx(metrics[key], abs=1e-6), (name, key)
 
 
-def test_resume_is_exact(tiny_shards: Path, tmp_path: Path) -> None:
-    """Train 4 steps straight vs 2 steps + resume for 2: the same weights (mask freeze at step 2 included)."""
+def test_resume_is_exact(tiny_shards: Path, tmp_path: Path, as_legacy_checkpoint) -> None:
+    """Train 4 steps straight vs 2 steps + resume for 2: the same weights (mask freeze at step 2 included).
+    The resume starts from the checkpoint as older biggait versions wrote it (model.* names), which must not
+    matter."""
     common = ["logger=none", "test_after_fit=false", "callbacks.feature_maps.every_n_steps=0"]
     straight = compose_train(tmp_path / "a", tiny_shards, *steps(4, 2), *common)
     train(straight)
@@ -113,7 +119,7 @@ def test_resume_is_exact(tiny_shards: Path, tmp_path: Path) -> None:
         tiny_shards,
         *steps(4, 2),
         *common,
-        f"ckpt_path={tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}",
+        f"ckpt_path={as_legacy_checkpoint(tmp_path / 'b' / 'checkpoints' / 'last.ckpt', tmp_path / 'b.ckpt')}",
     )
     train(resumed)
     a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)

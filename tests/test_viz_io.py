@@ -81,9 +81,9 @@ def test_load_model_restores_weights_and_the_frozen_mask_branch(tmp_path):
         model = BigGait(**kwargs)
     model.freeze_mask_branch()
     ckpt = {
-        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}
+        "state_dict": {f"net.{k}": v for k, v in model.state_dict().items()}
         | {"val_metric.x": torch.zeros(1)},
-        "hyper_parameters": {"model": kwargs, "protocol": "ccpg"},
+        "hyper_parameters": {"net": kwargs, "protocol": "ccpg"},
         "biggait": {"mask_branch_frozen": True},
     }
     torch.save(ckpt, tmp_path / "last.ckpt")

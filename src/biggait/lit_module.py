@@ -11,6 +11,7 @@ import torch
 from lightning import LightningModule
 from torchmetrics import MeanMetric
 
+from biggait.checkpoint import upgrade_checkpoint
 from biggait.errors import ConfigError
 from biggait.evaluation.foreground import foreground_iou
 from biggait.evaluation.metric import GaitRetrievalMetric
@@ -85,7 +86,7 @@ class BigGaitModule(LightningModule):
     def __init__(
         self,
         *,
-        model: dict[str, Any],
+        net: dict[str, Any],
         protocol: str = "ccpg",
         lr: float = 0.1,
         momentum: float = 0.9,
@@ -104,12 +105,12 @@ class BigGaitModule(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
-        if model.get("num_classes") is None:
+        if net.get("num_classes") is None:
             raise ConfigError(
-                "model.num_classes is unset: train.py fills it from the train manifest; "
+                "model.net.num_classes is unset: train.py fills it from the train manifest; "
                 "pass it explicitly when building BigGaitModule by hand"
             )
-        self.model = BigGait(**model)
+        self.net = BigGait(**net)
         self.val_metric = GaitRetrievalMetric(protocol)
         self.test_metric = GaitRetrievalMetric(protocol)
         self.val_foreground_iou = MeanMetric()
@@ -124,10 +125,10 @@ class BigGaitModule(LightningModule):
         # GaitBase head have static shapes; the GRE's masked pixel selection has data-dependent sizes and
         # would break the graph. Compile time and speed-up: bench/bench_model.py --compile.
         # nn.Module.compile compiles in place, so the state-dict names (checkpoints) stay the same.
-        if self.hparams.compile_backbone and not _is_compiled(self.model.backbone):
-            self.model.backbone.compile()
-        if self.hparams.compile_head and not _is_compiled(self.model.head):
-            self.model.head.compile()
+        if self.hparams.compile_backbone and not _is_compiled(self.net.backbone):
+            self.net.backbone.compile()
+        if self.hparams.compile_head and not _is_compiled(self.net.head):
+            self.net.head.compile()
 
     def _generator(self) -> torch.Generator:
         # Black DA draws from its own seeded generator (per rank) so runs and resumes are reproducible,
@@ -141,10 +142,10 @@ class BigGaitModule(LightningModule):
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         frames, ratios, labels = batch["frames"], batch["ratios"], batch["labels"]
-        features = self.model.forward_features(frames, ratios)
-        gre_losses = self.model.gre_losses(features)
-        features = self.model.black_da(features, rate=self.hparams.black_da_rate, generator=self._generator())
-        out = self.model.forward_head(features)
+        features = self.net.forward_features(frames, ratios)
+        gre_losses = self.net.gre_losses(features)
+        features = self.net.black_da(features, rate=self.hparams.black_da_rate, generator=self._generator())
+        out = self.net.forward_head(features)
 
         embeddings, all_labels = gather_for_triplet(self, out["embeddings"], labels)
         triplet, parts = triplet_loss(embeddings, all_labels, self.hparams.triplet_margin, return_parts=True)
@@ -169,7 +170,7 @@ class BigGaitModule(LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         # Only trainable parameters; a frozen mask branch (restored from a checkpoint) stays out, so it is
         # never touched by weight decay (see docs/fidelity.md).
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for p in self.net.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(
             params, lr=self.hparams.lr, momentum=self.hparams.momentum, weight_decay=self.hparams.weight_decay
         )
@@ -180,8 +181,8 @@ class BigGaitModule(LightningModule):
 
     # -- evaluation ----------------------------------------------------------------------------
     def _eval_step(self, batch: dict[str, Any], metric: GaitRetrievalMetric, iou: MeanMetric) -> None:
-        features = self.model.forward_features(batch["frames"], batch["ratios"])
-        out = self.model.forward_head(features, lengths=batch.get("lengths"))
+        features = self.net.forward_features(batch["frames"], batch["ratios"])
+        out = self.net.forward_head(features, lengths=batch.get("lengths"))
         metric.update(
             out["embeddings"].float(),
             batch["subjects"],
@@ -231,7 +232,7 @@ class BigGaitModule(LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """An evaluation batch -> {"embeddings" [n, E, p] on the CPU, "labels", "identities", "sources"}."""
         embeddings = embed_padded(
-            self.model,
+            self.net,
             batch["frames"],
             batch["ratios"],
             batch.get("lengths"),
@@ -278,18 +279,19 @@ class BigGaitModule(LightningModule):
     # -- checkpoint state beyond weights ---------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["biggait"] = {
-            "mask_branch_frozen": self.model.mask_branch_frozen,
+            "mask_branch_frozen": self.net.mask_branch_frozen,
             "black_da_generator": self._generator().get_state(),
             "rng_states": _rng_states(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        upgrade_checkpoint(checkpoint)  # an older checkpoint's weights are named model.* (today net.*)
         # eval-only runs report the step the weights were trained for, not the fresh trainer's 0
         self.checkpoint_step = int(checkpoint.get("global_step", 0))
         state = checkpoint.get("biggait", {})
-        if state.get("mask_branch_frozen") and not self.model.mask_branch_frozen:
+        if state.get("mask_branch_frozen") and not self.net.mask_branch_frozen:
             # Restored before configure_optimizers runs, so the frozen branch stays out of the optimizer.
-            self.model.freeze_mask_branch()
+            self.net.freeze_mask_branch()
         if "black_da_generator" in state:
             self._generator().set_state(state["black_da_generator"])
         if "rng_states" in state:

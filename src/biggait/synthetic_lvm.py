@@ -10,7 +10,7 @@ This module gives the tiny backbone that property, and nothing BigGait-specific:
 identities (the test identities are never seen) it learns to predict, per patch, the walker's silhouette
 fraction, plus a term that makes the walker/background split dominate the variance of the last-layer
 features. The resulting file (`biggait/assets/synthetic_lvm_tiny.pt`, rebuilt by `make lvm`) is the frozen
-backbone of the synthetic default (`model.model.pretrained: synthetic`). The BigGait mask branch still has to discover
+backbone of the synthetic default (`model.net.pretrained: synthetic`). The BigGait mask branch still has to discover
 the foreground by itself. `python -m biggait.synthetic_lvm --help` lists the knobs.
 """
 

@@ -139,9 +139,9 @@ def check_accelerator(cfg: DictConfig, *, cpu_fallback: bool) -> None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Build data, model, callbacks, loggers and trainer from `cfg`; fit, then test; return the metrics."""
     check_accelerator(cfg, cpu_fallback=False)
-    if "pretrained" in cfg.model.get("model", {}) and cfg.model.model.pretrained is None:
+    if "pretrained" in cfg.model.get("net", {}) and cfg.model.net.pretrained is None:
         raise ConfigError(
-            "model.model.pretrained is null: name the backbone weights: hub (DINOv2 from the Hugging Face hub), "
+            "model.net.pretrained is null: name the backbone weights: hub (DINOv2 from the Hugging Face hub), "
             "/path/dinov2_vits14_pretrain.pth, synthetic (the tiny stand-in LVM) or random (random features)"
         )
     L.seed_everything(cfg.seed, workers=True)
@@ -157,15 +157,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     frame_size = [int(v) for v in datamodule.manifest("train")["frame_size"]]
     with open_dict(cfg):
         for key, value in (("num_classes", num_classes), ("frame_size", frame_size)):
-            configured = cfg.model.model.get(key)
+            configured = cfg.model.net.get(key)
             if configured is not None:
                 configured = [int(v) for v in configured] if key == "frame_size" else configured
                 if configured != value:
                     raise ConfigError(
-                        f"model.model.{key}={configured} but the train split of {cfg.data.root} has "
+                        f"model.net.{key}={configured} but the train split of {cfg.data.root} has "
                         f"{key} {value}: drop the override or fix the dataset"
                     )
-            cfg.model.model[key] = value
+            cfg.model.net[key] = value
     record_run_config(cfg)
     # Resuming restores every weight from the checkpoint: the backbone's `pretrained` source is not read.
     with weights_from_checkpoint() if ckpt_path is not None else nullcontext():

@@ -117,7 +117,7 @@ class FeatureMapLogger(Callback):
     # -- rendering ---------------------------------------------------------------------------
     @torch.no_grad()
     def _features(self, pl_module: LightningModule) -> dict[str, torch.Tensor]:
-        model = pl_module.model
+        model = pl_module.net
         # Save every submodule's mode: a frozen mask branch must stay in eval after we flip back (OpenGait `BigGait__Dinov2_Gaitbase.forward`, iteration 500).
         modes = [(m, m.training) for m in model.modules()]
         model.eval()

@@ -159,8 +159,8 @@ def export_lightning_checkpoint(model: BigGait, out: str | Path) -> Path:
     """Write a Lightning checkpoint for `biggait.lit_module.BigGaitModule` holding `model` (atomic)."""
     out = Path(out)
     ckpt = {
-        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-        "hyper_parameters": {"model": dict(model.config)},
+        "state_dict": {f"net.{k}": v for k, v in model.state_dict().items()},
+        "hyper_parameters": {"net": dict(model.config)},
         "pytorch-lightning_version": LIGHTNING_VERSION,
         "epoch": 0,
         "global_step": 0,

@@ -238,8 +238,8 @@ class DinoV2Backbone(nn.Module):
             raise ConfigError(
                 f"DINOv2 weights {self.timm_name}.lvd142m cannot be had from the Hugging Face hub "
                 f"({type(exc).__name__}; no network, or HF_HUB_OFFLINE=1 without a cached copy): pass "
-                "model.model.pretrained=/path/dinov2_vits14_pretrain.pth (from github.com/facebookresearch/dinov2), "
-                "or model.model.pretrained=random for random features"
+                "model.net.pretrained=/path/dinov2_vits14_pretrain.pth (from github.com/facebookresearch/dinov2), "
+                "or model.net.pretrained=random for random features"
             ) from exc
         state = ref.state_dict()
         pos_embed = state.pop("pos_embed")
