@@ -118,3 +118,32 @@ def test_demo_shards_have_ground_truth_and_a_comparison_trio(tmp_path):
     trio = comparison_indices([x.subject for x in records], [x.seq_type for x in records])
     a, b, c = (records[i] for i in trio)
     assert a.subject == b.subject != c.subject and a.seq_type != b.seq_type
+
+
+def test_comparison_trio_comes_from_the_whole_split_like_real_data(tmp_path):
+    """Real test splits hold every sequence of one subject in a row (CCPG: dozens): the trio must still be one
+    person in two different outfits and another person, whatever the split's order."""
+    from biggait.data_prep.synthetic import SyntheticConfig, prepare
+    from biggait.viz.demo import comparison_sequences, tiny_random_model
+    from biggait.viz.panels import outfit_difference
+
+    # 3 test subjects x 7 CCPG types x 4 views, written in order: the first 28 sequences are all subject 001
+    cfg = SyntheticConfig(
+        num_train_ids=1, num_test_ids=3, views=(0, 30, 60, 90), frame_size=(32, 16), length=(2, 2), canvas=96
+    )
+    prepare(tmp_path, cfg, workers=1, shard_size=64, progress=False)
+    records = read_sequences(tmp_path, split="test", max_frames=1)
+    assert {r.subject for r in records[:24]} == {"001"}  # what the first-24 choice used to see
+    seqs = comparison_sequences(tiny_random_model(), tmp_path, split="test", max_frames=2)
+    (sa, ta, va), (sb, tb, vb), (sc, tc, vc) = (s.label.split() for s in seqs)
+    assert sa == sb != sc
+    assert outfit_difference(ta, tb) == 2 and va == vb  # both outfit parts change, in one view
+    assert (tc, vc) == (ta, va)  # the other person in A's first outfit state and view
+    assert seqs[0].frames.shape[0] == 2
+
+    # the same choice whatever order the labels come in
+    labels = [(r.subject, r.seq_type, r.view) for r in records]
+    picks = comparison_indices(*zip(*labels))
+    order = np.random.default_rng(0).permutation(len(labels))
+    shuffled = [labels[i] for i in order]
+    assert [shuffled[i] for i in comparison_indices(*zip(*shuffled))] == [labels[i] for i in picks]

@@ -94,7 +94,11 @@ class FeatureMapLogger(Callback):
         ):
             return
         n = batch["frames"].shape[0]
-        picks = comparison_indices(batch["subjects"], batch["types"]) if "subjects" in batch else []
+        picks = (
+            comparison_indices(batch["subjects"], batch["types"], batch.get("views"))
+            if "subjects" in batch
+            else []
+        )
         picks += [i for i in range(n) if i not in picks]
         self._batch = _take(batch, picks[: self.num_sequences], self.cached_frames)
         self._from_validation = True

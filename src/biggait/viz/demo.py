@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from biggait.data import SequenceRecord, write_shards
 from biggait.evaluation.protocols import CCPG_TYPES
-from biggait.viz.io import read_sequences, records_to_batch
+from biggait.viz.io import read_labels, read_sequences, records_to_batch
 from biggait.viz.panels import PanelSequence, comparison_indices, select_sequence
 
 __all__ = ["comparison_sequences", "make_demo_shards", "rank1_heatmaps", "tiny_random_model"]
@@ -87,14 +87,27 @@ def comparison_sequences(
     shards: str | Path,
     *,
     split: str = "test",
-    max_sequences: int = 24,
     max_frames: int = 8,
 ) -> list[PanelSequence]:
-    """[person A outfit 1, person A outfit 2, person B] from the first `max_sequences` of a split, run
-    through `model.forward_features` in eval mode, as `PanelSequence`s (CPU tensors)."""
-    records = read_sequences(shards, split=split, limit=max_sequences, max_frames=max_frames)
-    picks = comparison_indices([r.subject for r in records], [r.seq_type for r in records])
-    batch = records_to_batch([records[i] for i in picks])
+    """[person A outfit 1, person A outfit 2, person B] chosen from the labels of the whole split
+    (`comparison_indices`: real test splits hold dozens of sequences of one subject in a row), run through
+    `model.forward_features` in eval mode, as `PanelSequence`s (CPU tensors). Only the three are decoded."""
+    labels = read_labels(shards, split=split)
+    picks = comparison_indices(*zip(*labels)) if labels else []
+    wanted = [labels[i] for i in picks]
+    remaining = set(wanted)
+
+    def first_of_each(*label: str) -> bool:  # the first sequence of each wanted label, then stop reading
+        if label in remaining:
+            remaining.discard(label)
+            return True
+        return False
+
+    records = read_sequences(
+        shards, split=split, max_frames=max_frames, where=first_of_each, limit=len(set(wanted))
+    )
+    found = {(r.subject, r.seq_type, r.view): r for r in records}
+    batch = records_to_batch([found[label] for label in wanted])
     features = model.eval().forward_features(batch["frames"], batch["ratios"])
     out = []
     for i in range(len(picks)):
