@@ -23,8 +23,8 @@
 #
 # Set the parameters below. With `CHECKPOINT = None` nothing is trained: the notebook falls back to the
 # **tiny random model** (so it always runs, in well under a minute on a CPU), and generates a tiny set of
-# stick-figure walkers with ground-truth silhouettes when `SHARDS` does not exist (`make data` builds the
-# real synthetic set). Random weights show *what the panels look like*, not what BigGait
+# synthetic walkers with ground-truth silhouettes when `SHARDS` does not exist (`make data` builds the
+# full synthetic set). Random weights show *what the panels look like*, not what BigGait
 # learns; pass the `.ckpt` that `make train` writes (`outputs/.../checkpoints/last.ckpt`) for real maps.
 
 # %% tags=["parameters"]

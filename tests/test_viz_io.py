@@ -104,17 +104,22 @@ def test_load_model_restores_weights_and_the_frozen_mask_branch(tmp_path):
         load_model(tmp_path / "missing.ckpt")
 
 
-def test_demo_shards_have_ground_truth_and_a_comparison_trio(tmp_path):
-    from biggait.viz.demo import DEMO_TYPES, DEMO_VIEWS, make_demo_shards
+def test_demo_shards_are_the_synthetic_world_with_ground_truth_and_a_comparison_trio(tmp_path):
+    from biggait.data_prep.synthetic import render_sequence
+    from biggait.evaluation.protocols import CCPG_TYPES
+    from biggait.viz.demo import demo_world, make_demo_shards
 
     make_demo_shards(tmp_path, subjects=2)
     records = read_sequences(tmp_path, split="test")
-    assert len(records) == 2 * len(DEMO_TYPES) * len(DEMO_VIEWS)
+    assert len(records) == 2 * len(CCPG_TYPES) * 2
     r = records[0]
     assert r.silhouettes is not None and r.silhouettes.shape == r.frames.shape[:3]
     body = r.silhouettes > 0
     assert 0.02 < body.mean() < 0.5  # a figure, not an empty or full frame
-    assert r.frames[body].mean() > 3 * r.frames[~body].mean()  # the figure stands out of the dark background
+    # the walkers are the synthetic world's (one generator), so the silhouettes are exact
+    world = demo_world(subjects=2)
+    spec = (int(r.subject), r.seq_type, world.views[int(r.view.split("_")[0]) - 1], 0)
+    np.testing.assert_array_equal(r.silhouettes, render_sequence(spec, world).silhouettes)
     trio = comparison_indices([x.subject for x in records], [x.seq_type for x in records])
     a, b, c = (records[i] for i in trio)
     assert a.subject == b.subject != c.subject and a.seq_type != b.seq_type
