@@ -32,10 +32,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from biggait.data_prep.synthetic import SyntheticConfig, list_sequences, render_sequence
+from biggait.evaluation.foreground import silhouettes_to_map
 from biggait.models.backbone import SYNTHETIC_LVM_FILE, DinoV2Backbone
 from biggait.models.input import prepare_images
 from biggait.preprocess import normalize_frames
-from biggait.viz.maps import silhouettes_to_map
 
 __all__ = ["ForegroundPretraining", "foreground_separation_loss", "main", "render_foreground_set"]
 
