@@ -14,8 +14,8 @@ from biggait.viz import (
     PanelSequence,
     comparison_indices,
     comparison_panel,
+    panel_sequences,
     save_png,
-    select_sequence,
     sequence_panel,
 )
 
@@ -138,22 +138,7 @@ class FeatureMapLogger(Callback):
         """The cached batch run through the model, one `PanelSequence` per sequence (CPU tensors)."""
         if self._batch is None:
             return []
-        features = self._features(pl_module)
-        b = self._batch
-        out = []
-        for i in range(b["frames"].shape[0]):
-            t = int(b["lengths"][i]) if "lengths" in b else b["frames"].shape[1]
-            label = " ".join(b[k][i] for k in _LABEL_KEYS if k in b) or f"sequence {i}"
-            out.append(
-                PanelSequence(
-                    label=label,
-                    frames=b["frames"][i, :t],
-                    features=select_sequence(features, i, length=t),
-                    silhouettes=b["silhouettes"][i, :t] if "silhouettes" in b else None,
-                    ratios=b["ratios"][i, :t],
-                )
-            )
-        return out
+        return panel_sequences(self._batch, self._features(pl_module))
 
     def log_panels(self, trainer: Trainer, pl_module: LightningModule, *, step: int) -> list[Path]:
         """Render, save under `<dir>/step_XXXXXX/` and send to W&B (rank 0; the caller checks)."""

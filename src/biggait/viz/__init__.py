@@ -18,6 +18,7 @@ from biggait.viz.panels import (
     comparison_indices,
     comparison_panel,
     frame_indices,
+    panel_sequences,
     select_sequence,
     sequence_panel,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "fit_pca",
     "foreground_iou",
     "frame_indices",
+    "panel_sequences",
     "part_colors",
     "pca_rgb",
     "read_sequences",

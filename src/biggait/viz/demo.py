@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from biggait.data_prep.synthetic import SyntheticConfig, prepare
 from biggait.viz.io import read_labels, read_sequences, records_to_batch
-from biggait.viz.panels import PanelSequence, comparison_indices, select_sequence
+from biggait.viz.panels import PanelSequence, comparison_indices, panel_sequences
 
 __all__ = ["comparison_sequences", "demo_world", "make_demo_shards", "rank1_heatmaps", "tiny_random_model"]
 
@@ -71,20 +71,7 @@ def comparison_sequences(
     )
     found = {(r.subject, r.seq_type, r.view): r for r in records}
     batch = records_to_batch([found[label] for label in wanted])
-    features = model.eval().forward_features(batch["frames"], batch["ratios"])
-    out = []
-    for i in range(len(picks)):
-        t = int(batch["lengths"][i])
-        out.append(
-            PanelSequence(
-                label=f"{batch['subjects'][i]} {batch['types'][i]} {batch['views'][i]}",
-                frames=batch["frames"][i, :t],
-                features=select_sequence(features, i, length=t),
-                silhouettes=batch["silhouettes"][i, :t] if "silhouettes" in batch else None,
-                ratios=batch["ratios"][i, :t],
-            )
-        )
-    return out
+    return panel_sequences(batch, model.eval().forward_features(batch["frames"], batch["ratios"]))
 
 
 @torch.no_grad()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ __all__ = [
     "PanelSequence",
     "comparison_panel",
     "frame_indices",
+    "panel_sequences",
     "select_sequence",
     "sequence_panel",
 ]
@@ -67,6 +69,25 @@ def select_sequence(
         if value.dim() != 5:
             raise VizInputError(f"features[{key!r}] must be [n, s, C, h, w], got shape {tuple(value.shape)}")
         out[key] = value[index, :length].detach().float().cpu()
+    return out
+
+
+def panel_sequences(batch: Mapping[str, Any], features: Mapping[str, torch.Tensor]) -> list[PanelSequence]:
+    """An evaluation-style batch (frames, ratios, optional lengths / silhouettes / subjects, types, views) and its
+    `forward_features` output -> one `PanelSequence` per sequence, labelled "subject type view" (CPU tensors)."""
+    out = []
+    for i in range(batch["frames"].shape[0]):
+        t = int(batch["lengths"][i]) if "lengths" in batch else batch["frames"].shape[1]
+        label = " ".join(str(batch[k][i]) for k in ("subjects", "types", "views") if k in batch)
+        out.append(
+            PanelSequence(
+                label=label or f"sequence {i}",
+                frames=batch["frames"][i, :t],
+                features=select_sequence(features, i, length=t),
+                silhouettes=batch["silhouettes"][i, :t] if "silhouettes" in batch else None,
+                ratios=batch["ratios"][i, :t],
+            )
+        )
     return out
 
 
