@@ -19,6 +19,7 @@ import torch
 
 from biggait.errors import BiggaitError
 from biggait.models import BigGait, weights_from_checkpoint
+from biggait.models.state import state_diff
 
 __all__ = [
     "CheckpointError",
@@ -159,17 +160,15 @@ def _build(cfg: dict[str, Any], path: Path) -> BigGait:
 
 
 def _load_state(model: BigGait, state: dict[str, torch.Tensor], path: Path) -> None:
-    ours = model.state_dict()
-    missing = sorted(set(ours) - set(state))
-    unexpected = sorted(set(state) - set(ours))
-    shapes = [
-        f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}"
-        for k, v in state.items()
-        if k in ours and tuple(v.shape) != tuple(ours[k].shape)
-    ]
-    if missing or unexpected or shapes:
+    diff = state_diff(model.state_dict(), state)
+    if diff:
+        shapes = [f"{k} {given} vs {expected}" for k, given, expected in diff.shapes]
         parts = []
-        for name, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", shapes)):
+        for name, items in (
+            ("missing", diff.missing),
+            ("unexpected", diff.unexpected),
+            ("shape mismatches", shapes),
+        ):
             if items:
                 parts.append(f"{len(items)} {name} (e.g. {items[0]})")
         raise CheckpointError(

@@ -27,6 +27,7 @@ from biggait.models.gre import (
     upsample_maps,
 )
 from biggait.models.input import prepare_images, valid_region_mask
+from biggait.models.state import state_diff
 
 __all__ = ["BigGait", "MaskBranchFileError"]
 
@@ -203,18 +204,12 @@ class BigGait(nn.Module):
                 f"{path}: expected a dict with key 'model' (MaskBranch_vits14.pt format)"
             )
         state = {branch_key_to_ours(k.removeprefix("Mask_Branch.")): v for k, v in blob["model"].items()}
-        ours = self.mask_branch.state_dict()
-        missing = sorted(set(ours) - set(state))
-        extra = sorted(set(state) - set(ours))
-        shapes = [
-            f"{k}: {tuple(v.shape)} vs {tuple(ours[k].shape)}"
-            for k, v in state.items()
-            if k in ours and v.shape != ours[k].shape
-        ]
-        if missing or extra or shapes:
+        diff = state_diff(self.mask_branch.state_dict(), state)
+        if diff:
+            shapes = [f"{k}: {given} vs {expected}" for k, given, expected in diff.shapes]
             raise MaskBranchFileError(
                 f"{path} does not fit this mask branch (backbone width {self.backbone.embed_dim}): "
-                f"missing {missing}, unexpected {extra}, shape mismatches {shapes}"
+                f"missing {diff.missing}, unexpected {diff.unexpected}, shape mismatches {shapes}"
             )
         self.mask_branch.load_state_dict(state, strict=True)
         return self.freeze_mask_branch() if freeze else []
