@@ -131,9 +131,13 @@ def check_accelerator(cfg: DictConfig, *, cpu_fallback: bool) -> None:
     )
     with open_dict(cfg):
         cfg.trainer.update(
-            accelerator="cpu", devices=1, strategy="auto", sync_batchnorm=False, precision="32-true"
+            accelerator="cpu",
+            devices=1,
+            num_nodes=1,
+            strategy="auto",
+            sync_batchnorm=False,
+            precision="32-true",
         )
-        cfg.trainer.pop("num_nodes", None)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
