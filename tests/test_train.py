@@ -171,6 +171,33 @@ def test_missing_dataset_is_one_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("override", "env"),
+    [
+        ("trainer.num_nodes=2", {}),
+        ("trainer.devices=1", {"WORLD_SIZE": "8"}),
+        ("seed=0", {"SLURM_NTASKS": "16"}),
+    ],
+)
+def test_shards_are_not_built_by_every_process_of_a_launch(
+    override: str, env: dict[str, str], tmp_path: Path, monkeypatch
+) -> None:
+    """Under torchrun / srun / several nodes every process would build (and clean up) the same shards at once:
+    a clear error naming the build command instead; a single process still builds them."""
+    from biggait.errors import ConfigError
+    from biggait.train import build_shards_if_missing
+
+    for key in ("WORLD_SIZE", "SLURM_NTASKS"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose(config_name="train", overrides=[override, f"data.root={tmp_path / 'data'}"])
+    with pytest.raises(ConfigError, match=r"build them once first \(make data DATASET=synthetic OUT="):
+        build_shards_if_missing(cfg)
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
     ("entry", "override", "message"),
     [
         ("biggait.eval", "ckpt_path=nowhere.ckpt", "ckpt_path='nowhere.ckpt' is not a file"),
