@@ -114,9 +114,9 @@ def assert_same_run(run: Path, reference: Path) -> None:
 
 def assert_only_node0_writes(node1_dir: Path) -> None:
     """Checkpoints, evaluation reports, panels and experiment logs come from global rank 0 only: the other
-    node's run directory holds its own log and config, nothing else."""
+    node's run directory holds its own log (named after its node) and config, nothing else."""
     written = {p.name for p in node1_dir.iterdir()} - {".hydra"}
-    assert written == {"train.log", "config.yaml"}, written
+    assert written == {"train_node1.log", "config.yaml"}, written
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,8 @@ def test_two_nodes_with_torchrun_equal_one_node(
 ) -> None:
     """`torchrun --nnodes=2 --nproc-per-node=1 --node-rank=R --master-addr --master-port` on each node (static
     rendezvous): torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, GROUP_RANK and Lightning reads them
-    (TorchElasticEnvironment)."""
+    (TorchElasticEnvironment). Here the nodes share one run directory (a shared filesystem): each process
+    keeps its own log, and the outputs are global rank 0's alone."""
     port = str(free_port())
     jobs = []
     for node in (0, 1):
@@ -194,9 +195,17 @@ def test_two_nodes_with_torchrun_equal_one_node(
             "biggait.train",
         ]
         command = train_command(
-            tiny_shards, tmp_path / f"node{node}", "trainer.num_nodes=2", "trainer.devices=1", entry=torchrun
+            tiny_shards, tmp_path / "run", "trainer.num_nodes=2", "trainer.devices=1", entry=torchrun
         )
         jobs.append((command, clean_env(), tmp_path / f"node{node}.log"))
     launch(jobs)
-    assert_same_run(tmp_path / "node0", one_node_two_processes)
-    assert_only_node0_writes(tmp_path / "node1")
+    run = tmp_path / "run"
+    assert_same_run(run, one_node_two_processes)
+    logs = {p.name: p.read_text() for p in run.glob("*.log")}
+    assert logs.keys() == {"train.log", "train_rank1.log"}, logs.keys()
+    assert "GLOBAL_RANK: 0," in logs["train.log"] and "GLOBAL_RANK: 1," not in logs["train.log"]
+    assert (
+        "GLOBAL_RANK: 1, MEMBER: 2/2" in logs["train_rank1.log"]
+        and "test results (" not in logs["train_rank1.log"]
+    )
+    assert len(list((run / "checkpoints").glob("*.ckpt"))) == 2  # step000002 and last, written once

@@ -229,6 +229,40 @@ def test_cli_bad_input_is_one_error_line_and_exit_2(
     assert "Traceback" not in run.stderr
 
 
+@pytest.mark.parametrize(
+    ("environ", "suffix"),
+    [
+        ({}, ""),
+        ({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "4"}, ""),  # torchrun, global rank 0
+        ({"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8"}, "_rank5"),
+        ({"SLURM_NTASKS": "16", "SLURM_PROCID": "9", "SLURM_LOCALID": "1"}, "_rank9"),
+        ({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}, ""),  # one SLURM task: a process started alone
+        ({"NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1"}, "_node1"),  # by hand, node 1
+        ({"NODE_RANK": "0", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}, ""),  # Lightning's child: its own job name
+    ],
+)
+def test_launch_log_suffix(environ: dict[str, str], suffix: str) -> None:
+    from biggait.paths import launch_log_suffix
+
+    assert launch_log_suffix(environ) == suffix
+
+
+def test_processes_of_a_launch_write_their_own_run_log(tmp_path: Path) -> None:
+    """The Hydra entry points name the run log after the process (a rank > 0 of torchrun here), so the
+    processes of a launch sharing a run directory do not interleave their lines in one file."""
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SLURM_")}
+    run = subprocess.run(
+        [sys.executable, "-m", "biggait.eval", "ckpt_path=nowhere.ckpt", f"hydra.run.dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "RANK": "3"},
+    )
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert [p.name for p in tmp_path.glob("*.log")] == ["eval_rank3.log"]
+    assert f"run directory: {tmp_path}" in (tmp_path / "eval_rank3.log").read_text()
+
+
 def cli_train(tiny_shards: Path) -> list[str]:
     """`python -m biggait.train` for 2 steps of the tiny model on the tiny shards, no logger, no panels."""
     return [
