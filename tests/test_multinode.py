@@ -14,6 +14,7 @@ compared, and why it is exact:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -69,8 +70,8 @@ def launch(jobs: list[tuple[list[str], dict[str, str], Path]]) -> None:
                 break
             time.sleep(0.2)
     finally:
-        for p in procs:
-            if p.poll() is None:
+        for p in procs:  # the whole group: a launcher's children outlive it when it dies first
+            with contextlib.suppress(ProcessLookupError):  # raised when the group has exited
                 os.killpg(p.pid, signal.SIGKILL)
             p.wait()
     failed = [(job, p.returncode) for job, p in zip(jobs, procs) if p.returncode != 0]
