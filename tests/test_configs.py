@@ -98,3 +98,21 @@ def test_unknown_key_is_an_error(tmp_path: Path) -> None:
         cfg.model.net.num_classes = 10
     with pytest.raises(Exception, match="not_an_option"):
         hydra.utils.instantiate(cfg.model, _convert_="all")
+
+
+TRAINERS = sorted(p.stem for p in (CONF / "trainer").glob("*.yaml") if p.stem != "default")
+
+
+@pytest.mark.parametrize("trainer", TRAINERS)
+@pytest.mark.parametrize("config_name", ["train", "eval"])
+def test_every_trainer_config_takes_num_nodes(trainer: str, config_name: str, tmp_path: Path) -> None:
+    """`trainer.num_nodes=N` (the multi-node launches of docs/5_multi_gpu.md) is a plain override for every
+    trainer config, and reaches the Trainer (the accelerator forced to CPU, as on this machine)."""
+    extra = ["ckpt_path=x.ckpt"] if config_name == "eval" else []
+    cfg = _compose(config_name, [f"trainer={trainer}", "trainer.num_nodes=2", *extra], tmp_path)
+    trainer_cfg = dict(cfg.trainer)
+    trainer_cfg.update(accelerator="cpu", devices=1, precision="32-true", sync_batchnorm=False)
+    if trainer_cfg.get("strategy", "auto") == "auto":
+        trainer_cfg["strategy"] = "ddp"  # a single-process config run on 2 nodes is DDP too
+    built = hydra.utils.instantiate(trainer_cfg, logger=False, enable_checkpointing=False)
+    assert built.num_nodes == 2 and built.world_size == 2

@@ -177,6 +177,33 @@ def test_missing_dataset_is_one_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("override", "env"),
+    [
+        ("trainer.num_nodes=2", {}),
+        ("trainer.devices=1", {"WORLD_SIZE": "8"}),
+        ("seed=0", {"SLURM_NTASKS": "16"}),
+    ],
+)
+def test_shards_are_not_built_by_every_process_of_a_launch(
+    override: str, env: dict[str, str], tmp_path: Path, monkeypatch
+) -> None:
+    """Under torchrun / srun / several nodes every process would build (and clean up) the same shards at once:
+    a clear error naming the build command instead; a single process still builds them."""
+    from biggait.errors import ConfigError
+    from biggait.train import build_shards_if_missing
+
+    for key in ("WORLD_SIZE", "SLURM_NTASKS"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose(config_name="train", overrides=[override, f"data.root={tmp_path / 'data'}"])
+    with pytest.raises(ConfigError, match=r"build them once first \(make data DATASET=synthetic OUT="):
+        build_shards_if_missing(cfg)
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
     ("entry", "override", "message"),
     [
         ("biggait.eval", "ckpt_path=nowhere.ckpt", "ckpt_path='nowhere.ckpt' is not a file"),
@@ -206,6 +233,40 @@ def test_cli_bad_input_is_one_error_line_and_exit_2(
     errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0], run.stderr[-2000:]
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("environ", "suffix"),
+    [
+        ({}, ""),
+        ({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "4"}, ""),  # torchrun, global rank 0
+        ({"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8"}, "_rank5"),
+        ({"SLURM_NTASKS": "16", "SLURM_PROCID": "9", "SLURM_LOCALID": "1"}, "_rank9"),
+        ({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}, ""),  # one SLURM task: a process started alone
+        ({"NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1"}, "_node1"),  # by hand, node 1
+        ({"NODE_RANK": "0", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}, ""),  # Lightning's child: its own job name
+    ],
+)
+def test_launch_log_suffix(environ: dict[str, str], suffix: str) -> None:
+    from biggait.paths import launch_log_suffix
+
+    assert launch_log_suffix(environ) == suffix
+
+
+def test_processes_of_a_launch_write_their_own_run_log(tmp_path: Path) -> None:
+    """The Hydra entry points name the run log after the process (a rank > 0 of torchrun here), so the
+    processes of a launch sharing a run directory do not interleave their lines in one file."""
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SLURM_")}
+    run = subprocess.run(
+        [sys.executable, "-m", "biggait.eval", "ckpt_path=nowhere.ckpt", f"hydra.run.dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "RANK": "3"},
+    )
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert [p.name for p in tmp_path.glob("*.log")] == ["eval_rank3.log"]
+    assert f"run directory: {tmp_path}" in (tmp_path / "eval_rank3.log").read_text()
 
 
 def cli_train(tiny_shards: Path) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -83,6 +84,14 @@ def build_shards_if_missing(cfg: DictConfig) -> None:
     complete = all((root / split / "manifest.json").is_file() for split in ("train", "test"))
     if complete or not cfg.get("data_prep"):
         return  # a real dataset that is missing gets its error (with the build command) from the DataModule
+    processes = max(int(os.environ.get(key) or 1) for key in ("WORLD_SIZE", "SLURM_NTASKS"))
+    if int(cfg.trainer.get("num_nodes", 1)) > 1 or processes > 1:
+        # Every process of a torchrun / srun / multi-node launch gets here at once: they would all write (and
+        # clean up) the same files. Lightning's own single-node launcher starts its other processes later.
+        raise ConfigError(
+            f"{root} has no shards yet and this is one of several processes of a multi-process or multi-node "
+            f"launch: build them once first (make data DATASET=synthetic OUT={root}), then launch"
+        )
     log.info("building the shards of %s (first use)", root)
     hydra.utils.instantiate(cfg.data_prep)()
 
@@ -131,9 +140,13 @@ def check_accelerator(cfg: DictConfig, *, cpu_fallback: bool) -> None:
     )
     with open_dict(cfg):
         cfg.trainer.update(
-            accelerator="cpu", devices=1, strategy="auto", sync_batchnorm=False, precision="32-true"
+            accelerator="cpu",
+            devices=1,
+            num_nodes=1,
+            strategy="auto",
+            sync_batchnorm=False,
+            precision="32-true",
         )
-        cfg.trainer.pop("num_nodes", None)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

@@ -87,6 +87,13 @@ class GaitRetrievalMetric(Metric):
             partial.append(f"{skipped} sequence(s) skipped as bad data")
         if expected is not None and n < expected:
             partial.append(f"{n} of {expected} sequences evaluated")
+        if expected is not None and n + skipped > expected:
+            # More than the test set holds: a sequence was scored twice (e.g. read by two ranks or nodes), which
+            # would silently change the numbers.
+            raise ProtocolError(
+                f"{n} sequences evaluated and {skipped} skipped, but the test set holds {expected}: some were "
+                "read twice (a data-reader bug across ranks or nodes, docs/5_multi_gpu.md); the numbers would be wrong"
+            )
         result = evaluate_detailed(
             self.protocol,
             embeddings,
