@@ -67,11 +67,11 @@ identify: $(STAMP) ## identify probes: make identify GALLERY=gallery.npz PROBES=
 	$(PY) -m biggait.identify $(GALLERY) $(PROBES) $(ARGS)
 
 lint: $(STAMP) ## ruff check
-	$(VENV)/bin/ruff check src tests data_prep bench notebooks
+	$(VENV)/bin/ruff check src tests scripts bench notebooks
 
 format: $(STAMP) ## ruff format + fix
-	$(VENV)/bin/ruff check --fix src tests data_prep bench notebooks
-	$(VENV)/bin/ruff format src tests data_prep bench notebooks
+	$(VENV)/bin/ruff check --fix src tests scripts bench notebooks
+	$(VENV)/bin/ruff format src tests scripts bench notebooks
 
 test: lint ## lint, then the whole test suite (fast tests first, then the slow ones)
 	WANDB_MODE=offline $(PY) -m pytest -m "not slow" -q
@@ -87,7 +87,7 @@ bench-model: $(STAMP) ## model frames/s per precision, vs the official code with
 	$(PY) bench/bench_model.py $(ARGS)
 
 baselines: $(STAMP) ## the two non-learned baselines on the synthetic test split (data_prep/README.md)
-	$(PY) data_prep/baselines.py $(ARGS)
+	$(PY) scripts/baselines.py $(ARGS)
 
 notebook: $(STAMP) ## open the feature-map notebook (installs the optional Jupyter UI first)
 	$(PY) -m pip install --quiet -e '.[notebook]'

@@ -1,6 +1,6 @@
 """Frame / silhouette encoding benchmark: size and decode throughput of PNG, JPEG and lossless WebP.
 
-Frames are procedural person-like crops (smooth body blob, textured clothes, black padding) at the stored
+Frames are walkers of the synthetic world (textured clothes, cluttered background, black padding) at the stored
 CCPG size 256x128, so the numbers are indicative, not a substitute for a run on real crops.
 Run: ``python bench/bench_image_formats.py [--frames 300] [--height 256 --width 128]``.
 """
@@ -17,24 +17,13 @@ from PIL import Image
 
 
 def person_frames(n: int, height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Smooth shaded person blobs with texture and sensor noise, plus their 0/255 silhouettes."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    frames = np.zeros((n, height, width, 3), np.uint8)
-    sils = np.zeros((n, height, width), np.uint8)
-    for i in range(n):
-        cx = width / 2 + 6 * np.sin(i / 5)
-        body = ((xx - cx) / (0.22 * width)) ** 2 + ((yy - 0.55 * height) / (0.42 * height)) ** 2 < 1
-        head = ((xx - cx) / (0.1 * width)) ** 2 + ((yy - 0.12 * height) / (0.08 * height)) ** 2 < 1
-        mask = body | head
-        shade = 0.6 + 0.4 * np.cos((xx - cx) / width * np.pi)
-        colour = rng.uniform(60, 220, 3).astype(np.float32)
-        stripes = 20 * np.sin(yy / 3.0 + i)[..., None]
-        img = shade[..., None] * colour + stripes + rng.normal(0, 6, (height, width, 3))
-        img = np.clip(img, 0, 255) * mask[..., None]
-        frames[i] = img.astype(np.uint8)
-        sils[i] = mask.astype(np.uint8) * 255
-    return frames, sils
+    """`n` frames of one walker of the synthetic world (`biggait.data_prep.synthetic`: textured clothes, a
+    cluttered background, pad-and-resized to `height` x `width` like a CCPG crop) and its 0/255 silhouettes."""
+    from biggait.data_prep.synthetic import SyntheticConfig, render_sequence
+
+    cfg = SyntheticConfig(seed=seed, frame_size=(height, width), length=(max(n, 2), max(n, 2)))
+    record = render_sequence((0, "U0_D0", 90, 0), cfg)
+    return record.frames[:n], record.silhouettes[:n]
 
 
 def encoders() -> dict[str, callable]:

@@ -3,7 +3,7 @@
     python bench/bench_precision.py outputs/train/synthetic/<date>/checkpoints/last.ckpt [--sequences 64]
 
 For each mode (bf16 autocast everywhere = `trainer.precision=bf16-mixed`; the frozen backbone alone in bf16 =
-`model.model.backbone_precision=bf16`) it prints the relative difference ||e - e_fp32|| / ||e_fp32|| of the
+`model.net.backbone_precision=bf16`) it prints the relative difference ||e - e_fp32|| / ||e_fp32|| of the
 sequence embeddings (median and max over sequences, and over the whole set) and the fraction of foreground
 pixels whose selection flipped. The retrieval numbers themselves come from `python -m biggait.eval` with
 `trainer.precision=32-true` and `bf16-mixed` (docs/performance.md).
@@ -16,8 +16,8 @@ import statistics
 
 import torch
 
+from biggait.checkpoint import load_model
 from biggait.data import GaitDataModule
-from biggait.lit_module import BigGaitModule
 
 
 def main() -> None:
@@ -27,8 +27,7 @@ def main() -> None:
     p.add_argument("--sequences", type=int, default=64, help="test sequences compared (the first ones)")
     p.add_argument("--frames", type=int, default=40)
     args = p.parse_args()
-    module = BigGaitModule.load_from_checkpoint(args.ckpt, map_location="cpu").eval()
-    model = module.model
+    model = load_model(args.ckpt)  # eval mode; any checkpoint layout, read with weights_only=True
     dm = GaitDataModule(
         root=args.root, protocol="ccpg", eval_frames_limit=args.frames, eval_batch_size=4, num_workers=0
     )

@@ -23,8 +23,8 @@
 #
 # Set the parameters below. With `CHECKPOINT = None` nothing is trained: the notebook falls back to the
 # **tiny random model** (so it always runs, in well under a minute on a CPU), and generates a tiny set of
-# stick-figure walkers with ground-truth silhouettes when `SHARDS` does not exist (`make data` builds the
-# real synthetic set). Random weights show *what the panels look like*, not what BigGait
+# synthetic walkers with ground-truth silhouettes when `SHARDS` does not exist (`make data` builds the
+# full synthetic set). Random weights show *what the panels look like*, not what BigGait
 # learns; pass the `.ckpt` that `make train` writes (`outputs/.../checkpoints/last.ckpt`) for real maps.
 
 # %% tags=["parameters"]
@@ -33,7 +33,6 @@ SHARDS = "data/synthetic"  # shard root holding <SPLIT>/manifest.json (relative 
 SPLIT = "test"
 PROTOCOL = "ccpg"  # evaluation protocol of the dataset (the synthetic set follows CCPG)
 MAX_FRAMES = 8  # frames read per sequence (and columns per panel)
-MAX_SEQUENCES = 24  # sequences read to find the comparison trio
 SEED = 0
 
 # %%
@@ -81,7 +80,9 @@ else:
     model = tiny_random_model(seed=SEED)
     print("No checkpoint given: using the tiny RANDOM BigGait (untrained, nothing is trained here).")
 
-seqs = comparison_sequences(model, shards, split=SPLIT, max_sequences=MAX_SEQUENCES, max_frames=MAX_FRAMES)
+seqs = comparison_sequences(
+    model, shards, split=SPLIT, max_frames=MAX_FRAMES
+)  # the trio, from the whole split
 print("sequences:", [s.label for s in seqs])
 
 # %% [markdown]

@@ -1,12 +1,11 @@
-"""Shared test setup: offline environment and a small CCPG-style shard set generated on the fly."""
+"""Shared test setup: offline environment and a small shard set of the synthetic world generated on the fly."""
 
 from __future__ import annotations
 
+import functools
 import os
-import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 # No network, no update checks, no W&B service unless a test opts in.
@@ -15,47 +14,38 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ["WANDB_MODE"] = os.environ.get("BIGGAIT_TEST_WANDB_MODE", "disabled")
 
-CCPG_VIEWS = ("1_0", "2_90")
 
+def tiny_world(*, train_ids: int = 6, test_ids: int = 4):
+    """The synthetic world (`biggait.data_prep.synthetic`, the project's one walker generator) at test size:
+    CCPG types, 2 views, 6 frames of 64x32 with silhouettes, rendered on a small canvas."""
+    from biggait.data_prep.synthetic import SyntheticConfig
 
-def _record(subject: int, seq_type: str, view: str, *, frames: int = 6, size: tuple[int, int] = (64, 32)):
-    """A walker-ish blob whose width and sway depend on the subject (so identities are learnable)."""
-    from biggait.data.records import SequenceRecord
-
-    h, w = size
-    # crc32, not hash(): Python salts str hashes per process, so the data would change between runs
-    rng = np.random.default_rng(zlib.crc32(f"{subject}/{seq_type}/{view}".encode()))
-    rgb = np.zeros((frames, h, w, 3), np.uint8)
-    sil = np.zeros((frames, h, w), np.uint8)
-    colour = rng.integers(40, 255, 3)
-    width = 4 + subject % 5
-    for t in range(frames):
-        x0 = w // 2 - width // 2 + int(3 * np.sin(t * (0.5 + 0.1 * subject)))
-        rgb[t] = rng.integers(0, 40, (h, w, 3))
-        rgb[t, 8 : h - 4, x0 : x0 + width] = colour
-        sil[t, 8 : h - 4, x0 : x0 + width] = 255
-    return SequenceRecord(f"{subject:03d}", seq_type, view, rgb, np.full(frames, 0.45, np.float32), sil)
-
-
-def _load(spec):
-    return _record(*spec)
+    return SyntheticConfig(
+        num_train_ids=train_ids,
+        num_test_ids=test_ids,
+        views=(0, 90),
+        frame_size=(64, 32),
+        length=(6, 6),
+        canvas=96,
+    )
 
 
 def write_tiny_dataset(root: Path, *, train_ids: int = 6, test_ids: int = 4, shard_size: int = 8) -> Path:
     """Train ids 000.., test ids after; every CCPG type x 2 views; 64x32 frames with silhouettes."""
     from biggait.data.shards import write_shards
-    from biggait.evaluation.protocols import CCPG_TYPES
+    from biggait.data_prep.synthetic import list_sequences, render_sequence
 
-    for split, ids in (("train", range(train_ids)), ("test", range(train_ids, train_ids + test_ids))):
-        specs = [(i, t, v) for i in ids for t in CCPG_TYPES for v in CCPG_VIEWS]
+    cfg = tiny_world(train_ids=train_ids, test_ids=test_ids)
+    for split in ("train", "test"):
         write_shards(
-            specs,
-            _load,
+            list_sequences(cfg, split),
+            functools.partial(render_sequence, cfg=cfg),
             root,
             dataset="tiny",
             split=split,
             shard_size=shard_size,
             shuffle_seed=0 if split == "train" else None,
+            frame_size=cfg.frame_size,
             progress=False,
         )
     return root
@@ -64,3 +54,25 @@ def write_tiny_dataset(root: Path, *, train_ids: int = 6, test_ids: int = 4, sha
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory) -> Path:
     return write_tiny_dataset(tmp_path_factory.mktemp("tiny_shards"))
+
+
+def write_legacy_checkpoint(src: Path, dst: Path) -> Path:
+    """`src` (a checkpoint of today's biggait) rewritten as older versions wrote it: the BigGait options under
+    hyper_parameters["model"] (today "net") and the weights under "model.*" (today "net.*")."""
+    import torch
+
+    blob = torch.load(src, map_location="cpu", weights_only=True)
+    assert "net" in blob["hyper_parameters"], "not a checkpoint of today's layout"
+    blob["hyper_parameters"]["model"] = blob["hyper_parameters"].pop("net")
+    blob["state_dict"] = {
+        ("model." + k.removeprefix("net.") if k.startswith("net.") else k): v
+        for k, v in blob["state_dict"].items()
+    }
+    torch.save(blob, dst)
+    return dst
+
+
+@pytest.fixture()
+def as_legacy_checkpoint():
+    """`write_legacy_checkpoint(src, dst)`: a checkpoint in the layout older biggait versions wrote."""
+    return write_legacy_checkpoint

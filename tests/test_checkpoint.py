@@ -104,6 +104,24 @@ def test_load_model_reads_ours_converted_and_official_files_alike(tmp_path: Path
     assert model_fingerprint(tiny_model(seed=1)) != model_fingerprint(model)
 
 
+def test_checkpoints_of_older_versions_load_everywhere(tmp_path: Path, as_legacy_checkpoint) -> None:
+    """Older checkpoints keep the model options under hyper_parameters["model"] and the weights under model.*."""
+    from biggait.checkpoint import load_module
+
+    model = tiny_model()
+    ours = export_lightning_checkpoint(model, tmp_path / "ours.ckpt")
+    old = as_legacy_checkpoint(ours, tmp_path / "old.ckpt")
+    blob = torch.load(old, weights_only=True)
+    assert "net" not in blob["hyper_parameters"] and not any(k.startswith("net.") for k in blob["state_dict"])
+    want = _embed(model)
+    torch.testing.assert_close(_embed(load_model(old)), want)
+    validate_checkpoint(old)
+    module = load_module(old, protocol="ccpg")
+    assert "model" not in module.hparams  # re-saved, it is a checkpoint of today's layout
+    torch.testing.assert_close(_embed(module.net.eval()), want)
+    assert model_fingerprint(module.net) == model_fingerprint(model)
+
+
 def test_loading_never_reads_the_pretrained_file_and_says_nothing_about_random_weights(
     tmp_path: Path,
 ) -> None:
@@ -142,10 +160,10 @@ def bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     other = _lightning(
         tmp_path,
         "other.ckpt",
-        state_dict={"model.fc.weight": torch.zeros(2, 2)},
-        hyper_parameters={"model": TINY},
+        state_dict={"net.fc.weight": torch.zeros(2, 2)},
+        hyper_parameters={"net": TINY},
     )
-    bare = _lightning(tmp_path, "bare.ckpt", state_dict={"model.fc.weight": torch.zeros(2, 2)})
+    bare = _lightning(tmp_path, "bare.ckpt", state_dict={"net.fc.weight": torch.zeros(2, 2)})
     return {
         "text": (text, "neither a zip archive nor a pickle"),
         "truncated": (truncated, "truncated or corrupt"),

@@ -148,7 +148,8 @@ def test_remote_shard_faults_are_skipped_and_counted_like_local_ones(
     assert sum(int(b["n_skipped"]) for b in local) > 0
     lost = sum(int(b["n_skipped"]) for b in remote) - sum(int(b["n_skipped"]) for b in local)
     assert lost == json.loads((root / "test" / "manifest.json").read_text())["shards"][1]["n_samples"]
-    assert any(shards[0].name in m and "unexpected end of data" in m for m in messages)
+    # cut inside a member ("unexpected end of data") or at a member boundary (fewer samples than listed)
+    assert any(shards[0].name in m and "truncated" in m for m in messages)
     assert any(shards[1].name in m and "curl exit status 22" in m for m in messages)
     assert all("\n" not in m for m in messages)
 

@@ -97,7 +97,7 @@ def test_module_ddp_spawn_evaluation_equals_single_process(tiny_shards, tmp_path
         embed_dim=16,
     )
     torch.manual_seed(0)
-    module = BigGaitModule(model=model, protocol="ccpg")
+    module = BigGaitModule(net=model, protocol="ccpg")
     numbers = {}
     for name, kwargs in (("single", dict(devices=1)), ("spawn", dict(devices=2, strategy="ddp_spawn"))):
         dm = GaitDataModule(

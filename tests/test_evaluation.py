@@ -212,9 +212,27 @@ def test_metric_accumulates_and_merges_like_one_shot() -> None:
     a.update(torch.as_tensor(emb[:half]), subj[:half], types[:half], views[:half])
     b.update(torch.as_tensor(emb[half:]), subj[half:], types[half:], views[half:])
     a.merge_state(b)  # what the cross-rank "cat" reduction does
-    assert a.compute().metrics == pytest.approx(want)
+    assert a.result is None
+    result = a.compute()
+    assert result.metrics == pytest.approx(want)
+    a.reset()  # frees the embeddings; the result behind the logged numbers stays for the report callback
+    assert a.update_count == 0 and a.result.metrics == result.metrics and a.result.counts == result.counts
     with pytest.raises(ProtocolError, match="longer than 64 bytes"):
         a.update(torch.zeros(1, 6, 4), ["x" * 65], ["U0_D0"], ["1_a"])
+
+
+def test_metric_refuses_a_sequence_scored_twice() -> None:
+    """More embeddings than the test set holds (e.g. two ranks or nodes reading the same shard) is an error,
+    not numbers; fewer is a partial result."""
+    emb, subj, types, views = _random_set(CCPG_TYPES, ["1_a", "2_b"], n_ids=3, seed=1)
+    metric = GaitRetrievalMetric("synthetic")
+    metric.update(torch.as_tensor(emb), subj, types, views)
+    metric.update(torch.as_tensor(emb[:1]), subj[:1], types[:1], views[:1])  # one sequence read again
+    metric.expected_sequences = len(subj)
+    with pytest.raises(ProtocolError, match=rf"{len(subj) + 1} sequences evaluated .* holds {len(subj)}"):
+        metric.compute()
+    metric.expected_sequences = len(subj) + 2
+    assert f"{len(subj) + 1} of {len(subj) + 2} sequences evaluated" in metric.compute().partial
 
 
 def test_report_outputs(tmp_path) -> None:

@@ -48,16 +48,16 @@ class _StandInModel(nn.Module):
 class _Module(LightningModule):
     def __init__(self) -> None:
         super().__init__()
-        self.model = _StandInModel()
+        self.net = _StandInModel()
         self.modes_seen: list[tuple[bool, bool]] = []
 
     def training_step(self, batch, batch_idx):
-        self.modes_seen.append((self.model.training, self.model.mask.training))
-        f = self.model.forward_features(batch["frames"], batch["ratios"])
+        self.modes_seen.append((self.net.training, self.net.mask.training))
+        f = self.net.forward_features(batch["frames"], batch["ratios"])
         return f["denoising"].square().mean() + f["appearance"].mean()
 
     def validation_step(self, batch, batch_idx):
-        self.model.forward_features(batch["frames"], batch["ratios"])
+        self.net.forward_features(batch["frames"], batch["ratios"])
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.01)
@@ -177,13 +177,13 @@ class _TinyBigGaitModule(_Module):
         from biggait.models import BigGait
 
         with pytest.warns(UserWarning):  # random backbone: the model says so
-            self.model = BigGait(backbone="tiny", num_classes=2, image_size=(112, 56), map_size=(16, 8))
-        self.model.freeze_mask_branch()
+            self.net = BigGait(backbone="tiny", num_classes=2, image_size=(112, 56), map_size=(16, 8))
+        self.net.freeze_mask_branch()
 
     def training_step(self, batch, batch_idx):
-        self.modes_seen.append((self.model.training, self.model.mask_branch.training))
-        features = self.model.forward_features(batch["frames"], batch["ratios"])
-        return sum(self.model.gre_losses(features).values())
+        self.modes_seen.append((self.net.training, self.net.mask_branch.training))
+        features = self.net.forward_features(batch["frames"], batch["ratios"])
+        return sum(self.net.gre_losses(features).values())
 
 
 def test_real_tiny_biggait_keeps_its_frozen_mask_branch_in_eval(tmp_path):

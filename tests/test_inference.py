@@ -343,8 +343,8 @@ def test_trainer_predict_writes_a_gallery_of_the_test_split(
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        module = BigGaitModule(model=TINY, protocol="ccpg")
-    module.model.load_state_dict(model.state_dict())
+        module = BigGaitModule(net=TINY, protocol="ccpg")
+    module.net.load_state_dict(model.state_dict())
     dm = GaitDataModule(
         root=str(tiny_shards), protocol="ccpg", eval_batch_size=3, num_workers=0, eval_frames_limit=None
     )

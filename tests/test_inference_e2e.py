@@ -58,7 +58,7 @@ def trained(root: Path, tmp_path_factory) -> Path:
         "logger=none",
         "test_after_fit=false",
         "callbacks.feature_maps.every_n_steps=0",
-        f"model.model.pretrained={backbone}",
+        f"model.net.pretrained={backbone}",
     )
     train(cfg)
     backbone.rename(tmp / "moved.pt")

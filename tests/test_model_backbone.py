@@ -132,8 +132,12 @@ def test_loads_official_pth_through_timm_converter(tmp_path: Path) -> None:
 
 
 def test_missing_weights_file_is_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="backbone weights file not found"):
+    from biggait.errors import BiggaitError
+
+    # a BiggaitError, so the CLIs print one `error: ...` line instead of a traceback
+    with pytest.raises(BiggaitError, match="backbone weights file not found") as caught:
         DinoV2Backbone(preset="vits14", pretrained=str(tmp_path / "nope.pth"))
+    assert isinstance(caught.value, FileNotFoundError)
 
 
 def test_frozen_backbone_gets_no_gradient_and_stays_eval() -> None:

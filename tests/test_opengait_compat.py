@@ -140,11 +140,11 @@ def test_cli_writes_a_lightning_checkpoint(tmp_path: Path) -> None:
     ckpt = torch.load(out, weights_only=True)
     assert ckpt["pytorch-lightning_version"] == "2.6.6"
     assert ckpt["epoch"] == 0 and ckpt["global_step"] == 0
-    assert all(k.startswith("model.") for k in ckpt["state_dict"])
+    assert all(k.startswith("net.") for k in ckpt["state_dict"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = BigGait(**ckpt["hyper_parameters"]["model"])
-    model.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}, strict=True)
+        model = BigGait(**ckpt["hyper_parameters"]["net"])
+    model.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["state_dict"].items()}, strict=True)
     reference = load_opengait_checkpoint(src)
     for key, value in reference.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key

@@ -178,11 +178,11 @@ def test_compile_options_apply_to_every_stage_and_keep_checkpoint_names(stage: s
     }
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="BigGait backbone has NO pretrained weights")
-        module = BigGaitModule(model=model, compile_backbone=True, compile_head=True)
+        module = BigGaitModule(net=model, compile_backbone=True, compile_head=True)
     names = list(module.state_dict())
     module.setup(stage)
     module.setup(stage)  # idempotent
-    assert module.model.backbone._compiled_call_impl is not None
-    assert module.model.head._compiled_call_impl is not None
-    assert module.model.mask_branch._compiled_call_impl is None
+    assert module.net.backbone._compiled_call_impl is not None
+    assert module.net.head._compiled_call_impl is not None
+    assert module.net.mask_branch._compiled_call_impl is None
     assert list(module.state_dict()) == names

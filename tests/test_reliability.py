@@ -54,15 +54,15 @@ def _compose(config_name: str, overrides: list[str], out: Path | None = None, ro
 @pytest.mark.parametrize("experiment", PAPER)
 def test_paper_recipes_ask_for_real_dinov2_weights(experiment: str) -> None:
     cfg = _compose("train", [f"experiment={experiment}"])
-    assert cfg.model.model.pretrained == "hub"
+    assert cfg.model.net.pretrained == "hub"
 
 
 def test_random_features_only_by_name(tiny_shards: Path, tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # asked for by name: no "NO pretrained weights" warning
         DinoV2Backbone(preset="tiny", image_size=(112, 56), pretrained="random")
-    cfg = _compose("train", [*RUN, "model.model.pretrained=null"], tmp_path, tiny_shards)
-    with pytest.raises(ConfigError, match=r"model\.model\.pretrained is null.*random"):
+    cfg = _compose("train", [*RUN, "model.net.pretrained=null"], tmp_path, tiny_shards)
+    with pytest.raises(ConfigError, match=r"model\.net\.pretrained is null.*random"):
         train(cfg)
 
 
@@ -83,7 +83,7 @@ def test_hub_weights_that_cannot_be_had_are_one_line_naming_the_local_file(tmp_p
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
-    assert "model.model.pretrained=/path/dinov2_vits14_pretrain.pth" in lines[0]
+    assert "model.net.pretrained=/path/dinov2_vits14_pretrain.pth" in lines[0]
 
 
 # --- 10: the default run and evaluation without a GPU -------------------------------------------------------

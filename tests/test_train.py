@@ -19,11 +19,11 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 # A CPU-sized model and loop: tiny ViT at 112x56 (8x4 tokens), 32x16 maps, narrow GaitBase.
 TINY = [
-    "model.model.image_size=[112,56]",
-    "model.model.map_size=[32,16]",
-    "model.model.channels=[8,16,32,64]",
-    "model.model.embed_dim=16",
-    "model.model.fusion_squeeze=4",
+    "model.net.image_size=[112,56]",
+    "model.net.map_size=[32,16]",
+    "model.net.channels=[8,16,32,64]",
+    "model.net.embed_dim=16",
+    "model.net.fusion_squeeze=4",
     "data.frames_per_sequence=4",
     "data.ids_per_batch=3",
     "data.seqs_per_id=2",
@@ -57,7 +57,9 @@ def steps(n: int, per_epoch: int) -> list[str]:
     ]
 
 
-def test_train_then_eval_reproduces_the_numbers(tiny_shards: Path, tmp_path: Path) -> None:
+def test_train_then_eval_reproduces_the_numbers(
+    tiny_shards: Path, tmp_path: Path, as_legacy_checkpoint
+) -> None:
     cfg = compose_train(tmp_path / "run", tiny_shards, *steps(4, 2), "logger=csv")
     metrics = train(cfg)
     for key in ("test/CL", "test/UP", "test/DN", "test/BG", "test/reid/CL/mAP", "test/foreground_iou"):
@@ -80,29 +82,33 @@ def test_train_then_eval_reproduces_the_numbers(tiny_shards: Path, tmp_path: Pat
     for key in ("train/triplet", "train/ce", "train/shape_mse", "train/part_diversity", "train/lr"):
         assert key in csv, key
 
-    # evaluation only, from the checkpoint: the same numbers
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        ecfg = compose(
-            config_name="eval",
-            overrides=[
-                "experiment=synthetic",  # what `make eval` passes: its train-only deltas must compose
-                "data.eval_batch_size=4",
-                "data.num_workers=0",
-                f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}",
-            ],
-        )
-    with open_dict(ecfg):
-        ecfg.paths.output_dir = str(tmp_path / "eval")
-        ecfg.data.root = str(tiny_shards)
-    again = evaluate_checkpoint(ecfg)
-    keys = [k for k in metrics if k.startswith("test/")]
-    assert len(keys) >= 20
-    for key in keys:
-        assert again[key] == pytest.approx(metrics[key], abs=1e-6), key
+    # evaluation only, from the checkpoint (and from it as older versions wrote it): the same numbers
+    last = out / "checkpoints" / "last.ckpt"
+    for name, ckpt in (("eval", last), ("eval_legacy", as_legacy_checkpoint(last, tmp_path / "legacy.ckpt"))):
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+            ecfg = compose(
+                config_name="eval",
+                overrides=[
+                    "experiment=synthetic",  # what `make eval` passes: its train-only deltas must compose
+                    "data.eval_batch_size=4",
+                    "data.num_workers=0",
+                    f"ckpt_path={ckpt}",
+                ],
+            )
+        with open_dict(ecfg):
+            ecfg.paths.output_dir = str(tmp_path / name)
+            ecfg.data.root = str(tiny_shards)
+        again = evaluate_checkpoint(ecfg)
+        keys = [k for k in metrics if k.startswith("test/")]
+        assert len(keys) >= 20
+        for key in keys:
+            assert again[key] == pytest.approx(metrics[key], abs=1e-6), (name, key)
 
 
-def test_resume_is_exact(tiny_shards: Path, tmp_path: Path) -> None:
-    """Train 4 steps straight vs 2 steps + resume for 2: the same weights (mask freeze at step 2 included)."""
+def test_resume_is_exact(tiny_shards: Path, tmp_path: Path, as_legacy_checkpoint) -> None:
+    """Train 4 steps straight vs 2 steps + resume for 2: the same weights (mask freeze at step 2 included).
+    The resume starts from the checkpoint as older biggait versions wrote it (model.* names), which must not
+    matter."""
     common = ["logger=none", "test_after_fit=false", "callbacks.feature_maps.every_n_steps=0"]
     straight = compose_train(tmp_path / "a", tiny_shards, *steps(4, 2), *common)
     train(straight)
@@ -113,7 +119,7 @@ def test_resume_is_exact(tiny_shards: Path, tmp_path: Path) -> None:
         tiny_shards,
         *steps(4, 2),
         *common,
-        f"ckpt_path={tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}",
+        f"ckpt_path={as_legacy_checkpoint(tmp_path / 'b' / 'checkpoints' / 'last.ckpt', tmp_path / 'b.ckpt')}",
     )
     train(resumed)
     a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)
@@ -171,6 +177,33 @@ def test_missing_dataset_is_one_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("override", "env"),
+    [
+        ("trainer.num_nodes=2", {}),
+        ("trainer.devices=1", {"WORLD_SIZE": "8"}),
+        ("seed=0", {"SLURM_NTASKS": "16"}),
+    ],
+)
+def test_shards_are_not_built_by_every_process_of_a_launch(
+    override: str, env: dict[str, str], tmp_path: Path, monkeypatch
+) -> None:
+    """Under torchrun / srun / several nodes every process would build (and clean up) the same shards at once:
+    a clear error naming the build command instead; a single process still builds them."""
+    from biggait.errors import ConfigError
+    from biggait.train import build_shards_if_missing
+
+    for key in ("WORLD_SIZE", "SLURM_NTASKS"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose(config_name="train", overrides=[override, f"data.root={tmp_path / 'data'}"])
+    with pytest.raises(ConfigError, match=r"build them once first \(make data DATASET=synthetic OUT="):
+        build_shards_if_missing(cfg)
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
     ("entry", "override", "message"),
     [
         ("biggait.eval", "ckpt_path=nowhere.ckpt", "ckpt_path='nowhere.ckpt' is not a file"),
@@ -200,6 +233,40 @@ def test_cli_bad_input_is_one_error_line_and_exit_2(
     errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0], run.stderr[-2000:]
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("environ", "suffix"),
+    [
+        ({}, ""),
+        ({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "4"}, ""),  # torchrun, global rank 0
+        ({"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8"}, "_rank5"),
+        ({"SLURM_NTASKS": "16", "SLURM_PROCID": "9", "SLURM_LOCALID": "1"}, "_rank9"),
+        ({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}, ""),  # one SLURM task: a process started alone
+        ({"NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1"}, "_node1"),  # by hand, node 1
+        ({"NODE_RANK": "0", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}, ""),  # Lightning's child: its own job name
+    ],
+)
+def test_launch_log_suffix(environ: dict[str, str], suffix: str) -> None:
+    from biggait.paths import launch_log_suffix
+
+    assert launch_log_suffix(environ) == suffix
+
+
+def test_processes_of_a_launch_write_their_own_run_log(tmp_path: Path) -> None:
+    """The Hydra entry points name the run log after the process (a rank > 0 of torchrun here), so the
+    processes of a launch sharing a run directory do not interleave their lines in one file."""
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SLURM_")}
+    run = subprocess.run(
+        [sys.executable, "-m", "biggait.eval", "ckpt_path=nowhere.ckpt", f"hydra.run.dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "RANK": "3"},
+    )
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert [p.name for p in tmp_path.glob("*.log")] == ["eval_rank3.log"]
+    assert f"run directory: {tmp_path}" in (tmp_path / "eval_rank3.log").read_text()
 
 
 def cli_train(tiny_shards: Path) -> list[str]:

@@ -81,9 +81,9 @@ def test_load_model_restores_weights_and_the_frozen_mask_branch(tmp_path):
         model = BigGait(**kwargs)
     model.freeze_mask_branch()
     ckpt = {
-        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}
+        "state_dict": {f"net.{k}": v for k, v in model.state_dict().items()}
         | {"val_metric.x": torch.zeros(1)},
-        "hyper_parameters": {"model": kwargs, "protocol": "ccpg"},
+        "hyper_parameters": {"net": kwargs, "protocol": "ccpg"},
         "biggait": {"mask_branch_frozen": True},
     }
     torch.save(ckpt, tmp_path / "last.ckpt")
@@ -104,17 +104,51 @@ def test_load_model_restores_weights_and_the_frozen_mask_branch(tmp_path):
         load_model(tmp_path / "missing.ckpt")
 
 
-def test_demo_shards_have_ground_truth_and_a_comparison_trio(tmp_path):
-    from biggait.viz.demo import DEMO_TYPES, DEMO_VIEWS, make_demo_shards
+def test_demo_shards_are_the_synthetic_world_with_ground_truth_and_a_comparison_trio(tmp_path):
+    from biggait.data_prep.synthetic import render_sequence
+    from biggait.evaluation.protocols import CCPG_TYPES
+    from biggait.viz.demo import demo_world, make_demo_shards
 
     make_demo_shards(tmp_path, subjects=2)
     records = read_sequences(tmp_path, split="test")
-    assert len(records) == 2 * len(DEMO_TYPES) * len(DEMO_VIEWS)
+    assert len(records) == 2 * len(CCPG_TYPES) * 2
     r = records[0]
     assert r.silhouettes is not None and r.silhouettes.shape == r.frames.shape[:3]
     body = r.silhouettes > 0
     assert 0.02 < body.mean() < 0.5  # a figure, not an empty or full frame
-    assert r.frames[body].mean() > 3 * r.frames[~body].mean()  # the figure stands out of the dark background
+    # the walkers are the synthetic world's (one generator), so the silhouettes are exact
+    world = demo_world(subjects=2)
+    spec = (int(r.subject), r.seq_type, world.views[int(r.view.split("_")[0]) - 1], 0)
+    np.testing.assert_array_equal(r.silhouettes, render_sequence(spec, world).silhouettes)
     trio = comparison_indices([x.subject for x in records], [x.seq_type for x in records])
     a, b, c = (records[i] for i in trio)
     assert a.subject == b.subject != c.subject and a.seq_type != b.seq_type
+
+
+def test_comparison_trio_comes_from_the_whole_split_like_real_data(tmp_path):
+    """Real test splits hold every sequence of one subject in a row (CCPG: dozens): the trio must still be one
+    person in two different outfits and another person, whatever the split's order."""
+    from biggait.data_prep.synthetic import SyntheticConfig, prepare
+    from biggait.viz.demo import comparison_sequences, tiny_random_model
+    from biggait.viz.panels import outfit_difference
+
+    # 3 test subjects x 7 CCPG types x 4 views, written in order: the first 28 sequences are all subject 001
+    cfg = SyntheticConfig(
+        num_train_ids=1, num_test_ids=3, views=(0, 30, 60, 90), frame_size=(32, 16), length=(2, 2), canvas=96
+    )
+    prepare(tmp_path, cfg, workers=1, shard_size=64, progress=False)
+    records = read_sequences(tmp_path, split="test", max_frames=1)
+    assert {r.subject for r in records[:24]} == {"001"}  # what the first-24 choice used to see
+    seqs = comparison_sequences(tiny_random_model(), tmp_path, split="test", max_frames=2)
+    (sa, ta, va), (sb, tb, vb), (sc, tc, vc) = (s.label.split() for s in seqs)
+    assert sa == sb != sc
+    assert outfit_difference(ta, tb) == 2 and va == vb  # both outfit parts change, in one view
+    assert (tc, vc) == (ta, va)  # the other person in A's first outfit state and view
+    assert seqs[0].frames.shape[0] == 2
+
+    # the same choice whatever order the labels come in
+    labels = [(r.subject, r.seq_type, r.view) for r in records]
+    picks = comparison_indices(*zip(*labels))
+    order = np.random.default_rng(0).permutation(len(labels))
+    shuffled = [labels[i] for i in order]
+    assert [shuffled[i] for i in comparison_indices(*zip(*shuffled))] == [labels[i] for i in picks]

@@ -19,6 +19,7 @@ import torch
 
 from biggait.errors import BiggaitError
 from biggait.models import BigGait, weights_from_checkpoint
+from biggait.models.state import state_diff
 
 __all__ = [
     "CheckpointError",
@@ -27,6 +28,7 @@ __all__ = [
     "load_module",
     "model_fingerprint",
     "read_checkpoint",
+    "upgrade_checkpoint",
     "validate_checkpoint",
 ]
 
@@ -93,15 +95,34 @@ def checkpoint_kind(blob: dict[str, Any]) -> str:
     return "unknown"
 
 
+# Checkpoints written before the model options moved to `model.net.*` (the lightning-hydra-template's name)
+# keep the BigGait options under hyper_parameters["model"] and its weights under "model.*".
+_LEGACY_NET_KEY = "model"
+
+
+def upgrade_checkpoint(blob: dict[str, Any]) -> dict[str, Any]:
+    """Bring a Lightning checkpoint of an older biggait to today's layout, in place (and return it):
+    hyper_parameters["model"] -> ["net"], state_dict "model.*" -> "net.*". Today's checkpoints pass unchanged."""
+    hp = blob.get("hyper_parameters")
+    if isinstance(hp, dict) and "net" not in hp and isinstance(hp.get(_LEGACY_NET_KEY), dict):
+        hp["net"] = hp.pop(_LEGACY_NET_KEY)
+    state = blob.get("state_dict")
+    if isinstance(state, dict) and not any(k.startswith("net.") for k in state):
+        prefix = f"{_LEGACY_NET_KEY}."
+        for key in [k for k in state if k.startswith(prefix)]:
+            state["net." + key.removeprefix(prefix)] = state.pop(key)
+    return blob
+
+
 def _lightning_config(blob: dict[str, Any], path: Path) -> dict[str, Any]:
     hp = blob.get("hyper_parameters")
-    model = hp.get("model") if isinstance(hp, dict) else None
-    if not isinstance(model, dict):
+    net = hp.get("net") if isinstance(hp, dict) else None
+    if not isinstance(net, dict):
         raise CheckpointError(
-            f"checkpoint {path} has no hyper_parameters['model']: it is not a biggait checkpoint (convert an "
+            f"checkpoint {path} has no hyper_parameters['net']: it is not a biggait checkpoint (convert an "
             "official OpenGait file with `python -m biggait.compat.opengait IN OUT`)"
         )
-    return dict(model)
+    return dict(net)
 
 
 def _model_config(blob: dict[str, Any], path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -110,8 +131,9 @@ def _model_config(blob: dict[str, Any], path: Path) -> tuple[dict[str, Any], dic
 
     kind = checkpoint_kind(blob)
     if kind == "lightning":
+        upgrade_checkpoint(blob)
         cfg = _lightning_config(blob, path)
-        state = {k.removeprefix("model."): v for k, v in blob["state_dict"].items() if k.startswith("model.")}
+        state = {k.removeprefix("net."): v for k, v in blob["state_dict"].items() if k.startswith("net.")}
         return cfg, state
     if kind == "opengait":
         official = blob["model"]
@@ -138,17 +160,15 @@ def _build(cfg: dict[str, Any], path: Path) -> BigGait:
 
 
 def _load_state(model: BigGait, state: dict[str, torch.Tensor], path: Path) -> None:
-    ours = model.state_dict()
-    missing = sorted(set(ours) - set(state))
-    unexpected = sorted(set(state) - set(ours))
-    shapes = [
-        f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}"
-        for k, v in state.items()
-        if k in ours and tuple(v.shape) != tuple(ours[k].shape)
-    ]
-    if missing or unexpected or shapes:
+    diff = state_diff(model.state_dict(), state)
+    if diff:
+        shapes = [f"{k} {given} vs {expected}" for k, given, expected in diff.shapes]
         parts = []
-        for name, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatches", shapes)):
+        for name, items in (
+            ("missing", diff.missing),
+            ("unexpected", diff.unexpected),
+            ("shape mismatches", shapes),
+        ):
             if items:
                 parts.append(f"{len(items)} {name} (e.g. {items[0]})")
         raise CheckpointError(
@@ -206,7 +226,10 @@ def load_module(path: str | Path, **overrides: Any):
     (`overrides` go to the module, e.g. `protocol=`)."""
     from biggait.lit_module import BigGaitModule
 
-    validate_checkpoint(path)
+    net = _lightning_config(validate_checkpoint(path), Path(path))
+    overrides.setdefault(
+        "net", net
+    )  # an older checkpoint names it "model" (BigGaitModule.on_load_checkpoint)
     with weights_from_checkpoint():
         return BigGaitModule.load_from_checkpoint(path, map_location="cpu", weights_only=True, **overrides)
 

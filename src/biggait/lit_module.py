@@ -11,7 +11,9 @@ import torch
 from lightning import LightningModule
 from torchmetrics import MeanMetric
 
-from biggait.evaluation import EvaluationResult
+from biggait.checkpoint import upgrade_checkpoint
+from biggait.errors import ConfigError
+from biggait.evaluation.foreground import foreground_iou
 from biggait.evaluation.metric import GaitRetrievalMetric
 from biggait.inference import embed_padded
 from biggait.losses import cross_entropy_loss, triplet_loss
@@ -84,7 +86,7 @@ class BigGaitModule(LightningModule):
     def __init__(
         self,
         *,
-        model: dict[str, Any],
+        net: dict[str, Any],
         protocol: str = "ccpg",
         lr: float = 0.1,
         momentum: float = 0.9,
@@ -103,18 +105,16 @@ class BigGaitModule(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
-        if model.get("num_classes") is None:
-            raise ValueError(
-                "model.num_classes is unset: train.py fills it from the train manifest; "
+        if net.get("num_classes") is None:
+            raise ConfigError(
+                "model.net.num_classes is unset: train.py fills it from the train manifest; "
                 "pass it explicitly when building BigGaitModule by hand"
             )
-        self.model = BigGait(**model)
+        self.net = BigGait(**net)
         self.val_metric = GaitRetrievalMetric(protocol)
         self.test_metric = GaitRetrievalMetric(protocol)
         self.val_foreground_iou = MeanMetric()
         self.test_foreground_iou = MeanMetric()
-        # The result of the last evaluation (matrices for heatmaps), read by the EvaluationReport callback.
-        self.last_evaluation: dict[str, EvaluationResult] = {}
         self._black_da_generator: torch.Generator | None = None
         self.checkpoint_step = 0
         self.checkpoint_path: str | None = None  # the file the weights were loaded from (set by biggait.eval)
@@ -125,10 +125,10 @@ class BigGaitModule(LightningModule):
         # GaitBase head have static shapes; the GRE's masked pixel selection has data-dependent sizes and
         # would break the graph. Compile time and speed-up: bench/bench_model.py --compile.
         # nn.Module.compile compiles in place, so the state-dict names (checkpoints) stay the same.
-        if self.hparams.compile_backbone and not _is_compiled(self.model.backbone):
-            self.model.backbone.compile()
-        if self.hparams.compile_head and not _is_compiled(self.model.head):
-            self.model.head.compile()
+        if self.hparams.compile_backbone and not _is_compiled(self.net.backbone):
+            self.net.backbone.compile()
+        if self.hparams.compile_head and not _is_compiled(self.net.head):
+            self.net.head.compile()
 
     def _generator(self) -> torch.Generator:
         # Black DA draws from its own seeded generator (per rank) so runs and resumes are reproducible,
@@ -142,10 +142,10 @@ class BigGaitModule(LightningModule):
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         frames, ratios, labels = batch["frames"], batch["ratios"], batch["labels"]
-        features = self.model.forward_features(frames, ratios)
-        gre_losses = self.model.gre_losses(features)
-        features = self.model.black_da(features, rate=self.hparams.black_da_rate, generator=self._generator())
-        out = self.model.forward_head(features)
+        features = self.net.forward_features(frames, ratios)
+        gre_losses = self.net.gre_losses(features)
+        features = self.net.black_da(features, rate=self.hparams.black_da_rate, generator=self._generator())
+        out = self.net.forward_head(features)
 
         embeddings, all_labels = gather_for_triplet(self, out["embeddings"], labels)
         triplet, parts = triplet_loss(embeddings, all_labels, self.hparams.triplet_margin, return_parts=True)
@@ -170,7 +170,7 @@ class BigGaitModule(LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         # Only trainable parameters; a frozen mask branch (restored from a checkpoint) stays out, so it is
         # never touched by weight decay (see docs/fidelity.md).
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for p in self.net.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(
             params, lr=self.hparams.lr, momentum=self.hparams.momentum, weight_decay=self.hparams.weight_decay
         )
@@ -181,8 +181,8 @@ class BigGaitModule(LightningModule):
 
     # -- evaluation ----------------------------------------------------------------------------
     def _eval_step(self, batch: dict[str, Any], metric: GaitRetrievalMetric, iou: MeanMetric) -> None:
-        features = self.model.forward_features(batch["frames"], batch["ratios"])
-        out = self.model.forward_head(features, lengths=batch.get("lengths"))
+        features = self.net.forward_features(batch["frames"], batch["ratios"])
+        out = self.net.forward_head(features, lengths=batch.get("lengths"))
         metric.update(
             out["embeddings"].float(),
             batch["subjects"],
@@ -191,8 +191,6 @@ class BigGaitModule(LightningModule):
             skipped=batch.get("n_skipped", 0),
         )
         if "silhouettes" in batch:
-            from biggait.viz import foreground_iou
-
             lengths = batch.get("lengths")
             for i in range(out["embeddings"].shape[0]):
                 t = int(lengths[i]) if lengths is not None else features["foreground"].shape[1]
@@ -234,7 +232,7 @@ class BigGaitModule(LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """An evaluation batch -> {"embeddings" [n, E, p] on the CPU, "labels", "identities", "sources"}."""
         embeddings = embed_padded(
-            self.model,
+            self.net,
             batch["frames"],
             batch["ratios"],
             batch.get("lengths"),
@@ -248,10 +246,18 @@ class BigGaitModule(LightningModule):
             "sources": list(batch.get("sources", labels)),
         }
 
+    def retrieval_metric(self, stage: str) -> GaitRetrievalMetric:
+        """The metric of the `"val"` or `"test"` evaluation. After the stage's epoch end its `result` is the
+        `EvaluationResult` whose numbers were logged as `{stage}/...`: the `EvaluationReport` callback reads the
+        view matrices and counts there."""
+        if stage not in ("val", "test"):
+            raise ConfigError(f"stage must be 'val' or 'test', got {stage!r}")
+        return self.val_metric if stage == "val" else self.test_metric
+
     def _eval_epoch_end(self, stage: str, metric: GaitRetrievalMetric, iou: MeanMetric) -> None:
         metric.expected_sequences = self._expected_sequences()
         metric.limits = self._evaluation_limits(stage)
-        result = metric.compute()
+        result = metric.compute()  # also kept as metric.result, for the EvaluationReport callback
         metric.reset()
         values = {f"{stage}/{k}": v for k, v in result.metrics.items()}
         # What the numbers were computed on, next to them in every logger (W&B, CSV).
@@ -261,7 +267,6 @@ class BigGaitModule(LightningModule):
         if iou.update_count > 0:
             values[f"{stage}/foreground_iou"] = float(iou.compute()) * 100.0
             iou.reset()
-        self.last_evaluation[stage] = result
         # compute() already gathered every rank's embeddings: the values are identical on all ranks.
         self.log_dict(values, sync_dist=False)
 
@@ -274,18 +279,19 @@ class BigGaitModule(LightningModule):
     # -- checkpoint state beyond weights ---------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["biggait"] = {
-            "mask_branch_frozen": self.model.mask_branch_frozen,
+            "mask_branch_frozen": self.net.mask_branch_frozen,
             "black_da_generator": self._generator().get_state(),
             "rng_states": _rng_states(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        upgrade_checkpoint(checkpoint)  # an older checkpoint's weights are named model.* (today net.*)
         # eval-only runs report the step the weights were trained for, not the fresh trainer's 0
         self.checkpoint_step = int(checkpoint.get("global_step", 0))
         state = checkpoint.get("biggait", {})
-        if state.get("mask_branch_frozen") and not self.model.mask_branch_frozen:
+        if state.get("mask_branch_frozen") and not self.net.mask_branch_frozen:
             # Restored before configure_optimizers runs, so the frozen branch stays out of the optimizer.
-            self.model.freeze_mask_branch()
+            self.net.freeze_mask_branch()
         if "black_da_generator" in state:
             self._generator().set_state(state["black_da_generator"])
         if "rng_states" in state:

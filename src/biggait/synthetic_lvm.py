@@ -10,7 +10,7 @@ This module gives the tiny backbone that property, and nothing BigGait-specific:
 identities (the test identities are never seen) it learns to predict, per patch, the walker's silhouette
 fraction, plus a term that makes the walker/background split dominate the variance of the last-layer
 features. The resulting file (`biggait/assets/synthetic_lvm_tiny.pt`, rebuilt by `make lvm`) is the frozen
-backbone of the synthetic default (`model.model.pretrained: synthetic`). The BigGait mask branch still has to discover
+backbone of the synthetic default (`model.net.pretrained: synthetic`). The BigGait mask branch still has to discover
 the foreground by itself. `python -m biggait.synthetic_lvm --help` lists the knobs.
 """
 
@@ -32,10 +32,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from biggait.data_prep.synthetic import SyntheticConfig, list_sequences, render_sequence
+from biggait.evaluation.foreground import silhouettes_to_map
 from biggait.models.backbone import SYNTHETIC_LVM_FILE, DinoV2Backbone
 from biggait.models.input import prepare_images
 from biggait.preprocess import normalize_frames
-from biggait.viz.maps import silhouettes_to_map
 
 __all__ = ["ForegroundPretraining", "foreground_separation_loss", "main", "render_foreground_set"]
 

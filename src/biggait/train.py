@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -87,6 +88,14 @@ def build_shards_if_missing(cfg: DictConfig) -> None:
     complete = all((root / split / "manifest.json").is_file() for split in ("train", "test"))
     if complete or not cfg.get("data_prep"):
         return  # a real dataset that is missing gets its error (with the build command) from the DataModule
+    processes = max(int(os.environ.get(key) or 1) for key in ("WORLD_SIZE", "SLURM_NTASKS"))
+    if int(cfg.trainer.get("num_nodes", 1)) > 1 or processes > 1:
+        # Every process of a torchrun / srun / multi-node launch gets here at once: they would all write (and
+        # clean up) the same files. Lightning's own single-node launcher starts its other processes later.
+        raise ConfigError(
+            f"{root} has no shards yet and this is one of several processes of a multi-process or multi-node "
+            f"launch: build them once first (make data DATASET=synthetic OUT={root}), then launch"
+        )
     log.info("building the shards of %s (first use)", root)
     hydra.utils.instantiate(cfg.data_prep)()
 
@@ -135,17 +144,21 @@ def check_accelerator(cfg: DictConfig, *, cpu_fallback: bool) -> None:
     )
     with open_dict(cfg):
         cfg.trainer.update(
-            accelerator="cpu", devices=1, strategy="auto", sync_batchnorm=False, precision="32-true"
+            accelerator="cpu",
+            devices=1,
+            num_nodes=1,
+            strategy="auto",
+            sync_batchnorm=False,
+            precision="32-true",
         )
-        cfg.trainer.pop("num_nodes", None)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Build data, model, callbacks, loggers and trainer from `cfg`; fit, then test; return the metrics."""
     check_accelerator(cfg, cpu_fallback=False)
-    if "pretrained" in cfg.model.get("model", {}) and cfg.model.model.pretrained is None:
+    if "pretrained" in cfg.model.get("net", {}) and cfg.model.net.pretrained is None:
         raise ConfigError(
-            "model.model.pretrained is null: name the backbone weights: hub (DINOv2 from the Hugging Face hub), "
+            "model.net.pretrained is null: name the backbone weights: hub (DINOv2 from the Hugging Face hub), "
             "/path/dinov2_vits14_pretrain.pth, synthetic (the tiny stand-in LVM) or random (random features)"
         )
     L.seed_everything(cfg.seed, workers=True)
@@ -161,15 +174,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     frame_size = [int(v) for v in datamodule.manifest("train")["frame_size"]]
     with open_dict(cfg):
         for key, value in (("num_classes", num_classes), ("frame_size", frame_size)):
-            configured = cfg.model.model.get(key)
+            configured = cfg.model.net.get(key)
             if configured is not None:
                 configured = [int(v) for v in configured] if key == "frame_size" else configured
                 if configured != value:
                     raise ConfigError(
-                        f"model.model.{key}={configured} but the train split of {cfg.data.root} has "
+                        f"model.net.{key}={configured} but the train split of {cfg.data.root} has "
                         f"{key} {value}: drop the override or fix the dataset"
                     )
-            cfg.model.model[key] = value
+            cfg.model.net[key] = value
     record_run_config(cfg)
     # Resuming restores every weight from the checkpoint: the backbone's `pretrained` source is not read.
     with weights_from_checkpoint() if ckpt_path is not None else nullcontext():

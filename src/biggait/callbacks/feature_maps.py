@@ -14,8 +14,8 @@ from biggait.viz import (
     PanelSequence,
     comparison_indices,
     comparison_panel,
+    panel_sequences,
     save_png,
-    select_sequence,
     sequence_panel,
 )
 
@@ -94,7 +94,11 @@ class FeatureMapLogger(Callback):
         ):
             return
         n = batch["frames"].shape[0]
-        picks = comparison_indices(batch["subjects"], batch["types"]) if "subjects" in batch else []
+        picks = (
+            comparison_indices(batch["subjects"], batch["types"], batch.get("views"))
+            if "subjects" in batch
+            else []
+        )
         picks += [i for i in range(n) if i not in picks]
         self._batch = _take(batch, picks[: self.num_sequences], self.cached_frames)
         self._from_validation = True
@@ -117,7 +121,7 @@ class FeatureMapLogger(Callback):
     # -- rendering ---------------------------------------------------------------------------
     @torch.no_grad()
     def _features(self, pl_module: LightningModule) -> dict[str, torch.Tensor]:
-        model = pl_module.model
+        model = pl_module.net
         # Save every submodule's mode: a frozen mask branch must stay in eval after we flip back (OpenGait `BigGait__Dinov2_Gaitbase.forward`, iteration 500).
         modes = [(m, m.training) for m in model.modules()]
         model.eval()
@@ -134,22 +138,7 @@ class FeatureMapLogger(Callback):
         """The cached batch run through the model, one `PanelSequence` per sequence (CPU tensors)."""
         if self._batch is None:
             return []
-        features = self._features(pl_module)
-        b = self._batch
-        out = []
-        for i in range(b["frames"].shape[0]):
-            t = int(b["lengths"][i]) if "lengths" in b else b["frames"].shape[1]
-            label = " ".join(b[k][i] for k in _LABEL_KEYS if k in b) or f"sequence {i}"
-            out.append(
-                PanelSequence(
-                    label=label,
-                    frames=b["frames"][i, :t],
-                    features=select_sequence(features, i, length=t),
-                    silhouettes=b["silhouettes"][i, :t] if "silhouettes" in b else None,
-                    ratios=b["ratios"][i, :t],
-                )
-            )
-        return out
+        return panel_sequences(self._batch, self._features(pl_module))
 
     def log_panels(self, trainer: Trainer, pl_module: LightningModule, *, step: int) -> list[Path]:
         """Render, save under `<dir>/step_XXXXXX/` and send to W&B (rank 0; the caller checks)."""

@@ -29,9 +29,9 @@ class GalleryWriter(BasePredictionWriter):
     ) -> None:
         from biggait.checkpoint import model_fingerprint
 
-        fingerprint = model_fingerprint(pl_module.model)
+        fingerprint = model_fingerprint(pl_module.net)
         batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
-        cfg = pl_module.model.config
+        cfg = pl_module.net.config
         empty = np.zeros((0, cfg["embed_dim"], cfg["parts"]), np.float32)
         part = Gallery(
             np.concatenate([b["embeddings"].numpy() for b in batches]) if batches else empty,

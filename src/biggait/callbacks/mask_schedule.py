@@ -57,7 +57,7 @@ class MaskBranchSchedule(Callback):
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        model = pl_module.model
+        model = pl_module.net
         if (
             self.freeze_at_step is None
             or model.mask_branch_frozen

@@ -24,7 +24,12 @@ log = logging.getLogger(__name__)
 
 
 class EvaluationReport(Callback):
-    """Writes every evaluation's results under `<output_dir>/evaluation/<stage>-step<N>/` (rank 0)."""
+    """Writes every evaluation's results under `<output_dir>/evaluation/<stage>-step<N>/` (rank 0).
+
+    What it reports comes through two public routes: the `EvaluationResult` of the module's metric
+    (`pl_module.retrieval_metric(stage).result`: the numbers, view matrices and counts, computed and logged at
+    the stage's epoch end) and `trainer.callback_metrics` for what the module logs beside it (foreground IoU).
+    """
 
     def __init__(self, *, output_dir: str, heatmaps: bool = True) -> None:
         self.output_dir = Path(output_dir)
@@ -45,9 +50,9 @@ class EvaluationReport(Callback):
         return str(last) if last and saved_step == trainer.global_step else None
 
     def _report(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if not trainer.is_global_zero or stage not in pl_module.last_evaluation:
+        result = pl_module.retrieval_metric(stage).result
+        if not trainer.is_global_zero or result is None:
             return
-        result = pl_module.last_evaluation[stage]
         protocol = pl_module.hparams.protocol
         step = trainer.global_step or getattr(pl_module, "checkpoint_step", 0)
         checkpoint = self._checkpoint(trainer, pl_module)

@@ -15,6 +15,7 @@ from biggait.compat.names import branch_key_to_ours, official_to_ours, ours_to_o
 from biggait.errors import BiggaitError, exit_on_error
 from biggait.io import atomic_write_bytes
 from biggait.models import BACKBONE_PRESETS, BigGait, weights_from_checkpoint
+from biggait.models.state import state_diff
 
 __all__ = [
     "OpenGaitCheckpointError",
@@ -90,11 +91,10 @@ def _check_and_map(official: dict[str, torch.Tensor], model: BigGait) -> dict[st
             unknown.append(key)
         else:
             mapped[name] = value
-    missing = sorted(ours_to_official(k) or k for k in set(ours) - set(mapped))
+    diff = state_diff(ours, mapped)  # nothing unexpected: unknown names are set aside above
+    missing = sorted(ours_to_official(k) or k for k in diff.missing)
     mismatched = [
-        f"{ours_to_official(k)}: checkpoint {tuple(v.shape)} vs model {tuple(ours[k].shape)}"
-        for k, v in mapped.items()
-        if v.shape != ours[k].shape
+        f"{ours_to_official(k)}: checkpoint {given} vs model {expected}" for k, given, expected in diff.shapes
     ]
     if unknown or missing or mismatched:
         raise OpenGaitCheckpointError(
@@ -159,8 +159,8 @@ def export_lightning_checkpoint(model: BigGait, out: str | Path) -> Path:
     """Write a Lightning checkpoint for `biggait.lit_module.BigGaitModule` holding `model` (atomic)."""
     out = Path(out)
     ckpt = {
-        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-        "hyper_parameters": {"model": dict(model.config)},
+        "state_dict": {f"net.{k}": v for k, v in model.state_dict().items()},
+        "hyper_parameters": {"net": dict(model.config)},
         "pytorch-lightning_version": LIGHTNING_VERSION,
         "epoch": 0,
         "global_step": 0,

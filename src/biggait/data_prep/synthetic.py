@@ -385,6 +385,81 @@ class Scene:
         return "".join(f"{f},{i},{x},{y},{w},{h},1,-1,-1,-1\n" for f, i, x, y, w, h in self.tracks)
 
 
+@dataclass(frozen=True)
+class _Walk:
+    """One walker of a scene: its sequence spec, first frame, speed (px per frame) and ground line (row)."""
+
+    spec: tuple[int, str, int, int]
+    start: int
+    speed: float
+    ground: int
+
+
+def _scene_view(
+    cfg: SyntheticConfig, *, walkers: int, length: int, size: tuple[int, int], seq_type: str, view: int | None
+) -> int:
+    """The scene's view (90, the side view, by default when the config has it), after checking every option."""
+    ids = list(_ids(cfg, "test"))
+    if not 1 <= walkers <= len(ids):
+        raise ConfigError(f"walkers must be between 1 and the {len(ids)} test identities, got {walkers}")
+    if seq_type not in cfg.types:
+        raise ConfigError(f"seq_type {seq_type!r} is not one of {cfg.types}")
+    view = view if view is not None else (90 if 90 in cfg.views else cfg.views[0])
+    if view not in cfg.views:
+        raise ConfigError(f"view {view} is not one of {cfg.views}")
+    if min(size) < cfg.canvas or length < 2:
+        raise ConfigError(f"scene size {size} must be at least the {cfg.canvas}px canvas and length >= 2")
+    return view
+
+
+def _scene_walks(
+    cfg: SyntheticConfig, *, walkers: int, length: int, height: int, seq_type: str, view: int, seed: int
+) -> list[_Walk]:
+    """The first `walkers` test identities, entering one after another, later ones nearer the camera."""
+    gap = length // (walkers + 1)
+    walks = []
+    for i, subject in enumerate(list(_ids(cfg, "test"))[:walkers]):
+        body, gait = identity_parameters(cfg, subject), gait_parameters(cfg, subject)
+        # stride: two steps per gait cycle, each ~2 * leg * sin(hip swing); cadence is rad per frame
+        metres = (
+            4 * body["leg"] * body["height"] * math.sin(gait["hip_swing"]) * gait["cadence"] / (2 * math.pi)
+        )
+        walks.append(
+            _Walk(
+                spec=(subject, seq_type, view, cfg.seqs_per_type + seed),
+                start=i * gap,
+                speed=metres * cfg.canvas * 0.77 / body["height"] * math.sin(math.radians(view)),
+                ground=height - 12 - 10 * (walkers - 1 - i),  # drawn on top of the earlier ones
+            )
+        )
+    return walks
+
+
+def _paint_walk(
+    walk: _Walk, cfg: SyntheticConfig, frames: np.ndarray, labels: np.ndarray
+) -> list[tuple[int, ...]]:
+    """Draw one walker into the scene's frames and label maps (in place); returns its track rows."""
+    length, height, width = labels.shape
+    subject, canvas = walk.spec[0], cfg.canvas
+    walker_cfg = replace(cfg, length=(length - walk.start, length - walk.start))
+    oy = walk.ground - round(canvas * 0.92)
+    tracks = []
+    for k, (rgb, body, _) in enumerate(_walker_frames(walk.spec, walker_cfg)):
+        t = walk.start + k
+        ox = round(walk.speed * k) - canvas // 2
+        ys, xs = np.nonzero(body)
+        ys, xs = ys + oy, xs + ox
+        inside = (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)
+        frames[t, ys[inside], xs[inside]] = rgb[body][inside]
+        labels[t, ys[inside], xs[inside]] = subject
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        my, mx = max(2, round(0.05 * (y1 - y0))), max(2, round(0.05 * (x1 - x0)))
+        y0, y1, x0, x1 = y0 - my, y1 + my, x0 - mx, x1 + mx
+        if y0 >= 0 and x0 >= 0 and y1 <= height and x1 <= width:  # the whole walker and its slack in view
+            tracks.append((t + 1, subject, int(x0), int(y0), int(x1 - x0), int(y1 - y0)))
+    return tracks
+
+
 def render_scene(
     cfg: SyntheticConfig | None = None,
     *,
@@ -403,53 +478,16 @@ def render_scene(
     is the body's bounding box plus a slack of 5 % (at least 2 px), clipped to the frame.
     """
     cfg = cfg or SyntheticConfig()
-    ids = list(_ids(cfg, "test"))
-    if not 1 <= walkers <= len(ids):
-        raise ConfigError(f"walkers must be between 1 and the {len(ids)} test identities, got {walkers}")
-    if seq_type not in cfg.types:
-        raise ConfigError(f"seq_type {seq_type!r} is not one of {cfg.types}")
-    view = view if view is not None else (90 if 90 in cfg.views else cfg.views[0])
-    if view not in cfg.views:
-        raise ConfigError(f"view {view} is not one of {cfg.views}")
+    view = _scene_view(cfg, walkers=walkers, length=length, size=size, seq_type=seq_type, view=view)
     height, width = size
-    canvas = cfg.canvas
-    if height < canvas or width < canvas or length < 2:
-        raise ConfigError(f"scene size {size} must be at least the {canvas}px canvas and length >= 2")
     r = _rng(cfg, "scene-video", seed, walkers, size)
     frames = np.repeat(_background(r, max(height, width))[None, :height, :width], length, axis=0)
     labels = np.zeros((length, height, width), np.int32)
-    specs, starts, speeds, grounds = {}, [], [], []
-    gap = length // (walkers + 1)
-    for i in range(walkers):
-        subject = ids[i]
-        specs[subject] = (subject, seq_type, view, cfg.seqs_per_type + seed)
-        body, gait = identity_parameters(cfg, subject), gait_parameters(cfg, subject)
-        # stride: two steps per gait cycle, each ~2 * leg * sin(hip swing); cadence is rad per frame
-        metres = (
-            4 * body["leg"] * body["height"] * math.sin(gait["hip_swing"]) * gait["cadence"] / (2 * math.pi)
-        )
-        speeds.append(metres * canvas * 0.77 / body["height"] * math.sin(math.radians(view)))
-        starts.append(i * gap)
-        grounds.append(height - 12 - 10 * (walkers - 1 - i))  # later walkers nearer the camera, drawn on top
-    tracks = []
-    for i, (subject, spec) in enumerate(specs.items()):
-        walker_cfg = replace(cfg, length=(length - starts[i], length - starts[i]))
-        oy = grounds[i] - round(canvas * 0.92)
-        for k, (rgb, body, _) in enumerate(_walker_frames(spec, walker_cfg)):
-            t = starts[i] + k
-            ox = round(speeds[i] * k) - canvas // 2
-            ys, xs = np.nonzero(body)
-            ys, xs = ys + oy, xs + ox
-            inside = (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)
-            frames[t, ys[inside], xs[inside]] = rgb[body][inside]
-            labels[t, ys[inside], xs[inside]] = subject
-            y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-            my, mx = max(2, round(0.05 * (y1 - y0))), max(2, round(0.05 * (x1 - x0)))
-            y0, y1, x0, x1 = y0 - my, y1 + my, x0 - mx, x1 + mx
-            if y0 >= 0 and x0 >= 0 and y1 <= height and x1 <= width:  # the whole walker and its slack in view
-                tracks.append((t + 1, subject, int(x0), int(y0), int(x1 - x0), int(y1 - y0)))
-    tracks.sort()
-    return Scene(frames, tracks, labels, specs)
+    walks = _scene_walks(
+        cfg, walkers=walkers, length=length, height=height, seq_type=seq_type, view=view, seed=seed
+    )
+    tracks = sorted(row for walk in walks for row in _paint_walk(walk, cfg, frames, labels))
+    return Scene(frames, tracks, labels, {walk.spec[0]: walk.spec for walk in walks})
 
 
 _VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}  # FFV1 is lossless
@@ -624,8 +662,8 @@ def prepare(
     return manifests
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m biggait.data_prep synthetic --out DIR [--workers N] [knobs] [--raw-crops DIR] [--scene-video PATH]`."""
+def _parser() -> argparse.ArgumentParser:
+    """The command line of `python -m biggait.data_prep synthetic`."""
     defaults = SyntheticConfig()
     p = argparse.ArgumentParser(prog="python -m biggait.data_prep synthetic", description=__doc__)
     p.add_argument("--out", help="output directory (train/ and test/ shards)")
@@ -661,14 +699,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw.add_argument(
         "--scene-size", type=int, nargs=2, default=[256, 512], metavar=("H", "W"), help="scene frame size"
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def _config(args: argparse.Namespace) -> SyntheticConfig:
+    """The world the command line describes; one error line when it asks for nothing or for raw data."""
     if args.raw:
         raise ConfigError("the synthetic dataset is generated: drop RAW= / --raw")
     if not (args.out or args.raw_crops or args.scene_video):
         raise ConfigError(
             "nothing to write: pass --out DIR (shards), --raw-crops DIR and/or --scene-video PATH"
         )
-    cfg = SyntheticConfig(
+    return SyntheticConfig(
         seed=args.seed,
         num_train_ids=args.train_ids,
         num_test_ids=args.test_ids,
@@ -677,6 +719,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         frame_size=tuple(args.frame_size),
         length=tuple(args.length),
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m biggait.data_prep synthetic --out DIR [--workers N] [knobs] [--raw-crops DIR] [--scene-video PATH]`."""
+    args = _parser().parse_args(argv)
+    cfg = _config(args)
     if args.scene_video:
         scene = write_scene_video(
             args.scene_video,

@@ -34,6 +34,8 @@ class GaitRetrievalMetric(Metric):
 
     Strings are stored as byte tensors (states must be tensors, and per-rank vocabularies would not
     agree after the gather), concatenated across ranks by torchmetrics (`dist_reduce_fx="cat"`).
+    `result` holds the last `compute()`'s `EvaluationResult`, also after `reset()` (which frees the gathered
+    embeddings): the report callback reads the matrices and counts behind the logged numbers there.
     """
 
     full_state_update = False
@@ -51,6 +53,7 @@ class GaitRetrievalMetric(Metric):
         # this evaluation reads only part of it (e.g. ["limit_test_batches=10"]).
         self.expected_sequences: int | None = None
         self.limits: list[str] = []
+        self.result: EvaluationResult | None = None
 
     def update(
         self,
@@ -84,6 +87,13 @@ class GaitRetrievalMetric(Metric):
             partial.append(f"{skipped} sequence(s) skipped as bad data")
         if expected is not None and n < expected:
             partial.append(f"{n} of {expected} sequences evaluated")
+        if expected is not None and n + skipped > expected:
+            # More than the test set holds: a sequence was scored twice (e.g. read by two ranks or nodes), which
+            # would silently change the numbers.
+            raise ProtocolError(
+                f"{n} sequences evaluated and {skipped} skipped, but the test set holds {expected}: some were "
+                "read twice (a data-reader bug across ranks or nodes, docs/5_multi_gpu.md); the numbers would be wrong"
+            )
         result = evaluate_detailed(
             self.protocol,
             embeddings,
@@ -93,4 +103,5 @@ class GaitRetrievalMetric(Metric):
             partial=partial,
         )
         result.counts.update(sequences_expected=expected, sequences_skipped=skipped)
+        self.result = result
         return result

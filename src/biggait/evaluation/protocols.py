@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -192,6 +192,106 @@ def _reid_protocol(
     }
 
 
+@dataclass
+class _Gallery:
+    """The evaluated sequences in the canonical order: embeddings [N, C, P] and their labels as arrays."""
+
+    feats: torch.Tensor
+    subjects: np.ndarray
+    types: np.ndarray
+    views: np.ndarray  # the protocol's view names (CCPG: the folder name before the first "_")
+
+
+def _checked_embeddings(
+    embeddings: torch.Tensor | np.ndarray, labels: Sequence[str], types: Sequence[str], views: Sequence[str]
+) -> torch.Tensor:
+    """The embeddings as a tensor, after checking their shape, their finiteness and the label counts."""
+    feats = torch.as_tensor(embeddings)
+    n = feats.shape[0] if feats.dim() else 0
+    if feats.dim() != 3:
+        raise ProtocolError(f"embeddings must be [N, C, parts], got shape {tuple(feats.shape)}")
+    if not (len(labels) == len(types) == len(views) == n):
+        raise ProtocolError(
+            f"lengths differ: {n} embeddings, {len(labels)} labels, {len(types)} types, {len(views)} views"
+        )
+    if not torch.isfinite(feats).all():
+        raise ProtocolError("embeddings contain NaN or inf: the model diverged or the input is corrupt")
+    return feats
+
+
+def _canonical_order(
+    spec: Protocol, feats: torch.Tensor, labels: Sequence[str], types: Sequence[str], views: Sequence[str]
+) -> _Gallery:
+    """Sort by (subject, type, view): ties between equal distances then break the same way whatever order the
+    sequences arrived in (data-loader workers, ranks), so results are reproducible."""
+    n = feats.shape[0]
+    order = sorted(range(n), key=lambda i: (str(labels[i]), str(types[i]), str(views[i])))
+    return _Gallery(
+        feats=feats[torch.as_tensor(order, dtype=torch.long)] if n else feats,
+        subjects=np.asarray([str(labels[i]) for i in order]),
+        types=np.asarray([str(types[i]) for i in order]),
+        views=np.asarray([str(views[i]).split("_")[0] if spec.view_prefix else str(views[i]) for i in order]),
+    )
+
+
+def _unscorable(
+    spec: Protocol, condition: str, data: _Gallery, probe: np.ndarray, gallery: np.ndarray
+) -> ProtocolError:
+    """The error for a condition whose probe or gallery set is empty (on a whole test set)."""
+    which = "probe" if not probe.any() else "gallery"
+    probe_types, gallery_types = spec.conditions[condition]
+    wanted = probe_types if which == "probe" else gallery_types
+    return ProtocolError(
+        f"{spec.name} condition {condition}: the {which} set is empty (no sequence of type "
+        f"{' / '.join(wanted)} among the {len(data.subjects)} evaluated); types present: "
+        f"{sorted(set(data.types))[:12]}"
+    )
+
+
+def _score_condition(
+    spec: Protocol,
+    condition: str,
+    data: _Gallery,
+    probe: np.ndarray,
+    gallery: np.ndarray,
+    result: EvaluationResult,
+) -> None:
+    """Rank-1 (and rank-5, ReID) of one condition into `result`; on a partial evaluation a condition that
+    cannot be scored is listed in `result.unscored` instead of raising."""
+    partial = bool(result.partial)
+    if not probe.any() or not gallery.any():
+        if partial:
+            result.unscored.append(condition)
+            return
+        raise _unscorable(spec, condition, data, probe, gallery)
+    view_list, acc, filled = _gait_protocol(data.feats, data.subjects, data.views, probe, gallery, spec.ranks)
+    if len(view_list) < 2:
+        if partial:
+            result.unscored.append(condition)
+            return
+        raise ProtocolError(f"{spec.name}: identical-view exclusion needs at least 2 views, got {view_list}")
+    if not filled.all():
+        warnings.warn(
+            f"{spec.name} {condition}: {int((~filled).sum())} of {filled.size} view pairs have no probe or "
+            "gallery sequence and are left out of the average",
+            stacklevel=3,
+        )
+    result.matrices[condition] = (view_list, view_list, acc[:, :, 0])
+    result.metrics[condition] = _de_diag(acc[:, :, 0], filled)
+    if spec.ranks >= 5:
+        result.metrics[f"rank5/{condition}"] = _de_diag(acc[:, :, 4], filled)
+    if spec.reid:
+        result.metrics[f"include/{condition}"] = float(np.nanmean(acc[:, :, 0]))
+        try:
+            reid = _reid_protocol(data.feats, data.subjects, data.views, probe, gallery)
+        except ProtocolError:
+            if not partial:
+                raise
+            reid = {}
+        for key, value in reid.items():
+            result.metrics[f"reid/{condition}/{key}"] = value
+
+
 def evaluate_detailed(
     protocol: str,
     embeddings: torch.Tensor | np.ndarray,
@@ -209,73 +309,23 @@ def evaluate_detailed(
     """
     if protocol not in PROTOCOLS:
         raise ProtocolError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")
-    spec = PROTOCOLS[protocol]
-    feats = torch.as_tensor(embeddings)
-    n = feats.shape[0] if feats.dim() else 0
-    if feats.dim() != 3:
-        raise ProtocolError(f"embeddings must be [N, C, parts], got shape {tuple(feats.shape)}")
-    if not (len(labels) == len(types) == len(views) == n):
-        raise ProtocolError(
-            f"lengths differ: {n} embeddings, {len(labels)} labels, {len(types)} types, {len(views)} views"
-        )
-    if not torch.isfinite(feats).all():
-        raise ProtocolError("embeddings contain NaN or inf: the model diverged or the input is corrupt")
-    # A canonical order (subject, type, view): ties between equal distances then break the same way
-    # whatever order the sequences arrived in (data-loader workers, ranks), so results are reproducible.
-    order = sorted(range(n), key=lambda i: (str(labels[i]), str(types[i]), str(views[i])))
-    feats = feats[torch.as_tensor(order, dtype=torch.long)] if n else feats
-    subj = np.asarray([str(labels[i]) for i in order])
-    seq_types = np.asarray([str(types[i]) for i in order])
-    view_arr = np.asarray([str(views[i]).split("_")[0] if spec.view_prefix else str(views[i]) for i in order])
-
+    spec = replace(PROTOCOLS[protocol], name=protocol)  # errors name the protocol asked for
+    data = _canonical_order(spec, _checked_embeddings(embeddings, labels, types, views), labels, types, views)
     result = EvaluationResult(metrics={}, partial=list(partial))
-    result.counts = {"sequences": n, "identities": len(set(subj.tolist())), "conditions": {}}
+    result.counts = {
+        "sequences": len(data.subjects),
+        "identities": len(set(data.subjects.tolist())),
+        "conditions": {},
+    }
     for condition, (probe_types, gallery_types) in spec.conditions.items():
-        probe = _type_mask(seq_types, probe_types, spec.substring_types)
-        gallery = _type_mask(seq_types, gallery_types, spec.substring_types)
+        probe = _type_mask(data.types, probe_types, spec.substring_types)
+        gallery = _type_mask(data.types, gallery_types, spec.substring_types)
         result.counts["conditions"][condition] = {
             "probes": int(probe.sum()),
             "gallery": int(gallery.sum()),
-            "identities": len(set(subj[probe].tolist())),
+            "identities": len(set(data.subjects[probe].tolist())),
         }
-        if not probe.any() or not gallery.any():
-            if partial:
-                result.unscored.append(condition)
-                continue
-            which = "probe" if not probe.any() else "gallery"
-            wanted = probe_types if which == "probe" else gallery_types
-            raise ProtocolError(
-                f"{protocol} condition {condition}: the {which} set is empty (no sequence of type "
-                f"{' / '.join(wanted)} among the {n} evaluated); types present: {sorted(set(seq_types))[:12]}"
-            )
-        view_list, acc, filled = _gait_protocol(feats, subj, view_arr, probe, gallery, spec.ranks)
-        if len(view_list) < 2:
-            if partial:
-                result.unscored.append(condition)
-                continue
-            raise ProtocolError(
-                f"{protocol}: identical-view exclusion needs at least 2 views, got {view_list}"
-            )
-        if not filled.all():
-            warnings.warn(
-                f"{protocol} {condition}: {int((~filled).sum())} of {filled.size} view pairs have no probe or "
-                "gallery sequence and are left out of the average",
-                stacklevel=2,
-            )
-        result.matrices[condition] = (view_list, view_list, acc[:, :, 0])
-        result.metrics[condition] = _de_diag(acc[:, :, 0], filled)
-        if spec.ranks >= 5:
-            result.metrics[f"rank5/{condition}"] = _de_diag(acc[:, :, 4], filled)
-        if spec.reid:
-            result.metrics[f"include/{condition}"] = float(np.nanmean(acc[:, :, 0]))
-            try:
-                reid = _reid_protocol(feats, subj, view_arr, probe, gallery)
-            except ProtocolError:
-                if not partial:
-                    raise
-                reid = {}
-            for key, value in reid.items():
-                result.metrics[f"reid/{condition}/{key}"] = value
+        _score_condition(spec, condition, data, probe, gallery, result)
     return result
 
 

@@ -16,13 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from biggait.errors import ConfigError, CorruptDataError
+from biggait.errors import BiggaitError, ConfigError, CorruptDataError
 
 __all__ = [
     "BACKBONE_FILE_FORMAT",
     "BACKBONE_PRESETS",
     "SYNTHETIC_LVM_FILE",
     "BackboneFileError",
+    "BackboneFileNotFoundError",
     "BackbonePreset",
     "DinoV2Backbone",
     "interpolate_pos_embed",
@@ -55,6 +56,10 @@ def weights_from_checkpoint() -> Iterator[None]:
 
 class BackboneFileError(CorruptDataError):
     """A backbone weights file that does not fit the backbone being built."""
+
+
+class BackboneFileNotFoundError(BiggaitError, FileNotFoundError):
+    """The backbone weights file named by `pretrained` does not exist."""
 
 
 @dataclass(frozen=True)
@@ -202,7 +207,7 @@ class DinoV2Backbone(nn.Module):
         `dinov2_vitX14_pretrain.pth`, or a file written by `save`."""
         if str(source) == "synthetic":
             if not SYNTHETIC_LVM_FILE.is_file():
-                raise FileNotFoundError(
+                raise BackboneFileNotFoundError(
                     f"the synthetic stand-in LVM {SYNTHETIC_LVM_FILE} is missing; rebuild it with `make lvm`"
                 )
             source = SYNTHETIC_LVM_FILE
@@ -210,7 +215,7 @@ class DinoV2Backbone(nn.Module):
         if str(source) != "hub":
             path = Path(source)
             if not path.is_file():
-                raise FileNotFoundError(
+                raise BackboneFileNotFoundError(
                     f"backbone weights file not found: {path} (pass pretrained='hub', a DINOv2 .pth or a "
                     "file written by DinoV2Backbone.save)"
                 )
@@ -238,8 +243,8 @@ class DinoV2Backbone(nn.Module):
             raise ConfigError(
                 f"DINOv2 weights {self.timm_name}.lvd142m cannot be had from the Hugging Face hub "
                 f"({type(exc).__name__}; no network, or HF_HUB_OFFLINE=1 without a cached copy): pass "
-                "model.model.pretrained=/path/dinov2_vits14_pretrain.pth (from github.com/facebookresearch/dinov2), "
-                "or model.model.pretrained=random for random features"
+                "model.net.pretrained=/path/dinov2_vits14_pretrain.pth (from github.com/facebookresearch/dinov2), "
+                "or model.net.pretrained=random for random features"
             ) from exc
         state = ref.state_dict()
         pos_embed = state.pop("pos_embed")

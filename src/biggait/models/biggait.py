@@ -27,6 +27,7 @@ from biggait.models.gre import (
     upsample_maps,
 )
 from biggait.models.input import prepare_images, valid_region_mask
+from biggait.models.state import state_diff
 
 __all__ = ["BigGait", "MaskBranchFileError"]
 
@@ -47,25 +48,29 @@ def _official_init(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _check_options(
-    *, shape_connect_layout: str, padding_resize_crop: str, frame_size: Any, backbone_precision: str | None
-) -> None:
+def _check_options(config: dict[str, Any]) -> None:
+    frame_size, backbone_precision = config["frame_size"], config["backbone_precision"]
     if len(frame_size) != 2 or min(int(v) for v in frame_size) < 1:
         raise ConfigError(f"frame_size must be (H, W) of positive ints, got {frame_size!r}")
     if backbone_precision not in (None, "bf16", "fp16", "fp32"):
         raise ConfigError(
             f"backbone_precision must be null (follow the trainer), 'bf16', 'fp16' or 'fp32', got {backbone_precision!r}"
         )
-    if shape_connect_layout not in ("faithful", "fixed"):
-        raise ConfigError(f"shape_connect_layout must be 'faithful' or 'fixed', got {shape_connect_layout!r}")
-    if padding_resize_crop not in ("left", "center"):
-        raise ConfigError(f"padding_resize_crop must be 'left' or 'center', got {padding_resize_crop!r}")
+    if config["shape_connect_layout"] not in ("faithful", "fixed"):
+        raise ConfigError(
+            f"shape_connect_layout must be 'faithful' or 'fixed', got {config['shape_connect_layout']!r}"
+        )
+    if config["padding_resize_crop"] not in ("left", "center"):
+        raise ConfigError(
+            f"padding_resize_crop must be 'left' or 'center', got {config['padding_resize_crop']!r}"
+        )
 
 
 def _recorded_config(arguments: dict[str, Any]) -> dict[str, Any]:
-    """The constructor's arguments (from its `locals()`), so `BigGait(**model.config)` rebuilds the model."""
+    """The constructor's arguments (from its `locals()`), checked, so `BigGait(**model.config)` rebuilds the model."""
     names = list(inspect.signature(BigGait.__init__).parameters)[1:]
     config = {name: arguments[name] for name in names}
+    _check_options(config)
     for key in ("image_size", "map_size", "channels"):
         config[key] = tuple(config[key])
     config["frame_size"] = tuple(int(v) for v in config["frame_size"])
@@ -104,23 +109,8 @@ class BigGait(nn.Module):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        _check_options(
-            shape_connect_layout=shape_connect_layout,
-            padding_resize_crop=padding_resize_crop,
-            frame_size=frame_size,
-            backbone_precision=backbone_precision,
-        )
         self.config: dict[str, Any] = _recorded_config(locals())
-        self.image_size, self.map_size = tuple(image_size), tuple(map_size)
-        self.shape_connect_layout, self.padding_resize_crop = shape_connect_layout, padding_resize_crop
-        # The stored frame size the model is trained on (the converters' pad-and-resize canvas, e.g. 256x128 for
-        # CCPG, 128x64 for the synthetic world); inference prepares new person crops to it (biggait.preprocess).
-        self.frame_size = self.config["frame_size"]
-        # eval mode: GRE branches on every pixel, then masked (docs/export.md); training always gathers
-        self.static_shapes = static_shapes
-        self.fuse_gre_upsampling = True  # the dense form's upsampling order (bench/bench_export.py)
-        self.backbone_trainable = backbone_trainable
-        self.backbone_precision = backbone_precision
+        self._set_options(self.config)
         self.backbone = DinoV2Backbone(
             preset=backbone,
             embed_dim=backbone_width,
@@ -139,17 +129,35 @@ class BigGait(nn.Module):
         self.head = GaitBaseHead(
             denoising_dim=denoising_dim,
             appearance_dim=appearance_dim,
-            channels=tuple(channels),
+            channels=self.config["channels"],
             fusion_squeeze=fusion_squeeze,
             embed_dim=embed_dim,
             parts=parts,
             num_classes=num_classes,
             channels_last=channels_last,
         )
+        self._initialise()
+
+    def _set_options(self, config: dict[str, Any]) -> None:
+        """The options the forward passes read, as attributes."""
+        self.image_size, self.map_size = config["image_size"], config["map_size"]
+        self.shape_connect_layout = config["shape_connect_layout"]
+        self.padding_resize_crop = config["padding_resize_crop"]
+        # The stored frame size the model is trained on (the converters' pad-and-resize canvas, e.g. 256x128 for
+        # CCPG, 128x64 for the synthetic world); inference prepares new person crops to it (biggait.preprocess).
+        self.frame_size = config["frame_size"]
+        # eval mode: GRE branches on every pixel, then masked (docs/export.md); training always gathers
+        self.static_shapes = config["static_shapes"]
+        self.fuse_gre_upsampling = True  # the dense form's upsampling order (bench/bench_export.py)
+        self.backbone_trainable = config["backbone_trainable"]
+        self.backbone_precision = config["backbone_precision"]
+
+    def _initialise(self) -> None:
+        """OpenGait's initialisation of everything but the backbone, which is frozen unless trainable."""
         for module in (self.mask_branch, self.denoising_branch, self.appearance_branch, self.head):
             _official_init(module)
         self._mask_branch_frozen = False
-        if not backbone_trainable:
+        if not self.backbone_trainable:
             self.backbone.requires_grad_(False)
         self.train()
 
@@ -196,18 +204,12 @@ class BigGait(nn.Module):
                 f"{path}: expected a dict with key 'model' (MaskBranch_vits14.pt format)"
             )
         state = {branch_key_to_ours(k.removeprefix("Mask_Branch.")): v for k, v in blob["model"].items()}
-        ours = self.mask_branch.state_dict()
-        missing = sorted(set(ours) - set(state))
-        extra = sorted(set(state) - set(ours))
-        shapes = [
-            f"{k}: {tuple(v.shape)} vs {tuple(ours[k].shape)}"
-            for k, v in state.items()
-            if k in ours and v.shape != ours[k].shape
-        ]
-        if missing or extra or shapes:
+        diff = state_diff(self.mask_branch.state_dict(), state)
+        if diff:
+            shapes = [f"{k}: {given} vs {expected}" for k, given, expected in diff.shapes]
             raise MaskBranchFileError(
                 f"{path} does not fit this mask branch (backbone width {self.backbone.embed_dim}): "
-                f"missing {missing}, unexpected {extra}, shape mismatches {shapes}"
+                f"missing {diff.missing}, unexpected {diff.unexpected}, shape mismatches {shapes}"
             )
         self.mask_branch.load_state_dict(state, strict=True)
         return self.freeze_mask_branch() if freeze else []

@@ -1,5 +1,6 @@
 """Look inside BigGait: PCA / part colourings of the feature maps, foreground IoU and figure panels."""
 
+from biggait.evaluation.foreground import foreground_iou, silhouettes_to_map
 from biggait.viz.io import figure_png, read_sequences, records_to_batch, save_png
 from biggait.viz.maps import (
     PART_PALETTE,
@@ -7,11 +8,9 @@ from biggait.viz.maps import (
     VizInputError,
     denormalize_frames,
     fit_pca,
-    foreground_iou,
     part_colors,
     pca_rgb,
     resize_mask,
-    silhouettes_to_map,
 )
 from biggait.viz.panels import (
     MAP_KEYS,
@@ -19,6 +18,7 @@ from biggait.viz.panels import (
     comparison_indices,
     comparison_panel,
     frame_indices,
+    panel_sequences,
     select_sequence,
     sequence_panel,
 )
@@ -36,6 +36,7 @@ __all__ = [
     "fit_pca",
     "foreground_iou",
     "frame_indices",
+    "panel_sequences",
     "part_colors",
     "pca_rgb",
     "read_sequences",

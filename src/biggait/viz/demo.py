@@ -6,16 +6,14 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from biggait.data import SequenceRecord, write_shards
-from biggait.evaluation.protocols import CCPG_TYPES
-from biggait.viz.io import read_sequences, records_to_batch
-from biggait.viz.panels import PanelSequence, comparison_indices, select_sequence
+from biggait.data_prep.synthetic import SyntheticConfig, prepare
+from biggait.viz.io import read_labels, read_sequences, records_to_batch
+from biggait.viz.panels import PanelSequence, comparison_indices, panel_sequences
 
-__all__ = ["comparison_sequences", "make_demo_shards", "rank1_heatmaps", "tiny_random_model"]
+__all__ = ["comparison_sequences", "demo_world", "make_demo_shards", "rank1_heatmaps", "tiny_random_model"]
 
 # The CPU preset of conf/model/biggait_tiny.yaml; num_classes only sizes the classifier, unused here.
 TINY_MODEL = {"backbone": "tiny", "num_classes": 8, "image_size": (224, 112), "map_size": (32, 16)}
@@ -31,53 +29,18 @@ def tiny_random_model(*, seed: int = 0) -> torch.nn.Module:
         return BigGait(**TINY_MODEL).eval()
 
 
-# CCPG naming (OpenGait `evaluate_CCPG`), so the CCPG protocol and the comparison trio (two outfits of one person) work.
-DEMO_TYPES = CCPG_TYPES
-DEMO_VIEWS = ("1_0", "2_90")
-
-
-def _walker(
-    spec: tuple[int, str, str], *, frames: int = 8, size: tuple[int, int] = (128, 64)
-) -> SequenceRecord:
-    # A stick-figure walker: body proportions and gait speed follow the subject, upper / lower clothing
-    # colours follow the outfit code U<k>_D<k>, so "same person, other outfit" is visible in the panels.
-    subject, seq_type, view = spec
-    h, w = size
-    rng = np.random.default_rng([subject, DEMO_TYPES.index(seq_type), DEMO_VIEWS.index(view)])
-    palette = np.random.default_rng(7).integers(40, 255, (8, 3))
-    up, down = palette[int(seq_type[1])], palette[4 + int(seq_type[4])]
-    width, speed = 10 + 2 * (subject % 4), 0.5 + 0.15 * subject
-    yy, xx = np.mgrid[0:h, 0:w]
-    rgb = np.zeros((frames, h, w, 3), np.uint8)
-    sil = np.zeros((frames, h, w), np.uint8)
-    for t in range(frames):
-        cx = w / 2 + 2 * np.sin(speed * t)
-        head = (yy - 18) ** 2 + (xx - cx) ** 2 < 7**2
-        torso = (yy >= 26) & (yy < 66) & (np.abs(xx - cx) < width / 2)
-        legs = np.zeros_like(head)
-        for side in (-1, 1):  # legs swing in opposite phase
-            lx = cx + side * (3 + 8 * np.sin(speed * t) * (yy - 66) / 52)
-            legs |= (yy >= 66) & (yy < 118) & (np.abs(xx - lx) < 3)
-        rgb[t] = rng.integers(0, 40, (h, w, 3))
-        rgb[t][head] = (230, 190, 160)
-        rgb[t][torso] = up
-        rgb[t][legs] = down
-        if seq_type.endswith("_BG"):  # a bag on the side
-            bag = (yy >= 40) & (yy < 60) & (xx >= cx + width / 2) & (xx < cx + width / 2 + 8)
-            rgb[t][bag] = (120, 80, 30)
-            sil[t][bag] = 255
-        sil[t][head | torso | legs] = 255
-    return SequenceRecord(f"{subject:03d}", seq_type, view, rgb, np.full(frames, 0.45, np.float32), sil)
+def demo_world(*, seed: int = 0, subjects: int = 4) -> SyntheticConfig:
+    """The synthetic world (`biggait.data_prep.synthetic`) at demo size: `subjects` train and `subjects` test
+    identities, the 7 CCPG types (so the CCPG protocol and the comparison trio work), 2 views, 8 frames."""
+    return SyntheticConfig(
+        seed=seed, num_train_ids=subjects, num_test_ids=subjects, views=(0, 90), length=(8, 8)
+    )
 
 
 def make_demo_shards(out: str | Path, *, seed: int = 0, subjects: int = 4) -> Path:
-    """A tiny CCPG-style set of stick-figure walkers (`subjects` x 7 outfits x 2 views, 8 frames) in `out`.
-
-    Seconds on a CPU; for the full synthetic world use `make data` (`biggait.data_prep.synthetic`).
-    """
-    specs = [(seed * 1000 + s, t, v) for s in range(subjects) for t in DEMO_TYPES for v in DEMO_VIEWS]
-    for split in ("train", "test"):
-        write_shards(specs, _walker, out, dataset="demo", split=split, shard_size=32, progress=False)
+    """Shards of `demo_world` (with ground-truth silhouettes) in `out`: seconds on a CPU; `make data` builds the
+    full synthetic world."""
+    prepare(out, demo_world(seed=seed, subjects=subjects), workers=1, progress=False)
     return Path(out)
 
 
@@ -87,28 +50,28 @@ def comparison_sequences(
     shards: str | Path,
     *,
     split: str = "test",
-    max_sequences: int = 24,
     max_frames: int = 8,
 ) -> list[PanelSequence]:
-    """[person A outfit 1, person A outfit 2, person B] from the first `max_sequences` of a split, run
-    through `model.forward_features` in eval mode, as `PanelSequence`s (CPU tensors)."""
-    records = read_sequences(shards, split=split, limit=max_sequences, max_frames=max_frames)
-    picks = comparison_indices([r.subject for r in records], [r.seq_type for r in records])
-    batch = records_to_batch([records[i] for i in picks])
-    features = model.eval().forward_features(batch["frames"], batch["ratios"])
-    out = []
-    for i in range(len(picks)):
-        t = int(batch["lengths"][i])
-        out.append(
-            PanelSequence(
-                label=f"{batch['subjects'][i]} {batch['types'][i]} {batch['views'][i]}",
-                frames=batch["frames"][i, :t],
-                features=select_sequence(features, i, length=t),
-                silhouettes=batch["silhouettes"][i, :t] if "silhouettes" in batch else None,
-                ratios=batch["ratios"][i, :t],
-            )
-        )
-    return out
+    """[person A outfit 1, person A outfit 2, person B] chosen from the labels of the whole split
+    (`comparison_indices`: real test splits hold dozens of sequences of one subject in a row), run through
+    `model.forward_features` in eval mode, as `PanelSequence`s (CPU tensors). Only the three are decoded."""
+    labels = read_labels(shards, split=split)
+    picks = comparison_indices(*zip(*labels)) if labels else []
+    wanted = [labels[i] for i in picks]
+    remaining = set(wanted)
+
+    def first_of_each(*label: str) -> bool:  # the first sequence of each wanted label, then stop reading
+        if label in remaining:
+            remaining.discard(label)
+            return True
+        return False
+
+    records = read_sequences(
+        shards, split=split, max_frames=max_frames, where=first_of_each, limit=len(set(wanted))
+    )
+    found = {(r.subject, r.seq_type, r.view): r for r in records}
+    batch = records_to_batch([found[label] for label in wanted])
+    return panel_sequences(batch, model.eval().forward_features(batch["frames"], batch["ratios"]))
 
 
 @torch.no_grad()

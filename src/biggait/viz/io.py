@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,22 @@ from biggait.data.pipeline import (
 from biggait.io import figure_png, save_png  # re-exported: viz's public API
 from biggait.viz.maps import VizInputError
 
-__all__ = ["figure_png", "read_sequences", "records_to_batch", "save_png"]
+__all__ = ["figure_png", "read_labels", "read_sequences", "records_to_batch", "save_png"]
+
+
+def _samples(root: str | Path, split: str) -> Iterator[Any]:
+    """The samples of `<root>/<split>` in manifest order, undecoded (frames are decoded only when asked)."""
+    split_dir = Path(root) / split
+    manifest = read_manifest(split_dir)
+    for shard in manifest["shards"]:
+        path = str(split_dir / shard["name"])
+        for key, fields in iter_shard(path):
+            yield parse_sample(key, fields, path, silhouettes=True)
+
+
+def read_labels(root: str | Path, *, split: str = "test") -> list[tuple[str, str, str]]:
+    """(subject, type, view) of every sequence of `<root>/<split>`, in manifest order; no frame is decoded."""
+    return [(sample.subject, sample.seq_type, sample.view) for sample in _samples(root, split)]
 
 
 def read_sequences(
@@ -37,29 +52,24 @@ def read_sequences(
     `where(subject, seq_type, view)` filters before anything is decoded; reading stops after `limit` matches.
     Silhouettes are included when the shards have them.
     """
-    split_dir = Path(root) / split
-    manifest = read_manifest(split_dir)
     out: list[SequenceRecord] = []
-    for shard in manifest["shards"]:
-        path = str(split_dir / shard["name"])
-        for key, fields in iter_shard(path):
-            sample = parse_sample(key, fields, path, silhouettes=True)
-            if where is not None and not where(sample.subject, sample.seq_type, sample.view):
-                continue
-            if max_frames is not None:
-                sample = select_frames(sample, np.arange(min(max_frames, len(sample.frames))))
-            out.append(
-                SequenceRecord(
-                    subject=sample.subject,
-                    seq_type=sample.seq_type,
-                    view=sample.view,
-                    frames=decode_frames(sample),
-                    ratios=sample.ratios,
-                    silhouettes=None if sample.silhouettes is None else decode_silhouettes(sample),
-                )
+    for sample in _samples(root, split):
+        if where is not None and not where(sample.subject, sample.seq_type, sample.view):
+            continue
+        if max_frames is not None:
+            sample = select_frames(sample, np.arange(min(max_frames, len(sample.frames))))
+        out.append(
+            SequenceRecord(
+                subject=sample.subject,
+                seq_type=sample.seq_type,
+                view=sample.view,
+                frames=decode_frames(sample),
+                ratios=sample.ratios,
+                silhouettes=None if sample.silhouettes is None else decode_silhouettes(sample),
             )
-            if limit is not None and len(out) >= limit:
-                return out
+        )
+        if limit is not None and len(out) >= limit:
+            break
     return out
 
 

@@ -8,7 +8,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from biggait.errors import BiggaitError
+from biggait.evaluation.foreground import (
+    MapInputError,
+    as_cpu_tensor,
+    check_maps,
+)
 from biggait.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -19,11 +23,9 @@ __all__ = [
     "VizInputError",
     "denormalize_frames",
     "fit_pca",
-    "foreground_iou",
     "part_colors",
     "pca_rgb",
     "resize_mask",
-    "silhouettes_to_map",
 ]
 
 
@@ -38,31 +40,14 @@ PART_PALETTE = np.array(
     dtype=np.float32,
 ) / 255.0  # fmt: skip
 
-
-class VizInputError(BiggaitError, ValueError):
-    """A tensor handed to a visualisation helper has the wrong shape or type."""
-
-
-def _as_tensor(x: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    if not isinstance(x, torch.Tensor):
-        raise VizInputError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
-    return x.detach().cpu()
-
-
-def _check_maps(maps: torch.Tensor, name: str) -> None:
-    if maps.dim() != 4:
-        raise VizInputError(
-            f"{name} must be per-frame maps [T, C, h, w], got shape {tuple(maps.shape)}; "
-            "index one sequence of forward_features' [n, s, C, h, w] output, e.g. features[name][0]"
-        )
+# The error of every helper here: the metric's own (`biggait.evaluation.foreground`), under the viz name.
+VizInputError = MapInputError
 
 
 def resize_mask(mask: torch.Tensor | np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """Resize a [T, 1, h, w] mask to `size` (area average then >= 0.5 when shrinking, nearest otherwise)."""
-    m = _as_tensor(mask, "mask").float()
-    _check_maps(m, "mask")
+    m = as_cpu_tensor(mask, "mask").float()
+    check_maps(m, "mask")
     if tuple(m.shape[-2:]) == tuple(size):
         return m > 0.5
     shrink = size[0] <= m.shape[-2] and size[1] <= m.shape[-1]
@@ -94,9 +79,9 @@ def fit_pca(
     max_pixels: int = 20_000,
 ) -> PCABasis | None:
     """Fit 3 principal directions jointly over all frames' (foreground) pixels; None when none are selected."""
-    maps = _as_tensor(maps, "maps")
-    _check_maps(maps, "maps")
-    x = _pixels(maps, None if mask is None else _as_tensor(mask, "mask"))
+    maps = as_cpu_tensor(maps, "maps")
+    check_maps(maps, "maps")
+    x = _pixels(maps, None if mask is None else as_cpu_tensor(mask, "mask"))
     if x.shape[0] < 2:
         return None
     if x.shape[0] > max_pixels:  # an even stride keeps the fit deterministic and cheap
@@ -133,8 +118,8 @@ def pca_rgb(
     The basis is fitted jointly over every frame's masked pixels (or passed in, to share colours between
     sequences), so a colour means the same feature direction in every frame.
     """
-    maps = _as_tensor(maps, "maps")
-    _check_maps(maps, "maps")
+    maps = as_cpu_tensor(maps, "maps")
+    check_maps(maps, "maps")
     t, _, h, w = maps.shape
     if basis is None:
         basis = fit_pca(maps, mask)
@@ -147,7 +132,7 @@ def pca_rgb(
     rgb = ((x - basis.mean) @ basis.components - basis.low) / (basis.high - basis.low).clamp_min(1e-8)
     rgb = rgb.clamp(0.0, 1.0)
     if mask is not None:
-        rgb = rgb * resize_mask(_as_tensor(mask, "mask"), (h, w)).permute(0, 2, 3, 1)
+        rgb = rgb * resize_mask(as_cpu_tensor(mask, "mask"), (h, w)).permute(0, 2, 3, 1)
     out[:] = rgb.numpy()
     return out
 
@@ -159,8 +144,8 @@ def part_colors(
 
     Pixels whose denoising vector is all zero (off the foreground, OpenGait `BigGait__Dinov2_Gaitbase.forward`) or outside `mask` are black.
     """
-    d = _as_tensor(denoising, "denoising").float()
-    _check_maps(d, "denoising")
+    d = as_cpu_tensor(denoising, "denoising").float()
+    check_maps(d, "denoising")
     if d.shape[1] > len(PART_PALETTE):
         raise VizInputError(
             f"denoising has {d.shape[1]} channels; the palette has {len(PART_PALETTE)} colours"
@@ -169,84 +154,13 @@ def part_colors(
     rgb = PART_PALETTE[parts]
     on = (d.abs().sum(1) > 0).numpy()
     if mask is not None:
-        on &= resize_mask(_as_tensor(mask, "mask"), tuple(d.shape[-2:]))[:, 0].numpy()
+        on &= resize_mask(as_cpu_tensor(mask, "mask"), tuple(d.shape[-2:]))[:, 0].numpy()
     return (rgb * on[..., None]).astype(np.float32)
-
-
-def _padding_resize_geometry(sil: torch.Tensor, ratio: float, size: tuple[int, int]) -> torch.Tensor:
-    # The model's padding-resize (OpenGait `BigGait.py`, `padding_resize`) at its 256 x 128 reference scale, then down to the map size.
-    need_w = int(256 * ratio)
-    x = F.interpolate(sil[None, None], size=(256, max(need_w, 1)), mode="bilinear", align_corners=False)[0, 0]
-    canvas = sil.new_zeros(256, 128)
-    if need_w < 128:
-        left = (128 - need_w) // 2
-        canvas[:, left : left + need_w] = x
-    else:
-        start = abs((128 - need_w) // 2)
-        canvas = x[:, start : start + 128]
-    return F.interpolate(canvas[None, None], size=size, mode="area")[0, 0]
-
-
-def silhouettes_to_map(
-    silhouettes: torch.Tensor | np.ndarray,
-    size: tuple[int, int],
-    *,
-    ratios: torch.Tensor | np.ndarray | None = None,
-) -> torch.Tensor:
-    """Ground-truth silhouettes [T, H, W] (0/255 or 0/1) -> boolean [T, 1, *size] in the model's map frame.
-
-    Frames with the map's aspect ratio (e.g. 256 x 128 for 64 x 32 maps) are resized plainly, as the model
-    does; other frames need their `ratios` to reproduce the model's padding-resize (OpenGait `BigGait.py`, `padding_resize`). The resize
-    averages areas and the result is thresholded at 0.5 (a map pixel is foreground when at least half of it is).
-    """
-    s = _as_tensor(silhouettes, "silhouettes")
-    if s.dim() != 3:
-        raise VizInputError(f"silhouettes must be [T, H, W], got shape {tuple(s.shape)}")
-    s = s.float()
-    if s.numel() and s.max() > 1:
-        s = s / 255.0
-    h, w = size
-    if s.shape[1] * w == s.shape[2] * h:
-        out = F.interpolate(s[:, None], size=size, mode="area")
-    elif ratios is None:
-        raise VizInputError(
-            f"silhouettes are {s.shape[1]}x{s.shape[2]} but the maps are {h}x{w}: the model padding-resized "
-            "these frames (OpenGait `BigGait.py`, `padding_resize`); pass ratios=<the batch's ratios for this sequence>"
-        )
-    else:
-        r = _as_tensor(ratios, "ratios").float().reshape(-1)
-        if r.shape[0] != s.shape[0]:
-            raise VizInputError(f"ratios has {r.shape[0]} entries for {s.shape[0]} silhouettes")
-        out = torch.stack([_padding_resize_geometry(s[i], float(r[i]), size) for i in range(s.shape[0])])[
-            :, None
-        ]
-    return out >= 0.5
-
-
-def foreground_iou(
-    foreground: torch.Tensor | np.ndarray,
-    silhouettes: torch.Tensor | np.ndarray,
-    *,
-    ratios: torch.Tensor | np.ndarray | None = None,
-) -> float:
-    """IoU in [0, 1] of the selected foreground [T, 1, h, w] against ground-truth silhouettes [T, H, W].
-
-    The silhouettes are brought to the map size by `silhouettes_to_map` (area resize, threshold 0.5);
-    intersection and union are pooled over all frames. Two empty masks count as a perfect match (1.0).
-    """
-    fg = _as_tensor(foreground, "foreground")
-    _check_maps(fg, "foreground")
-    sil = silhouettes_to_map(silhouettes, tuple(fg.shape[-2:]), ratios=ratios)
-    if sil.shape[0] != fg.shape[0]:
-        raise VizInputError(f"foreground has {fg.shape[0]} frames but silhouettes have {sil.shape[0]}")
-    fg = fg > 0.5
-    union = (fg | sil).sum().item()
-    return 1.0 if union == 0 else (fg & sil).sum().item() / union
 
 
 def denormalize_frames(frames: torch.Tensor | np.ndarray) -> np.ndarray:
     """Frames [T, 3, H, W] (ImageNet-normalised floats, or uint8) -> displayable float32 [T, H, W, 3] in [0, 1]."""
-    f = _as_tensor(frames, "frames")
+    f = as_cpu_tensor(frames, "frames")
     if f.dim() != 4 or f.shape[1] != 3:
         raise VizInputError(f"frames must be [T, 3, H, W], got shape {tuple(f.shape)}")
     if f.dtype == torch.uint8:

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from biggait.evaluation.foreground import foreground_iou, silhouettes_to_map
 from biggait.viz.maps import (
     VizInputError,
     denormalize_frames,
     fit_pca,
-    foreground_iou,
     part_colors,
     pca_rgb,
-    silhouettes_to_map,
 )
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "PanelSequence",
     "comparison_panel",
     "frame_indices",
+    "panel_sequences",
     "select_sequence",
     "sequence_panel",
 ]
@@ -67,6 +69,25 @@ def select_sequence(
         if value.dim() != 5:
             raise VizInputError(f"features[{key!r}] must be [n, s, C, h, w], got shape {tuple(value.shape)}")
         out[key] = value[index, :length].detach().float().cpu()
+    return out
+
+
+def panel_sequences(batch: Mapping[str, Any], features: Mapping[str, torch.Tensor]) -> list[PanelSequence]:
+    """An evaluation-style batch (frames, ratios, optional lengths / silhouettes / subjects, types, views) and its
+    `forward_features` output -> one `PanelSequence` per sequence, labelled "subject type view" (CPU tensors)."""
+    out = []
+    for i in range(batch["frames"].shape[0]):
+        t = int(batch["lengths"][i]) if "lengths" in batch else batch["frames"].shape[1]
+        label = " ".join(str(batch[k][i]) for k in ("subjects", "types", "views") if k in batch)
+        out.append(
+            PanelSequence(
+                label=label or f"sequence {i}",
+                frames=batch["frames"][i, :t],
+                features=select_sequence(features, i, length=t),
+                silhouettes=batch["silhouettes"][i, :t] if "silhouettes" in batch else None,
+                ratios=batch["ratios"][i, :t],
+            )
+        )
     return out
 
 
@@ -216,15 +237,53 @@ def comparison_panel(
     return fig
 
 
-def comparison_indices(subjects: Sequence[str], types: Sequence[str]) -> list[int]:
-    """Pick [person A outfit 1, person A outfit 2, person B] from a batch's labels, as far as it allows.
+_CCPG_OUTFIT = re.compile(r"U(\d+)_D(\d+)")
 
-    Falls back to the first (up to) three sequences when no subject appears with two different types.
+
+def outfit_difference(a: str, b: str) -> int:
+    """How much the outfits of two sequence types differ: CCPG types `U<k>_D<k>[_BG]` count their upper and
+    lower outfit states that differ (0-2; a bag alone changes no outfit); other datasets' types count 1 when
+    they differ at all."""
+    ma, mb = _CCPG_OUTFIT.match(a), _CCPG_OUTFIT.match(b)
+    if ma and mb:
+        return sum(x != y for x, y in zip(ma.groups(), mb.groups()))
+    return int(a != b)
+
+
+def comparison_indices(
+    subjects: Sequence[str], types: Sequence[str], views: Sequence[str] | None = None
+) -> list[int]:
+    """Pick [person A outfit 1, person A outfit 2, person B] from a split's (or a batch's) labels.
+
+    Person A is the subject whose two sequences differ most in outfit (`outfit_difference`), preferring two
+    sequences in one view; person B is another subject, preferring A's first type and view, so the trio
+    contrasts clothes within a person and people within a view. Ties go to the smallest labels, so the
+    choice does not depend on the order the sequences come in. Falls back to the first (up to) three
+    sequences when no subject has two different types.
     """
-    first_of: dict[str, int] = {}
-    for i, (subject, seq_type) in enumerate(zip(subjects, types)):
-        j = first_of.setdefault(subject, i)
-        if j != i and types[j] != seq_type:
-            other = next((k for k, s in enumerate(subjects) if s != subject), None)
-            return [j, i] + ([] if other is None else [other])
-    return list(range(min(3, len(subjects))))
+    views = list(views) if views is not None else [""] * len(subjects)
+    first: dict[tuple[str, str, str], int] = {}  # one index per label (repeats of a label are equal choices)
+    for i, label in enumerate(zip(subjects, types, views)):
+        first.setdefault(label, i)
+    by_subject: dict[str, list[tuple[str, str]]] = {}
+    for subject, seq_type, view in sorted(first):
+        by_subject.setdefault(subject, []).append((seq_type, view))
+    best = None
+    for subject, entries in by_subject.items():
+        for k, (type_a, view_a) in enumerate(entries):
+            for type_b, view_b in entries[k + 1 :]:
+                score = outfit_difference(type_a, type_b)
+                key = (-score, view_a != view_b, subject, type_a, view_a, type_b, view_b)
+                if score > 0 and (best is None or key < best):
+                    best = key
+    if best is None:
+        return list(range(min(3, len(subjects))))
+    _, _, subject, type_a, view_a, type_b, view_b = best
+    others = [
+        (view != view_a, seq_type != type_a, s, seq_type, view) for s, seq_type, view in first if s != subject
+    ]
+    picks = [first[(subject, type_a, view_a)], first[(subject, type_b, view_b)]]
+    if others:
+        _, _, s, seq_type, view = min(others)
+        picks.append(first[(s, seq_type, view)])
+    return picks

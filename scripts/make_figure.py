@@ -1,6 +1,6 @@
 """Render docs/synthetic_examples.png: a few identities in several outfits and views (data_prep/README.md).
 
-python data_prep/make_figure.py [--out docs/synthetic_examples.png]
+python scripts/make_figure.py [--out docs/synthetic_examples.png]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Two non-learned baselines on the synthetic test split, scored with the CCPG protocol (data_prep/README.md).
 
-    python data_prep/baselines.py [--root data/synthetic] [--frames 40]
+    python scripts/baselines.py [--root data/synthetic] [--frames 40]
 
 (a) nearest neighbour on colour histograms of the person pixels: sees clothes, not gait;
 (b) nearest neighbour on the gait-energy image (mean ground-truth silhouette): sees shape and motion.
