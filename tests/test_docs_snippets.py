@@ -25,14 +25,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
-# Commands that other branches of issue 12 add (embed / identify by use-12, export by export-12, the
-# `make embed` target). The docs already describe them; until they are merged the checks below cannot find
-# them. The integrator empties this set after merging: `test_pending_commands_are_still_pending` fails as
-# soon as one of them exists, so the set cannot silently outlive its reason.
+# Commands the docs describe before the branch that adds them is merged (empty on main). Each entry must still
+# be missing: `test_pending_commands_are_still_pending` fails as soon as one exists, so the set cannot
+# silently outlive its reason.
 PENDING_COMMANDS: set[str] = set()
 
-# Pages the other branches of issues 12, 13 and 15 write; linked from the README already. Emptied by the
-# integrator after merging (`test_pending_pages_are_still_pending` fails once one of them exists).
+# Pages linked before the branch that writes them is merged (empty on main); `test_pending_pages_are_still_pending`
+# fails once one of them exists.
 PENDING_PAGES: set[str] = set()
 
 FENCE = re.compile(r"^```([\w+-]*)\s*$")
