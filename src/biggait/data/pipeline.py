@@ -351,11 +351,6 @@ class _ShardStream(IterableDataset):
     def _offsets(self) -> list[int]:
         return np.concatenate([[0], np.cumsum([s.n_samples for s in self.shards])[:-1]]).astype(int).tolist()
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.pop("_stream", None)  # live generators stay in their process
-        return state
-
 
 class TrainStream(_ShardStream):
     """Endless identity-balanced P x K batches of `frames_per_sequence` unordered frames (OpenGait `TripletSampler` and `fixed_unordered` sampling).
@@ -530,7 +525,7 @@ class TrainStream(_ShardStream):
                 subject = full[rng.integers(len(full))] if full else candidates[rng.integers(len(candidates))]
                 used.add(subject)
                 group = self._take(buffer, subject, rng)
-                size = sum(len(v) for v in buffer.values())
+                size -= len(group)
                 batch.extend(self._decode_group(group, rng, augment))
             yield self._collate(batch)
 
