@@ -44,6 +44,8 @@ from opengait_official import load_official_biggait  # noqa: E402
 
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _LIGHTNING = {"32": "fp32", "32-true": "fp32", "bf16-mixed": "bf16", "16-mixed": "fp16"}
+# ATen's vectorised kernels, oneDNN and MKL each read their own ISA cap
+_ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 _TINY = dict(channels=(16, 32, 64, 128), fusion_squeeze=4, embed_dim=64)
 
 
@@ -70,7 +72,10 @@ def machine_name(device: torch.device) -> str:
         )
     flags = cpu_flags() or frozenset()
     isa = [f for f in ("avx2", "avx512f", *CPU_BF16_FLAGS, "amx_tile") if f in flags]
-    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, ISA: {' '.join(isa) or '?'}"
+    # an AVX2-only CPU measured on a newer one: the kernels' ISA capped by these variables
+    limits = [f"{k}={os.environ[k]}" for k in _ISA_LIMITS if os.environ.get(k)]
+    capped = f" (capped: {' '.join(limits)})" if limits else ""
+    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, ISA: {' '.join(isa) or '?'}{capped}"
 
 
 def matmul_gflops(device: torch.device, dtype: torch.dtype, *, size: int, repeats: int) -> float:
@@ -285,9 +290,14 @@ def main() -> None:
         official = load_official_biggait(src, dict(ours.config), official_state)
         official.model.to(device)
     compile_s: dict[str, float] = {}
+    # what precision=auto evaluates with: the backbone in the low precision, the GRE and GaitBase in fp32
+    eval_fp32 = load_opengait_checkpoint_like(ours, eval_precision="fp32")
     for prec in precisions:
         for name, model in models.items():
             runners.append(ours_runner(model, prec, frames, ratios, labels, device, name=name))
+        if prec != "fp32":
+            name = "ours, GRE + GaitBase fp32 in eval (auto)"
+            runners.append(ours_runner(eval_fp32, prec, frames, ratios, labels, device, name=name))
         if args.compile:
             compiled = copy.deepcopy(ours)
             compiled.backbone.compile()
@@ -342,13 +352,19 @@ def main() -> None:
                 cells += ["-", "-"]
                 continue
             f = fps(r, kind)
-            cells += [f"{f:.2f}", f"{100 * f * gflop / peaks[r.precision]:.1f}"]
+            cells += (
+                ["failed", "-"] if f != f else [f"{f:.2f}", f"{100 * f * gflop / peaks[r.precision]:.1f}"]
+            )
         for other in (base.get(("official", r.precision)), off32):
             if other is None or r.name == "official" and other is r:
                 cells.append("-")
             else:
-                cells.append(" / ".join(f"{fps(r, k) / fps(other, k):.2f}x" for k in kinds))
+                cells.append(" / ".join(_ratio(fps(r, k), fps(other, k)) for k in kinds))
         print("| " + " | ".join(cells) + " |")
+
+
+def _ratio(a: float, b: float) -> str:
+    return "-" if a != a or b != b else f"{a / b:.2f}x"  # NaN: a failed configuration
 
 
 def load_opengait_checkpoint_like(model: BigGait, **overrides) -> BigGait:

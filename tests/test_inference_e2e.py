@@ -12,14 +12,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 
 from biggait import load_model
 from biggait.data_prep import synthetic
 from biggait.data_prep.synthetic import SyntheticConfig
 from biggait.embed import embed_inputs
-from biggait.eval import evaluate_checkpoint
 from biggait.evaluation import PROTOCOLS
 from biggait.gallery import Gallery
 from biggait.identify import identify
@@ -27,7 +24,7 @@ from biggait.inference import embed_sequences
 from biggait.models import DinoV2Backbone
 from biggait.train import train
 from biggait.viz import read_sequences
-from test_train import CONF, compose_train, steps
+from test_train import compose_train, evaluate, steps
 
 pytestmark = pytest.mark.slow
 
@@ -63,23 +60,6 @@ def trained(root: Path, tmp_path_factory) -> Path:
     train(cfg)
     backbone.rename(tmp / "moved.pt")
     return tmp / "run" / "checkpoints" / "last.ckpt"
-
-
-def _evaluate(ckpt: Path, root: Path, out: Path) -> dict[str, float]:
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        ecfg = compose(
-            config_name="eval",
-            overrides=[
-                "experiment=synthetic",
-                "data.eval_batch_size=4",
-                "data.num_workers=0",
-                f"ckpt_path={ckpt}",
-            ],
-        )
-    with open_dict(ecfg):
-        ecfg.paths.output_dir = str(out)
-        ecfg.data.root = str(root)
-    return evaluate_checkpoint(ecfg)
 
 
 def _person_crop(frame: np.ndarray, ratio: float) -> np.ndarray:
@@ -128,7 +108,7 @@ def _rank1_via_identify(gallery: Gallery, condition: str) -> float:
 def test_identify_rank1_matches_the_evaluator_after_the_pretrained_file_moved(
     trained: Path, root: Path, tmp_path: Path
 ) -> None:
-    metrics = _evaluate(trained, root, tmp_path / "eval")  # make eval: works without the backbone file
+    metrics, _ = evaluate(trained, tmp_path / "eval", root)  # make eval: works without the backbone file
     tree = tmp_path / "frames"
     _write_frames_tree(tree, read_sequences(root, split="test"))
     model = load_model(trained)

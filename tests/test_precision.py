@@ -148,6 +148,66 @@ def test_backbone_precision_fp32_opts_out_of_the_surrounding_autocast() -> None:
 def test_bad_backbone_precision_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="backbone_precision must be"):
         _tiny(backbone_precision="int8")
+    with pytest.raises(ValueError, match="eval_precision must be"):
+        _tiny(eval_precision="bf16")
+
+
+def test_eval_precision_fp32_leaves_only_the_backbone_in_low_precision() -> None:
+    """Under bf16 autocast, `eval_precision="fp32"` in eval mode computes exactly what a bf16 backbone with an
+    fp32 GRE + GaitBase computes; in training mode the trainable parts stay in mixed precision."""
+    plain, split, reference = (
+        _tiny(parts=8),
+        _tiny(parts=8, eval_precision="fp32"),
+        _tiny(parts=8, backbone_precision="bf16"),
+    )
+    for model in (split, reference):
+        model.load_state_dict(plain.state_dict())
+    frames, ratios = torch.randn(2, 3, 3, 128, 64), torch.full((2, 3), 0.5)
+    with torch.no_grad():
+        want = reference(frames, ratios)["embeddings"]  # no autocast: bf16 backbone, fp32 rest
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = split(frames, ratios)
+            everything_bf16 = plain(frames, ratios)
+            split.train()
+            trained = split.forward_features(frames, ratios)
+    assert got["embeddings"].dtype == torch.float32
+    assert torch.equal(got["embeddings"], want)
+    assert everything_bf16["embeddings"].dtype == torch.bfloat16
+    assert trained["denoising"].dtype == torch.bfloat16  # training keeps the mixed precision
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "kwargs", "expected"),
+    [
+        ("cpu", {"flags": ZEN4.split()}, "fp32"),
+        ("cpu", {"flags": SAPPHIRE_RAPIDS.split()}, "fp32"),
+        ("cpu", {"flags": ZEN2.split()}, None),
+        ("gpu", {"capability": (9, 0)}, "fp32"),
+        ("gpu", {"capability": (7, 5)}, "fp32"),
+    ],
+)
+def test_auto_evaluates_the_trainable_parts_in_fp32_where_it_lowers_precision(
+    accelerator: str, kwargs: dict, expected: str | None
+) -> None:
+    choice = choose_precision(accelerator, **kwargs)
+    assert choice.eval_precision == expected
+    assert ("evaluation: GRE + GaitBase in fp32" in str(choice)) == (expected is not None)
+    assert describe_precision("bf16-mixed").eval_precision is None  # an explicit precision is taken as is
+
+
+@pytest.mark.parametrize("preset", [None, "fp32"])
+def test_trainer_precision_auto_sets_an_unset_eval_precision(preset: str | None) -> None:
+    cfg = OmegaConf.create(
+        {"trainer": {"accelerator": "cpu", "precision": "auto"}, "model": {"net": {"eval_precision": preset}}}
+    )
+    picked = resolve_trainer_precision(cfg)
+    lowered = picked != "32-true"  # this machine's CPU decides (bf16 units or not)
+    assert cfg.model.net.eval_precision == ("fp32" if lowered or preset else None)
+    explicit = OmegaConf.create(
+        {"trainer": {"accelerator": "cpu", "precision": "bf16"}, "model": {"net": {"eval_precision": None}}}
+    )
+    resolve_trainer_precision(explicit)
+    assert explicit.model.net.eval_precision is None
 
 
 def test_channels_last_head_gives_the_same_embeddings() -> None:

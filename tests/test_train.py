@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from omegaconf import DictConfig, open_dict
 
 from biggait.eval import evaluate_checkpoint
 from biggait.train import train
@@ -85,24 +85,45 @@ def test_train_then_eval_reproduces_the_numbers(
     # evaluation only, from the checkpoint (and from it as older versions wrote it): the same numbers
     last = out / "checkpoints" / "last.ckpt"
     for name, ckpt in (("eval", last), ("eval_legacy", as_legacy_checkpoint(last, tmp_path / "legacy.ckpt"))):
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-            ecfg = compose(
-                config_name="eval",
-                overrides=[
-                    "experiment=synthetic",  # what `make eval` passes: its train-only deltas must compose
-                    "data.eval_batch_size=4",
-                    "data.num_workers=0",
-                    f"ckpt_path={ckpt}",
-                ],
-            )
-        with open_dict(ecfg):
-            ecfg.paths.output_dir = str(tmp_path / name)
-            ecfg.data.root = str(tiny_shards)
-        again = evaluate_checkpoint(ecfg)
+        again, _ = evaluate(ckpt, tmp_path / name, tiny_shards)
         keys = [k for k in metrics if k.startswith("test/")]
         assert len(keys) >= 20
         for key in keys:
             assert again[key] == pytest.approx(metrics[key], abs=1e-6), (name, key)
+
+    # the evaluation's own run-time options apply to the checkpoint's model: a bf16 trainer with the GRE and
+    # GaitBase in fp32 computes exactly what an fp32 trainer with a bf16 backbone does, and not bf16 everywhere
+    runs = {
+        "split": ["trainer.precision=bf16-mixed", "model.net.eval_precision=fp32"],
+        "pinned": ["trainer.precision=32-true", "model.net.backbone_precision=bf16"],
+        "bf16": ["trainer.precision=bf16-mixed"],
+    }
+    numbers, configs = {}, {}
+    for name, overrides in runs.items():
+        numbers[name], configs[name] = evaluate(last, tmp_path / name, tiny_shards, *overrides)
+    assert numbers["split"] == pytest.approx(numbers["pinned"], abs=1e-6)
+    assert any(abs(numbers["bf16"][k] - numbers["split"][k]) > 1e-6 for k in numbers["split"])
+    assert configs["split"].model.net.eval_precision == "fp32"  # config.yaml records the model that ran
+    assert configs["split"].model.checkpoint == str(last)
+
+
+def evaluate(ckpt: Path, out: Path, shards: Path, *overrides: str) -> tuple[dict[str, float], DictConfig]:
+    """`python -m biggait.eval experiment=synthetic ckpt_path=CKPT *overrides` in-process: (metrics, config)."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose(
+            config_name="eval",
+            overrides=[
+                "experiment=synthetic",  # what `make eval` passes: its train-only deltas must compose
+                "data.eval_batch_size=4",
+                "data.num_workers=0",
+                f"ckpt_path={ckpt}",
+                *overrides,
+            ],
+        )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+        cfg.data.root = str(shards)
+    return evaluate_checkpoint(cfg), cfg
 
 
 def test_resume_is_exact(tiny_shards: Path, tmp_path: Path, as_legacy_checkpoint) -> None:
@@ -207,6 +228,8 @@ def test_shards_are_not_built_by_every_process_of_a_launch(
     ("entry", "override", "message"),
     [
         ("biggait.eval", "ckpt_path=nowhere.ckpt", "ckpt_path='nowhere.ckpt' is not a file"),
+        # the checkpoint fixes the model: an override evaluation would ignore is refused, naming what can change
+        ("biggait.eval", "model.net.embed_dim=8", "model.net.embed_dim cannot change here"),
         # raised inside Hydra's instantiation of a callback: still one line, not a wrapped traceback
         ("biggait.train", "callbacks.mask_branch_schedule.freeze_at_step=-1", "freeze_at_step must be >= 0"),
     ],

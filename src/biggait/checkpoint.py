@@ -221,12 +221,12 @@ def load_model(path: str | Path, **overrides: Any) -> BigGait:
     return model.eval()
 
 
-def load_module(path: str | Path, **overrides: Any):
+def load_module(path: str | Path, *, net_options: dict[str, Any] | None = None, **overrides: Any):
     """A `BigGaitModule` restored from a validated Lightning checkpoint without reading `pretrained`
-    (`overrides` go to the module, e.g. `protocol=`)."""
+    (`overrides` go to the module, e.g. `protocol=`; `net_options` replace options of its `BigGait`)."""
     from biggait.lit_module import BigGaitModule
 
-    net = _lightning_config(validate_checkpoint(path), Path(path))
+    net = {**_lightning_config(validate_checkpoint(path), Path(path)), **(net_options or {})}
     overrides.setdefault(
         "net", net
     )  # an older checkpoint names it "model" (BigGaitModule.on_load_checkpoint)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from biggait.checkpoint import load_module
 from biggait.errors import ConfigError
@@ -20,11 +21,46 @@ from biggait.train import (
     resolve_trainer_precision,
 )
 
-__all__ = ["evaluate_checkpoint"]
+__all__ = ["RUNTIME_MODULE_OPTIONS", "RUNTIME_NET_OPTIONS", "evaluate_checkpoint"]
+
+# The checkpoint fixes the model; these options say how it runs and come from the evaluation's own config.
+RUNTIME_NET_OPTIONS = ("backbone_precision", "eval_precision", "static_shapes")
+RUNTIME_MODULE_OPTIONS = ("compile_backbone", "compile_head")
+
+
+def _refuse_ignored_model_overrides() -> None:
+    """A command-line override of a model option the checkpoint fixes would be ignored: say so instead."""
+    if not HydraConfig.initialized():
+        return
+    for override in HydraConfig.get().overrides.task:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key != "model" and not key.startswith("model."):
+            continue
+        if key.removeprefix("model.net.") in RUNTIME_NET_OPTIONS:
+            continue
+        if key.removeprefix("model.") in RUNTIME_MODULE_OPTIONS:
+            continue
+        allowed = [f"model.net.{k}" for k in RUNTIME_NET_OPTIONS] + [
+            f"model.{k}" for k in RUNTIME_MODULE_OPTIONS
+        ]
+        raise ConfigError(
+            f"{override!r}: evaluation rebuilds the model from the checkpoint's options, so {key} cannot change "
+            f"here; only how it runs can ({', '.join(allowed)}). Train or convert a checkpoint with that option."
+        )
+
+
+def _runtime_options(cfg: DictConfig) -> tuple[dict, dict]:
+    """(BigGait options, module options) of this evaluation that replace the checkpoint's."""
+    model = cfg.get("model") or {}
+    net = model.get("net") or {}
+    net_options = {k: net[k] for k in RUNTIME_NET_OPTIONS if k in net}
+    module_options = {k: model[k] for k in RUNTIME_MODULE_OPTIONS if k in model}
+    return net_options, module_options
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     """Test the checkpoint `cfg.ckpt_path` on `cfg.data` with that dataset's protocol (cross-domain works)."""
+    _refuse_ignored_model_overrides()
     ckpt = cfg.get("ckpt_path")
     if ckpt is None or not Path(ckpt).is_file():
         raise ConfigError(
@@ -33,11 +69,16 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
         )
     check_accelerator(cfg, cpu_fallback=True)
     L.seed_everything(cfg.seed, workers=True)
+    resolve_trainer_precision(cfg)  # may set model.net.eval_precision ("auto")
+    net_options, module_options = _runtime_options(cfg)
     # Checked first (one error line for a bad file, before Lightning reads it). The protocol follows the
     # evaluation data, not the training data (cross-dataset tables); the backbone's `pretrained` file is not
     # read (the checkpoint holds every weight).
-    module = load_module(ckpt, protocol=cfg.data.protocol)
-    resolve_trainer_precision(cfg)
+    module = load_module(ckpt, protocol=cfg.data.protocol, net_options=net_options, **module_options)
+    with open_dict(
+        cfg
+    ):  # config.yaml records the model that runs: the checkpoint's options + the run-time ones
+        cfg.model = OmegaConf.create({"checkpoint": str(ckpt), **dict(module.hparams)})
     record_run_config(cfg)
     datamodule = hydra.utils.instantiate(cfg.data)
     module.checkpoint_path = str(ckpt)  # reported with the results (results.json, printed table)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -36,7 +36,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 class SequencePooler:
     """Streams the frames of many sequences through the model `batch_frames` at a time and keeps the running
-    temporal max of each sequence; `add` / `finish` return the sequences completed so far as (index, [E, p])."""
+    temporal max of each sequence; `add` / `finish` return the sequences completed so far as (index, [E, p]).
+
+    `precision="auto"` on bf16 / fp16 hardware runs only the frozen backbone in the low precision and the GRE
+    and GaitBase in fp32 (`model.eval_precision="fp32"` while it runs, unless the model sets its own;
+    docs/performance.md)."""
 
     def __init__(
         self,
@@ -82,6 +86,18 @@ class SequencePooler:
             done += self._run(min(self._queued, self.batch_frames))
         return done
 
+    @contextmanager
+    def _eval_precision(self) -> Iterator[None]:
+        """The model's `eval_precision` for one forward pass: what "auto" picked, when the model sets none."""
+        if self.precision.eval_precision is None or self.model.eval_precision is not None:
+            yield
+            return
+        self.model.eval_precision = self.precision.eval_precision
+        try:
+            yield
+        finally:
+            self.model.eval_precision = None
+
     def _chunk(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         if isinstance(frames, np.ndarray):
             x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device).permute(0, 3, 1, 2)
@@ -106,9 +122,10 @@ class SequencePooler:
         autocast = (
             torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
         )
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), autocast, self._eval_precision():
             features = self.model.forward_features(x, r)
-            maps = self.model.head.frame_maps(features["denoising"], features["appearance"])[0].float()
+            with self.model.trainable_autocast(self.device):  # fp32 under eval_precision="fp32"
+                maps = self.model.head.frame_maps(features["denoising"], features["appearance"])[0].float()
         done, start = [], 0
         for index, take in owners:
             chunk_max = maps[start : start + take].amax(0)

@@ -4,8 +4,10 @@ On a CPU, bf16 pays off only with bf16 dot-product units (AMX or AVX-512 BF16); 
 bf16 and it is several times slower than fp32. On a GPU, bf16 needs compute capability 8.0 (Ampere) or newer;
 older GPUs get fp16 autocast with a loss scaler, which is what the official OpenGait run uses
 (`enable_float16: true` in `configs/biggait/BigGait_CCPG.yaml`, applied by
-`opengait/modeling/base_model.py`, `BaseModel.train_step` / `BaseModel.inference`). docs/performance.md
-has the measurements.
+`opengait/modeling/base_model.py`, `BaseModel.train_step` / `BaseModel.inference`). Where "auto" picks a
+low precision it also keeps evaluation's numbers: the GRE and GaitBase evaluate and embed in fp32
+(`BigGait(eval_precision="fp32")`), only the frozen backbone, ~90 % of the FLOPs, runs in bf16 / fp16.
+docs/performance.md has the measurements.
 """
 
 from __future__ import annotations
@@ -53,13 +55,17 @@ _AUTOCAST = {
 
 @dataclass(frozen=True)
 class PrecisionChoice:
-    """A Lightning precision string and the reason it was chosen."""
+    """A Lightning precision string, the reason it was chosen, and the GRE + GaitBase precision in evaluation."""
 
     precision: str
     reason: str
+    eval_precision: str | None = None  # "fp32": BigGait(eval_precision="fp32"); None: follow `precision`
 
     def __str__(self) -> str:
-        return f"{self.precision} ({self.reason})"
+        text = f"{self.precision} ({self.reason})"
+        if self.eval_precision is not None:
+            text += f"; evaluation: GRE + GaitBase in {self.eval_precision}, the frozen backbone in the low precision"
+        return text
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str] | None:
@@ -84,15 +90,15 @@ def choose_precision(
             return PrecisionChoice("32-true", "CPU flags unknown (no /proc/cpuinfo): fp32")
         have = [f for f in CPU_BF16_FLAGS if f in set(flags)]
         if have:
-            return PrecisionChoice("bf16-mixed", f"CPU has bf16 units ({', '.join(have)})")
+            return PrecisionChoice("bf16-mixed", f"CPU has bf16 units ({', '.join(have)})", "fp32")
         return PrecisionChoice("32-true", "CPU has no bf16 units (neither amx_bf16 nor avx512_bf16): fp32")
     if accelerator in ("gpu", "cuda"):
         if capability is None:
             raise ValueError("choose_precision(accelerator='gpu') needs the CUDA compute capability")
         name = f"compute capability {capability[0]}.{capability[1]}"
         if tuple(capability) >= (8, 0):
-            return PrecisionChoice("bf16-mixed", f"GPU {name} has bf16 tensor cores")
-        return PrecisionChoice("16-mixed", f"GPU {name} has no bf16: fp16 autocast + loss scaling")
+            return PrecisionChoice("bf16-mixed", f"GPU {name} has bf16 tensor cores", "fp32")
+        return PrecisionChoice("16-mixed", f"GPU {name} has no bf16: fp16 autocast + loss scaling", "fp32")
     return PrecisionChoice("32-true", f"accelerator {accelerator!r}: fp32")
 
 

@@ -40,11 +40,18 @@ __all__ = [
 
 
 def resolve_trainer_precision(cfg: DictConfig) -> str:
-    """Replace `trainer.precision` "auto" (or fp32/bf16/fp16) by the Lightning string it means here; log it."""
+    """Replace `trainer.precision` "auto" (or fp32/bf16/fp16) by the Lightning string it means here; log it.
+
+    Where "auto" picks a low precision, an unset `model.net.eval_precision` becomes "fp32" (docs/performance.md).
+    """
     requested = str(cfg.trainer.get("precision", "32-true"))
     choice = describe_precision(requested, accelerator=str(cfg.trainer.get("accelerator", "auto")))
+    net = cfg.get("model", {}).get("net")
     with open_dict(cfg):
         cfg.trainer.precision = choice.precision
+        # auto evaluates the GRE and GaitBase in fp32 unless model.net.eval_precision says otherwise
+        if choice.eval_precision is not None and net is not None and net.get("eval_precision") is None:
+            net.eval_precision = choice.eval_precision
     log.info("trainer.precision=%s -> %s", requested, choice)
     return choice.precision
 

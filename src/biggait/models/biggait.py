@@ -56,6 +56,10 @@ def _check_options(config: dict[str, Any]) -> None:
         raise ConfigError(
             f"backbone_precision must be null (follow the trainer), 'bf16', 'fp16' or 'fp32', got {backbone_precision!r}"
         )
+    if config["eval_precision"] not in (None, "fp32"):
+        raise ConfigError(
+            f"eval_precision must be null (follow the trainer) or 'fp32', got {config['eval_precision']!r}"
+        )
     if config["shape_connect_layout"] not in ("faithful", "fixed"):
         raise ConfigError(
             f"shape_connect_layout must be 'faithful' or 'fixed', got {config['shape_connect_layout']!r}"
@@ -106,6 +110,7 @@ class BigGait(nn.Module):
         frame_size: tuple[int, int] = (256, 128),
         static_shapes: bool = True,
         backbone_precision: Literal["bf16", "fp16", "fp32"] | None = None,
+        eval_precision: Literal["fp32"] | None = None,
         channels_last: bool = False,
     ) -> None:
         super().__init__()
@@ -151,6 +156,8 @@ class BigGait(nn.Module):
         self.fuse_gre_upsampling = True  # the dense form's upsampling order (bench/bench_export.py)
         self.backbone_trainable = config["backbone_trainable"]
         self.backbone_precision = config["backbone_precision"]
+        # "fp32": in eval mode the GRE and GaitBase leave the surrounding autocast (docs/performance.md)
+        self.eval_precision = config["eval_precision"]
 
     def _initialise(self) -> None:
         """OpenGait's initialisation of everything but the backbone, which is frozen unless trainable."""
@@ -230,6 +237,12 @@ class BigGait(nn.Module):
         dtype = torch.bfloat16 if self.backbone_precision == "bf16" else torch.float16
         return torch.autocast(device.type, dtype=dtype)
 
+    def trainable_autocast(self, device: torch.device) -> AbstractContextManager:
+        """The GRE's and GaitBase's precision: fp32 in eval mode under `eval_precision="fp32"`, else the surrounding."""
+        if self.eval_precision == "fp32" and not self.training:
+            return torch.autocast(device.type, enabled=False)
+        return nullcontext()
+
     def forward_features(self, frames: torch.Tensor, ratios: torch.Tensor) -> dict[str, torch.Tensor]:
         """frames [n, s, 3, H, W] (ImageNet-normalised), ratios [n, s] (w/h) -> per-frame maps [n, s, C, h, w]."""
         if frames.dim() != 5 or frames.shape[2] != 3:
@@ -239,23 +252,36 @@ class BigGait(nn.Module):
         n, s = frames.shape[:2]
         x = frames.flatten(0, 1)
         r = ratios.reshape(-1).to(frames.device)
-        dense = self.uses_dense_gre
         with torch.set_grad_enabled(self.backbone_trainable and torch.is_grad_enabled()):
             images = prepare_images(x, r, image_size=self.image_size, crop=self.padding_resize_crop)
             with self._backbone_autocast(images.device):
                 f_last, f_mid4 = self.backbone(images)
             f_last, f_mid4 = f_last.to(frames.dtype), f_mid4.to(frames.dtype)
-            if not dense:
-                last_map = upsample_maps(f_last, self.map_size)
-                mid4_map = upsample_maps(f_mid4, self.map_size)
         valid = valid_region_mask(r, self.map_size).to(frames.device) > 0
-        if dense:  # static shapes: every pixel, then masked (docs/export.md)
+        with self.trainable_autocast(frames.device):
+            maps = self._forward_gre(f_last, f_mid4, valid)
+
+        def per_seq(t: torch.Tensor) -> torch.Tensor:
+            return t.view(n, s, *t.shape[1:])
+
+        features = {"f_last": f_last, "f_mid4": f_mid4, "valid": valid.to(frames.dtype), **maps}
+        features["foreground"] = features["foreground"].to(frames.dtype)
+        return {k: v if k == "shape_mse" else per_seq(v) for k, v in features.items()}
+
+    def _forward_gre(
+        self, f_last: torch.Tensor, f_mid4: torch.Tensor, valid: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The GRE on the backbone's token grids of B frames -> its maps [B, C, h, w] and the shape MSE."""
+        if self.uses_dense_gre:  # static shapes: every pixel, then masked (docs/export.md)
             fuse = self.fuse_gre_upsampling
             mask_probs, shape_mse = self.mask_branch.forward_dense(f_last, valid, fuse_upsampling=fuse)
             foreground_prob, foreground = select_foreground(mask_probs.detach())
             denoising = self.denoising_branch.forward_dense(f_mid4, foreground, fuse_upsampling=fuse)[0]
             appearance = self.appearance_branch.forward_dense(f_mid4, foreground, fuse_upsampling=fuse)[0]
         else:
+            with torch.set_grad_enabled(self.backbone_trainable and torch.is_grad_enabled()):
+                last_map = upsample_maps(f_last, self.map_size)
+                mid4_map = upsample_maps(f_mid4, self.map_size)
             # mask branch on the valid pixels (paper Sec. 3; OpenGait `BigGait.py`)
             mask_out, shape_mse = self.mask_branch(gather_pixels(last_map, valid))
             mask_probs = scatter_pixels(mask_out, valid)
@@ -264,19 +290,12 @@ class BigGait(nn.Module):
             mid4_fg = gather_pixels(mid4_map, foreground)
             denoising = scatter_pixels(self.denoising_branch(mid4_fg)[0], foreground)
             appearance = scatter_pixels(self.appearance_branch(mid4_fg)[0], foreground)
-
-        def per_seq(t: torch.Tensor) -> torch.Tensor:
-            return t.view(n, s, *t.shape[1:])
-
         return {
-            "f_last": per_seq(f_last),
-            "f_mid4": per_seq(f_mid4),
-            "valid": per_seq(valid.to(frames.dtype)),
-            "mask_probs": per_seq(mask_probs),
-            "foreground_prob": per_seq(foreground_prob),
-            "foreground": per_seq(foreground.to(frames.dtype)),
-            "denoising": per_seq(denoising),
-            "appearance": per_seq(appearance),
+            "mask_probs": mask_probs,
+            "foreground_prob": foreground_prob,
+            "foreground": foreground,
+            "denoising": denoising,
+            "appearance": appearance,
             "shape_mse": shape_mse,
         }
 
@@ -312,7 +331,8 @@ class BigGait(nn.Module):
         self, features: dict[str, torch.Tensor], lengths: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """GaitBase head: {"embeddings": [n, E, p], "logits": [n, K, p]}; `lengths` masks zero-padded frames."""
-        return self.head(features["denoising"], features["appearance"], lengths)
+        with self.trainable_autocast(features["denoising"].device):
+            return self.head(features["denoising"], features["appearance"], lengths)
 
     def forward(
         self, frames: torch.Tensor, ratios: torch.Tensor, lengths: torch.Tensor | None = None
