@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import re
+import tarfile
 import zlib
 
 import numpy as np
@@ -12,9 +15,11 @@ from matplotlib.figure import Figure
 from biggait import load_model
 from biggait.checkpoint import CheckpointError
 from biggait.data import SequenceRecord, write_shards
+from biggait.errors import CorruptDataError
 from biggait.viz import (
     VizInputError,
     comparison_indices,
+    read_labels,
     read_sequences,
     records_to_batch,
     save_png,
@@ -152,3 +157,27 @@ def test_comparison_trio_comes_from_the_whole_split_like_real_data(tmp_path):
     order = np.random.default_rng(0).permutation(len(labels))
     shuffled = [labels[i] for i in order]
     assert [shuffled[i] for i in comparison_indices(*zip(*shuffled))] == [labels[i] for i in picks]
+
+
+def test_read_labels_lists_the_split_from_headers_and_refuses_broken_shards(tmp_path):
+    write_shards(SPECS, _record, tmp_path, dataset="toy", split="test", shard_size=2, progress=False)
+    labels = read_labels(tmp_path)
+    assert labels == [(r.subject, r.seq_type, r.view) for r in read_sequences(tmp_path)]
+    shard = sorted((tmp_path / "test").glob("*.tar"))[1]
+    intact = shard.read_bytes()
+    # broken: cut in the middle of a sample
+    shard.write_bytes(intact[: len(intact) // 2])
+    with pytest.raises(
+        CorruptDataError, match=rf"shard {re.escape(str(shard))} (cannot be read|holds 1 samples)"
+    ):
+        read_labels(tmp_path)
+    # hostile: a huge meta.json (and a symlink posing as one) where the manifest promises two samples
+    with tarfile.open(shard, "w") as tar:
+        big = tarfile.TarInfo("x.meta.json")
+        big.size = 2 << 20
+        tar.addfile(big, io.BytesIO(b" " * big.size))
+        link = tarfile.TarInfo("y.meta.json")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    with pytest.raises(CorruptDataError, match="x.meta.json is 2097152 bytes"):
+        read_labels(tmp_path)

@@ -1,7 +1,7 @@
 """Look inside BigGait: PCA / part colourings of the feature maps, foreground IoU and figure panels."""
 
 from biggait.evaluation.foreground import foreground_iou, silhouettes_to_map
-from biggait.viz.io import figure_png, read_sequences, records_to_batch, save_png
+from biggait.viz.io import figure_png, read_labels, read_sequences, records_to_batch, save_png
 from biggait.viz.maps import (
     PART_PALETTE,
     PCABasis,
@@ -39,6 +39,7 @@ __all__ = [
     "panel_sequences",
     "part_colors",
     "pca_rgb",
+    "read_labels",
     "read_sequences",
     "records_to_batch",
     "resize_mask",

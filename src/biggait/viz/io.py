@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,13 @@ from biggait.data.pipeline import (
     parse_sample,
     select_frames,
 )
+from biggait.errors import CorruptDataError
 from biggait.io import figure_png, save_png  # re-exported: viz's public API
 from biggait.viz.maps import VizInputError
 
 __all__ = ["figure_png", "read_labels", "read_sequences", "records_to_batch", "save_png"]
+
+_META_LIMIT = 1 << 20  # a meta.json holds a label and one ratio per frame: kilobytes; more is not ours
 
 
 def _samples(root: str | Path, split: str) -> Iterator[Any]:
@@ -35,8 +40,40 @@ def _samples(root: str | Path, split: str) -> Iterator[Any]:
 
 
 def read_labels(root: str | Path, *, split: str = "test") -> list[tuple[str, str, str]]:
-    """(subject, type, view) of every sequence of `<root>/<split>`, in manifest order; no frame is decoded."""
-    return [(sample.subject, sample.seq_type, sample.view) for sample in _samples(root, split)]
+    """(subject, type, view) of every sequence of `<root>/<split>`, in manifest order.
+
+    Only the tar headers and each sample's `meta.json` are read; the frames are seeked over, so listing a
+    real test split costs seconds, not a pass over its gigabytes.
+    """
+    split_dir = Path(root) / split
+    labels: list[tuple[str, str, str]] = []
+    for shard in read_manifest(split_dir)["shards"]:
+        path = split_dir / shard["name"]
+        found = _shard_labels(path)
+        if len(found) != int(shard["n_samples"]):
+            raise CorruptDataError(
+                f"shard {path} holds {len(found)} samples with a meta.json, its manifest says "
+                f"{shard['n_samples']}: rebuild the split with `make data`"
+            )
+        labels += found
+    return labels
+
+
+def _shard_labels(path: Path) -> list[tuple[str, str, str]]:
+    out = []
+    try:
+        with tarfile.open(path, "r:") as tar:  # uncompressed, random access: member data is skipped
+            for member in tar:
+                if member.isfile() and member.name.endswith(".meta.json"):
+                    if member.size > _META_LIMIT:
+                        raise ValueError(f"{member.name} is {member.size} bytes, over {_META_LIMIT}")
+                    meta = json.loads(tar.extractfile(member).read())
+                    out.append((str(meta["subject"]), str(meta["type"]), str(meta["view"])))
+    except (OSError, tarfile.TarError, ValueError, KeyError, TypeError) as exc:
+        raise CorruptDataError(
+            f"shard {path} cannot be read ({type(exc).__name__}: {exc}): rebuild the split with `make data`"
+        ) from None
+    return out
 
 
 def read_sequences(
