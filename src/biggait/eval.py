@@ -75,9 +75,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     # evaluation data, not the training data (cross-dataset tables); the backbone's `pretrained` file is not
     # read (the checkpoint holds every weight).
     module = load_module(ckpt, protocol=cfg.data.protocol, net_options=net_options, **module_options)
-    with open_dict(
-        cfg
-    ):  # config.yaml records the model that runs: the checkpoint's options + the run-time ones
+    # config.yaml records the model that runs: the checkpoint's options + the run-time ones
+    with open_dict(cfg):
         cfg.model = OmegaConf.create({"checkpoint": str(ckpt), **dict(module.hparams)})
     record_run_config(cfg)
     datamodule = hydra.utils.instantiate(cfg.data)
