@@ -39,6 +39,8 @@ class OpenGaitCheckpointError(BiggaitError, ValueError):
 def _shape(state: dict[str, torch.Tensor], key: str) -> torch.Size:
     if key not in state:
         raise OpenGaitCheckpointError(f"checkpoint lacks {key!r}: not an OpenGait BigGait state dict")
+    if not isinstance(state[key], torch.Tensor):
+        raise OpenGaitCheckpointError(f"checkpoint entry {key!r} is a {type(state[key]).__name__}, not a tensor")
     return state[key].shape
 
 
@@ -129,12 +131,15 @@ def load_opengait_checkpoint(path: str | Path, *, num_heads: int | None = None, 
     Sizes are inferred from the tensors; `overrides` set what shapes cannot tell (e.g. `image_size`,
     `map_size`, `frame_size`, the faithful-vs-fixed options). The backbone comes from the checkpoint.
     """
+    from biggait.checkpoint import model_skeleton
+
     official = _read_official(path)
     cfg = {**infer_config(official, num_heads=num_heads), **overrides}
     cfg["pretrained"] = None  # every backbone tensor is in the checkpoint
+    mapped = _check_and_map(official, model_skeleton(cfg, path))  # before allocating anything
     with weights_from_checkpoint():
         model = BigGait(**cfg)
-    model.load_state_dict(_check_and_map(official, model), strict=True)
+    model.load_state_dict(mapped, strict=True)
     return model.eval()
 
 
