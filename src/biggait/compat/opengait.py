@@ -40,7 +40,9 @@ def _shape(state: dict[str, torch.Tensor], key: str) -> torch.Size:
     if key not in state:
         raise OpenGaitCheckpointError(f"checkpoint lacks {key!r}: not an OpenGait BigGait state dict")
     if not isinstance(state[key], torch.Tensor):
-        raise OpenGaitCheckpointError(f"checkpoint entry {key!r} is a {type(state[key]).__name__}, not a tensor")
+        raise OpenGaitCheckpointError(
+            f"checkpoint entry {key!r} is a {type(state[key]).__name__}, not a tensor"
+        )
     return state[key].shape
 
 
@@ -182,9 +184,9 @@ def _pair(text: str) -> tuple[int, int]:
     return h, w
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, prog: str = "python -m biggait.compat.opengait") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m biggait.compat.opengait",
+        prog=prog,
         description="Convert an official OpenGait BigGait checkpoint into a Lightning checkpoint.",
     )
     parser.add_argument(
