@@ -215,10 +215,10 @@ def iter_gallery_embeddings(path: str | Path, *, rows: int = 65536) -> Iterator[
         if version not in _HEADER_READERS:
             raise GalleryError(f"gallery {path}: unsupported .npy version {version}")
         shape, fortran, dtype = _HEADER_READERS[version](f)
-        if fortran or dtype != np.float32 or len(shape) != 3 or 0 in shape[1:]:
-            raise GalleryError(
-                f"gallery {path}: embeddings must be C-order float32 [N, E, parts], E, parts >= 1"
-            )
+        if fortran or dtype != np.float32 or len(shape) != 3:
+            raise GalleryError(f"gallery {path}: embeddings must be C-order float32 [N, E, parts]")
+        if 0 in shape[1:]:
+            raise GalleryError(f"gallery {path}: embeddings of shape {shape} have an empty dimension")
         row_bytes = int(np.prod(shape[1:])) * 4
         for start in range(0, shape[0], rows):
             n = min(rows, shape[0] - start)
