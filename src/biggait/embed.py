@@ -144,17 +144,15 @@ def embed_inputs(
     embedder = _Embedder(model, found, batch_frames=batch_frames, device=device, precision=precision)
     counts = [frame_count(s) for s in found]
     total = None if None in counts else sum(min(c, max_frames or c) for c in counts)
+    closed = 0
     with tqdm(
-        total=total,
-        unit="frame",
-        disable=None if progress is None else not progress,
-        desc="embed",
-        file=sys.stderr,
+        total=total, unit="frame", disable=None if progress is None else not progress, desc="embed"
     ) as bar:
         for index, number, crop in _events(found, max_frames):
             if crop is None:
                 embedder.close(index)
-                bar.set_postfix(sequences=f"{len(embedder.embeddings)}/{len(found)}", refresh=False)
+                closed += 1
+                bar.set_postfix(sequences=f"{closed}/{len(found)}", refresh=False)
             else:
                 embedder.frame(index, number, crop)
                 bar.update()
