@@ -58,6 +58,7 @@ class RawSequence:
     identity: str | None = None
     lost: list[tuple[int, str]] = field(default_factory=list)
     group: object | None = None  # the `biggait.tracks.TrackedVideo` that streams this track with its others
+    length: int | None = None  # frames it will stream at most, when known without decoding
 
     def read(self) -> list[np.ndarray]:
         """Every crop, in memory (for small inputs and tests; `embed` streams `crops()`)."""
@@ -210,11 +211,11 @@ def discover_inputs(path: str | Path, *, tracks: str | Path | None = None) -> li
 
 def frame_count(seq: RawSequence) -> int | None:
     """How many frames `seq` will stream at most, when known without decoding (for the progress bar)."""
+    if seq.length is not None:
+        return seq.length
     source = Path(seq.source)
     if source.is_dir():
         return len(_images(source))
-    if seq.group is not None:
-        return None
     cap = cv2.VideoCapture(str(source))
     try:
         return int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) or None

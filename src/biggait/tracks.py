@@ -144,6 +144,7 @@ class TrackedVideo:
         return x0, y0, np.minimum(width, np.round(x + w)), np.minimum(height, np.round(y + h))
 
     def sequences(self) -> list[RawSequence]:
+        boxes = np.bincount(self.rows_track, minlength=len(self.track_ids))
         return [
             RawSequence(
                 f"{self.video.stem}/{tid}",
@@ -151,6 +152,7 @@ class TrackedVideo:
                 lambda k=k: (crop for track, _, crop in self.stream() if track == k and crop is not None),
                 identity="unknown",
                 group=self,
+                length=int(boxes[k]),
             )
             for k, tid in enumerate(self.track_ids.tolist())
         ]
