@@ -116,3 +116,40 @@ def test_a_training_run_logs_its_images_to_wandb_without_size_warnings(tmp_path,
     assert "Images sizes do not match" not in caplog.text
     media = next((tmp_path / "wandb").glob("offline-run-*")) / "files" / "media" / "images" / "feature_maps"
     assert {p.name.split("_")[0] for p in media.rglob("*.png")} == {"sequence", "comparison"}
+
+
+# ------------------------------------------------------------------------------------------ Hydra overrides
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("experiment=biggait_cppg", "no such experiment; did you mean 'biggait_ccpg'?"),
+        ("data=ccgp", "no such data; did you mean 'ccpg'?"),
+        ("model.net.backbon=vits14", "model.net has no option 'backbon'; did you mean 'backbone'?"),
+        ("modle.net.backbone=vits14", "there is no 'modle.net' in the configuration; did you mean 'model'?"),
+    ],
+)
+def test_typos_in_overrides_are_one_line_with_a_suggestion(override: str, message: str) -> None:
+    from biggait.errors import ConfigError
+    from biggait.overrides import check_overrides
+
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        check_overrides("train", ["trainer.max_steps=5", override])
+    assert "\n" not in str(info.value)
+    check_overrides(
+        "train", ["experiment=synthetic", "model.net.backbone=tiny", "+model.net.mask_dropout=0.1"]
+    )
+
+
+def test_train_with_a_typo_is_one_error_line() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "biggait.train", "experiment=biggait_cppg"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: experiment=biggait_cppg: no such experiment; did you mean 'biggait_ccpg'? choose one of"
+    ), proc.stderr

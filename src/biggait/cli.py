@@ -42,6 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     module = importlib.import_module(COMMANDS[command][0])
     if command in _HYDRA:
+        from biggait.errors import exit_on_error
+        from biggait.overrides import check_overrides
+
+        with exit_on_error():
+            check_overrides(command, rest)
         sys.argv = [f"biggait {command}", *rest]
         module.main()
         return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from biggait.checkpoint import load_module
 from biggait.errors import BiggaitError, ConfigError, exit_on_error
+from biggait.overrides import check_overrides
 from biggait.paths import conf_dir
 from biggait.train import (
     check_accelerator,
@@ -130,4 +132,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    with exit_on_error():  # a typo'd override: one line with a suggestion, before Hydra's own error
+        check_overrides("eval", sys.argv[1:])
     main()
