@@ -120,3 +120,30 @@ def test_footage_length_does_not_decide_memory(ckpt: Path, baseline: int, tmp_pa
             assert code == 0, err
     for mode in ("tracks", "plain"):
         assert rss["long", mode] < rss["short", mode] + 40 * MiB, {k: v / MiB for k, v in rss.items()}
+
+
+@pytest.mark.slow
+def test_a_two_million_line_tracks_file_is_parsed_in_bounded_memory(tmp_path: Path) -> None:
+    """65 MB of valid MOT lines become 56 bytes a line of arrays (the old dict-of-dicts reader held ~1 GB and
+    every crop of every box; with a short video it ran past 10 GB)."""
+    tracks = tmp_path / "big.txt"
+    with tracks.open("w") as f:
+        for start in range(0, 2_000_000, 100_000):
+            f.writelines(
+                f"{1 + i % 500},{i // 500},{i % 97}.5,20,30.25,60,0.9,-1,-1,-1\n"
+                for i in range(start, start + 100_000)
+            )
+    code = "import sys; from pathlib import Path; from biggait.tracks import parse_tracks\n"
+    base = [sys.executable, "-c", _WRAPPER, sys.executable, "-c", code]
+    parse = [
+        *base[:-1],
+        code + "t = parse_tracks(Path(sys.argv[1])); assert len(t.frames) == 2_000_000",
+        str(tracks),
+    ]
+    rss = {}
+    for name, cmd in (("import", base), ("parse", parse)):
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        status, rss[name] = (int(v) for v in proc.stdout.split()[-2:])
+        assert status == 0, proc.stderr
+    assert tracks.stat().st_size > 60 * MiB
+    assert rss["parse"] < rss["import"] + 300 * MiB, {k: v / MiB for k, v in rss.items()}
