@@ -377,3 +377,12 @@ def test_export_refuses_a_tolerance_it_cannot_check(
         run(export_main, [ckpt, "--torch-export", out, "--tolerance", tolerance], capsys), "--tolerance"
     )
     assert not out.exists()
+
+
+def test_the_importer_checks_its_output_before_reading_the_checkpoint(tmp_path: Path, capsys) -> None:
+    from biggait.compat.opengait import main as import_main
+
+    line = assert_one_error(
+        run(import_main, [tmp_path / "nowhere.pt", tmp_path], capsys), "output", str(tmp_path)
+    )
+    assert "is a directory" in line

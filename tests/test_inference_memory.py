@@ -68,6 +68,7 @@ def test_hostile_model_options_cost_no_memory(ckpt: Path, baseline: int, tmp_pat
         bad, write_frames(tmp_path / "walk"), "--out", tmp_path / "g.npz", "--device", "cpu"
     )
     assert code == 2 and err.startswith("error:") and "backbone_width" in err, err
+    print(f"peak RSS: baseline {baseline / MiB:.0f} MiB, hostile checkpoint {rss / MiB:.0f} MiB")
     assert rss < baseline + SLACK, (rss / MiB, baseline / MiB)
 
 
@@ -81,6 +82,7 @@ def test_frames_declaring_absurd_sizes_cost_no_memory(ckpt: Path, baseline: int,
     code, rss, err = peak_rss(ckpt, folder, "--out", tmp_path / "g.npz", "--device", "cpu")
     assert code == 0 and "Traceback" not in err, err
     assert "warning: 1 frames could not be used" in err and "40000x40000" in err, err
+    print(f"peak RSS: baseline {baseline / MiB:.0f} MiB, absurd frame headers {rss / MiB:.0f} MiB")
     assert rss < baseline + SLACK, (rss / MiB, baseline / MiB)
 
 
@@ -118,6 +120,7 @@ def test_footage_length_does_not_decide_memory(ckpt: Path, baseline: int, tmp_pa
             args = [*extra, "--out", out, "--device", "cpu", "--batch-frames", "16"]
             code, rss[name, mode], err = peak_rss(ckpt, video, *args)
             assert code == 0, err
+    print("peak RSS MiB:", {f"{k[0]}-{k[1]}": round(v / MiB) for k, v in rss.items()})
     for mode in ("tracks", "plain"):
         assert rss["long", mode] < rss["short", mode] + 40 * MiB, {k: v / MiB for k, v in rss.items()}
 
@@ -146,4 +149,5 @@ def test_a_two_million_line_tracks_file_is_parsed_in_bounded_memory(tmp_path: Pa
         status, rss[name] = (int(v) for v in proc.stdout.split()[-2:])
         assert status == 0, proc.stderr
     assert tracks.stat().st_size > 60 * MiB
+    print("peak RSS MiB:", {k: round(v / MiB) for k, v in rss.items()})
     assert rss["parse"] < rss["import"] + 300 * MiB, {k: v / MiB for k, v in rss.items()}

@@ -13,7 +13,7 @@ import torch
 
 from biggait.compat.names import branch_key_to_ours, official_to_ours, ours_to_official
 from biggait.errors import BiggaitError, exit_on_error
-from biggait.io import atomic_write_bytes
+from biggait.io import atomic_write_bytes, check_writable
 from biggait.models import BACKBONE_PRESETS, BigGait, weights_from_checkpoint
 from biggait.models.state import state_diff
 
@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m biggait.compat
         if v is not None
     }
     with exit_on_error():
+        check_writable(args.output, "output")  # before any work
         try:
             model = load_opengait_checkpoint(args.input, num_heads=args.num_heads, **overrides)
         except ValueError as err:
