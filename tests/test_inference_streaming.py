@@ -202,3 +202,17 @@ def test_ctrl_c_is_one_error_line_and_writes_nothing(model: BigGait, tmp_path: P
         "error: interrupted (Ctrl-C); outputs not yet written were not written"
     ]
     assert not out.exists()
+
+
+def test_shards_and_manifests_are_readable_by_others_under_the_usual_umask(tmp_path: Path) -> None:
+    """Shards published for other nodes or users of a shared cluster: mkstemp's 0600 made them unreadable."""
+    from conftest import write_tiny_dataset
+
+    old = os.umask(0o022)
+    try:
+        root = write_tiny_dataset(tmp_path / "data", train_ids=2, test_ids=2)
+    finally:
+        os.umask(old)
+    written = [p for p in root.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".tar" for p in written) and any(p.name == "manifest.json" for p in written)
+    assert {_mode(p) for p in written} == {0o644}
