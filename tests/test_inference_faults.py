@@ -386,3 +386,25 @@ def test_the_importer_checks_its_output_before_reading_the_checkpoint(tmp_path: 
         run(import_main, [tmp_path / "nowhere.pt", tmp_path], capsys), "output", str(tmp_path)
     )
     assert "is a directory" in line
+
+
+def test_the_importer_names_a_mismatched_official_checkpoint_in_one_line(tmp_path: Path, capsys) -> None:
+    from biggait.compat.opengait import export_opengait_state_dict
+    from biggait.compat.opengait import main as import_main
+
+    state = export_opengait_state_dict(tiny_model())
+    del state[next(k for k in sorted(state) if k.endswith("running_var"))]
+    torch.save({"model": state}, tmp_path / "official.pt")
+    out = tmp_path / "out.ckpt"
+    args = [
+        tmp_path / "official.pt",
+        out,
+        "--image-size",
+        "112x56",
+        "--map-size",
+        "32x16",
+        "--frame-size",
+        "64x32",
+    ]
+    assert_one_error(run(import_main, args, capsys), "missing tensors (1)")
+    assert not out.exists()

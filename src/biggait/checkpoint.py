@@ -197,7 +197,12 @@ def _build(cfg: dict[str, Any], state: dict[str, Any], path: Path) -> BigGait:
     """The model a checkpoint describes, with its weights, after `check_model_file`."""
     check_model_file(cfg, state, path)
     model = _construct(cfg, path)
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # e.g. a dtype that cannot be copied into the parameter
+        raise CheckpointError(
+            f"checkpoint {path}: its tensors do not load ({str(exc).splitlines()[-1]})"
+        ) from None
     return model
 
 

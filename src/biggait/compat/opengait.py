@@ -102,10 +102,10 @@ def _check_and_map(official: dict[str, torch.Tensor], model: BigGait) -> dict[st
     ]
     if unknown or missing or mismatched:
         raise OpenGaitCheckpointError(
-            "checkpoint does not match the BigGait architecture:\n"
-            f"  missing tensors ({len(missing)}): {missing}\n"
-            f"  unexpected tensors ({len(unknown)}): {sorted(unknown)}\n"
-            f"  shape mismatches ({len(mismatched)}): {mismatched}"
+            "checkpoint does not match the BigGait architecture: "
+            f"missing tensors ({len(missing)}): {missing}; "
+            f"unexpected tensors ({len(unknown)}): {sorted(unknown)}; "
+            f"shape mismatches ({len(mismatched)}): {mismatched}"
         )
     return mapped
 
