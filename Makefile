@@ -8,6 +8,11 @@ PY         := $(VENV)/bin/python
 # torch and torchvision are a matched pair (see pytorch.org's version table); override for other platforms,
 # e.g. TORCH_SPEC="torch==2.9.1 torchvision==0.24.1" on aarch64.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# CPU-only machines: `make venv TORCH_CPU=1` takes the same pinned pair from PyTorch's CPU wheel index
+# (about 0.2 GB instead of ~6 GB of CUDA wheels; docs/0_get_started.md). Empty (the default): PyPI's wheels.
+TORCH_CPU  ?=
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_INDEX := $(if $(TORCH_CPU),--index-url $(TORCH_CPU_INDEX))
 STAMP      := $(VENV)/.installed
 
 DATASET ?= synthetic
@@ -30,11 +35,12 @@ export PYTHONUNBUFFERED := 1
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
 	@echo "  variables: DATASET=$(DATASET) ARGS='<hydra overrides>' RAW=<raw dataset> OUT=$(OUT) CKPT=<checkpoint>"
+	@echo "             TORCH_CPU=1 (make venv: CPU-only PyTorch wheels) TORCH_SPEC='$(TORCH_SPEC)'"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet $(TORCH_INDEX) $(TORCH_SPEC)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -46,12 +52,18 @@ data: $(STAMP) ## write shards: make data DATASET=synthetic | ccpg|casiab|sustec
 lvm: $(STAMP) ## rebuild the synthetic default's stand-in LVM src/biggait/assets/synthetic_lvm_tiny.pt (~6 min CPU)
 	$(PY) -m biggait.synthetic_lvm $(ARGS)
 
+# An unknown DATASET is one line naming the choices, not Hydra's list of every experiment file.
+DATASETS   := synthetic $(patsubst conf/experiment/biggait_%.yaml,%,$(wildcard conf/experiment/biggait_*.yaml))
+check-dataset = $(if $(filter $(DATASET),$(DATASETS)),,$(error unknown DATASET=$(DATASET); choose one of: $(DATASETS)))
+
 train: $(STAMP) ## train (and evaluate): make train DATASET=synthetic ARGS="trainer.max_steps=100"
+	$(check-dataset)
 	$(PY) -m biggait.train experiment=$(if $(filter synthetic,$(DATASET)),synthetic,biggait_$(DATASET)) $(ARGS)
 
 eval: $(STAMP) ## evaluate a checkpoint: make eval CKPT=path.ckpt DATASET=synthetic
 	@test -n "$(CKPT)" || { echo "make eval needs CKPT=<path to a .ckpt> (ours, or converted with python -m biggait.compat.opengait)"; exit 2; }
-	$(PY) -m biggait.eval experiment=$(if $(filter synthetic,$(DATASET)),synthetic,biggait_$(DATASET)) ckpt_path=$(CKPT) $(ARGS)
+	$(check-dataset)
+	$(PY) -m biggait.eval experiment=$(if $(filter synthetic,$(DATASET)),synthetic,biggait_$(DATASET)) ckpt_path="$(CKPT)" $(ARGS)
 
 MODEL   ?=
 INPUT   ?=
@@ -60,11 +72,11 @@ PROBES  ?=
 
 embed: $(STAMP) ## embed footage: make embed MODEL=last.ckpt INPUT="frames_dir video.mp4" OUT=gallery.npz [ARGS="--tracks mot.txt"]
 	@test -n "$(MODEL)" -a -n "$(INPUT)" -a -n "$(filter %.npz,$(OUT))" || { echo "make embed needs MODEL=<.ckpt or .pt> INPUT=<frames folder(s) or video> OUT=<gallery.npz> (docs/inference.md)"; exit 2; }
-	$(PY) -m biggait.embed $(MODEL) $(INPUT) --out $(OUT) $(ARGS)
+	$(PY) -m biggait.embed "$(MODEL)" $(INPUT) --out "$(OUT)" $(ARGS)
 
 identify: $(STAMP) ## identify probes: make identify GALLERY=gallery.npz PROBES=probes.npz [ARGS="--top-k 5 --json out.json"]
 	@test -n "$(GALLERY)" -a -n "$(PROBES)" || { echo "make identify needs GALLERY=<gallery.npz> PROBES=<probes.npz> (docs/inference.md)"; exit 2; }
-	$(PY) -m biggait.identify $(GALLERY) $(PROBES) $(ARGS)
+	$(PY) -m biggait.identify "$(GALLERY)" "$(PROBES)" $(ARGS)
 
 lint: $(STAMP) ## ruff check
 	$(VENV)/bin/ruff check src tests scripts bench notebooks
@@ -80,7 +92,7 @@ test: lint ## lint, then the whole test suite (fast tests first, then the slow o
 test-fast: $(STAMP) ## only the fast tests
 	WANDB_MODE=offline $(PY) -m pytest -m "not slow" -q
 
-bench-data: $(STAMP) ## data-pipeline frames/s and sequences/s, 1 and 2 workers: reader before issue 14 vs now, local vs HTTP
+bench-data: $(STAMP) ## data-pipeline frames/s and sequences/s, 1 and 2 workers: the previous reader vs now, local vs HTTP
 	$(PY) bench/bench_data.py $(ARGS)
 
 bench-model: $(STAMP) ## model frames/s per precision, vs the official code with OPENGAIT_SRC (docs/performance.md)

@@ -157,7 +157,7 @@ def test_wandb_offline_receives_the_images(tmp_path, monkeypatch):
         wandb.finish()
     run_dirs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(run_dirs) == 1
-    logged = list((run_dirs[0] / "files" / "media" / "images").rglob("feature_maps_*.png"))
+    logged = list((run_dirs[0] / "files" / "media" / "images" / "feature_maps").rglob("*.png"))
     assert len(logged) >= 4  # at least one step's worth of panels went through log_image
     assert (tmp_path / "feature_maps" / "step_000004" / "comparison.png").exists()
 

@@ -192,8 +192,8 @@ def test_hostile_and_broken_footage_is_one_error(tmp_path: Path) -> None:
     bad = tmp_path / "badframes" / "s"
     bad.mkdir(parents=True)
     (bad / "0001.png").write_bytes(b"\x89PNG not really")
-    with pytest.raises(InputError, match="0001.png cannot be decoded"):
-        discover_inputs(bad)[0].read()
+    seq = discover_inputs(bad)[0]  # a bad frame is skipped and counted; embed refuses a sequence left empty
+    assert seq.read() == [] and seq.lost == [(1, f"frame {bad / '0001.png'}: neither a PNG nor a JPEG")]
     with pytest.raises(InputError, match="does not exist"):
         discover_inputs(tmp_path / "nowhere")
 

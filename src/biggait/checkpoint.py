@@ -12,21 +12,25 @@ import hashlib
 import pickle
 import warnings
 import zipfile
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from biggait.errors import BiggaitError
+from biggait.errors import BiggaitError, ConfigError
 from biggait.models import BigGait, weights_from_checkpoint
+from biggait.models.bounds import check_option_bounds
 from biggait.models.state import state_diff
 
 __all__ = [
     "CheckpointError",
+    "check_model_file",
     "checkpoint_kind",
     "load_model",
     "load_module",
     "model_fingerprint",
+    "model_skeleton",
     "read_checkpoint",
     "upgrade_checkpoint",
     "validate_checkpoint",
@@ -137,6 +141,7 @@ def _model_config(blob: dict[str, Any], path: Path) -> tuple[dict[str, Any], dic
         return cfg, state
     if kind == "opengait":
         official = blob["model"]
+        _tensors_only(official, path)
         try:
             cfg = infer_config(official)
         except BiggaitError as exc:
@@ -149,18 +154,60 @@ def _model_config(blob: dict[str, Any], path: Path) -> tuple[dict[str, Any], dic
     )
 
 
-def _build(cfg: dict[str, Any], path: Path) -> BigGait:
-    with weights_from_checkpoint():
+def _construct(cfg: dict[str, Any], path: Path, *, device: str | None = None) -> BigGait:
+    with weights_from_checkpoint(), torch.device(device) if device else nullcontext():
         try:
             return BigGait(**cfg)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
             raise CheckpointError(
                 f"checkpoint {path}: its model options do not build a BigGait ({exc})"
             ) from None
 
 
-def _load_state(model: BigGait, state: dict[str, torch.Tensor], path: Path) -> None:
-    diff = state_diff(model.state_dict(), state)
+def model_skeleton(cfg: dict[str, Any], path: str | Path) -> BigGait:
+    """The BigGait that model options read from a file describe, on the meta device (no memory), after the
+    options' bounds (`biggait.models.bounds`): a 2 KB file claiming a huge model is one `CheckpointError`."""
+    try:
+        check_option_bounds(cfg)
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {path}: {exc}") from None
+    return _construct(cfg, Path(path), device="meta")
+
+
+def check_model_file(cfg: dict[str, Any], state: dict[str, Any], path: str | Path) -> None:
+    """Everything a model file declares, checked before any real tensor is allocated: option bounds, then
+    every tensor's name and shape against `model_skeleton`, then that no weight is NaN or inf."""
+    _tensors_only(state, path)
+    _check_state(model_skeleton(cfg, path).state_dict(), state, Path(path))
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise CheckpointError(
+            f"checkpoint {path}: tensor {bad} holds NaN or inf (a diverged training run?): it would embed "
+            "every input as NaN; use an earlier checkpoint"
+        )
+
+
+def _tensors_only(state: dict[str, Any], path: str | Path) -> None:
+    odd = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
+    if odd is not None:
+        raise CheckpointError(f"checkpoint {path}: {odd} is a {type(state[odd]).__name__}, not a tensor")
+
+
+def _build(cfg: dict[str, Any], state: dict[str, Any], path: Path) -> BigGait:
+    """The model a checkpoint describes, with its weights, after `check_model_file`."""
+    check_model_file(cfg, state, path)
+    model = _construct(cfg, path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # e.g. a dtype that cannot be copied into the parameter
+        raise CheckpointError(
+            f"checkpoint {path}: its tensors do not load ({str(exc).splitlines()[-1]})"
+        ) from None
+    return model
+
+
+def _check_state(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], path: Path) -> None:
+    diff = state_diff(expected, state)
     if diff:
         shapes = [f"{k} {given} vs {expected}" for k, given, expected in diff.shapes]
         parts = []
@@ -174,7 +221,6 @@ def _load_state(model: BigGait, state: dict[str, torch.Tensor], path: Path) -> N
         raise CheckpointError(
             f"checkpoint {path} is not a BigGait of the architecture it declares: {'; '.join(parts)}"
         )
-    model.load_state_dict(state, strict=True)
 
 
 def validate_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -191,7 +237,7 @@ def validate_checkpoint(path: str | Path) -> dict[str, Any]:
             "converted first: `python -m biggait.compat.opengait IN.pt OUT.ckpt`"
         )
     cfg, state = _model_config(blob, path)
-    _load_state(_build(cfg, path), state, path)
+    _build(cfg, state, path)
     return blob
 
 
@@ -214,8 +260,7 @@ def load_model(path: str | Path, **overrides: Any) -> BigGait:
             stacklevel=2,
         )
     cfg.update(overrides)
-    model = _build(cfg, path)
-    _load_state(model, state, path)
+    model = _build(cfg, state, path)
     if isinstance(blob.get("biggait"), dict) and blob["biggait"].get("mask_branch_frozen"):
         model.freeze_mask_branch()
     return model.eval()

@@ -1,4 +1,4 @@
-"""The `biggait` console script: `biggait embed|identify|train|eval|data|import-opengait ...`.
+"""The `biggait` console script: `biggait embed|identify|train|eval|data|import-opengait|export ...`.
 
 Each subcommand is the module of the same job (`python -m biggait.embed`, ...), with the same options.
 """
@@ -6,6 +6,7 @@ Each subcommand is the module of the same job (`python -m biggait.embed`, ...), 
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from collections.abc import Sequence
 
@@ -19,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("biggait.eval", "evaluate a checkpoint (Hydra overrides, e.g. ckpt_path=...)"),
     "data": ("biggait.data_prep", "build shards: biggait data <dataset> --out DIR [--raw DIR]"),
     "import-opengait": ("biggait.compat.opengait", "convert an official OpenGait checkpoint to a .ckpt"),
+    "export": ("biggait.export", "export a model to ONNX / torch.export (pip install 'biggait[export]')"),
 }
 _HYDRA = {"train", "eval"}  # Hydra apps read sys.argv themselves
 
@@ -40,9 +42,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     module = importlib.import_module(COMMANDS[command][0])
     if command in _HYDRA:
+        from biggait.errors import exit_on_error
+        from biggait.overrides import check_overrides
+
+        with exit_on_error():
+            check_overrides(command, rest)
         sys.argv = [f"biggait {command}", *rest]
         module.main()
         return 0
+    if "prog" in inspect.signature(module.main).parameters:  # `biggait embed --help` says `biggait embed`
+        return int(module.main(rest, prog=f"biggait {command}") or 0)
     return int(module.main(rest) or 0)
 
 

@@ -47,11 +47,15 @@ def exit_on_error() -> Iterator[None]:
     """For command-line entry points: a BiggaitError becomes one `error: ...` line on stderr and exit status 2.
 
     Hydra wraps errors raised while instantiating a config (`raise InstantiationException(...) from err`): the
-    `__cause__` chain is searched, so a bad callback option reads the same as a bad path. Any other exception
-    keeps its traceback.
+    `__cause__` chain is searched, so a bad callback option reads the same as a bad path. Ctrl-C is one
+    `error: interrupted` line and exit status 130 (outputs are written atomically: nothing half-written stays).
+    Any other exception keeps its traceback.
     """
     try:
         yield
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C); outputs not yet written were not written", file=sys.stderr)
+        raise SystemExit(130) from None
     except Exception as exc:
         cause: BaseException | None = exc
         while cause is not None and not isinstance(cause, BiggaitError):

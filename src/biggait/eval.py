@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -10,7 +15,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from biggait.checkpoint import load_module
-from biggait.errors import ConfigError
+from biggait.errors import BiggaitError, ConfigError, exit_on_error
+from biggait.overrides import check_overrides
 from biggait.paths import conf_dir
 from biggait.train import (
     check_accelerator,
@@ -21,7 +27,7 @@ from biggait.train import (
     resolve_trainer_precision,
 )
 
-__all__ = ["RUNTIME_MODULE_OPTIONS", "RUNTIME_NET_OPTIONS", "evaluate_checkpoint"]
+__all__ = ["RUNTIME_MODULE_OPTIONS", "RUNTIME_NET_OPTIONS", "check_inputs", "evaluate_checkpoint"]
 
 # The checkpoint fixes the model; these options say how it runs and come from the evaluation's own config.
 RUNTIME_NET_OPTIONS = ("backbone_precision", "eval_precision", "static_shapes")
@@ -58,8 +64,9 @@ def _runtime_options(cfg: DictConfig) -> tuple[dict, dict]:
     return net_options, module_options
 
 
-def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
-    """Test the checkpoint `cfg.ckpt_path` on `cfg.data` with that dataset's protocol (cross-domain works)."""
+def check_inputs(cfg: DictConfig):
+    """The overrides, the checkpoint path and the test data, checked before anything is loaded or logged (a
+    missing dataset is one error line, not one buried under the configuration); returns the DataModule."""
     _refuse_ignored_model_overrides()
     ckpt = cfg.get("ckpt_path")
     if ckpt is None or not Path(ckpt).is_file():
@@ -67,6 +74,14 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
             f"ckpt_path={ckpt!r} is not a file: pass a Lightning checkpoint (outputs/.../checkpoints/last.ckpt, "
             "or one converted with `python -m biggait.compat.opengait IN OUT`)"
         )
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.manifest("test")
+    return datamodule
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
+    """Test the checkpoint `cfg.ckpt_path` on `cfg.data` with that dataset's protocol (cross-domain works)."""
+    datamodule, ckpt = check_inputs(cfg), cfg.ckpt_path
     check_accelerator(cfg, cpu_fallback=True)
     L.seed_everything(cfg.seed, workers=True)
     resolve_trainer_precision(cfg)  # may set model.net.eval_precision ("auto")
@@ -79,7 +94,6 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     with open_dict(cfg):
         cfg.model = OmegaConf.create({"checkpoint": str(ckpt), **dict(module.hparams)})
     record_run_config(cfg)
-    datamodule = hydra.utils.instantiate(cfg.data)
     module.checkpoint_path = str(ckpt)  # reported with the results (results.json, printed table)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
@@ -88,11 +102,36 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 
+@contextmanager
+def _no_run_directory_left_by_a_failure() -> Iterator[None]:
+    """An evaluation that stops with an error before it evaluated anything removes its run directory: a
+    typo'd path must not leave an empty `outputs/eval/<run>/<date>/` behind (issue #22)."""
+    try:
+        yield
+    except (BiggaitError, SystemExit) as exc:
+        if isinstance(exc, SystemExit) and exc.code in (0, None):
+            raise
+        run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+        if run_dir is not None and run_dir.is_dir() and not (run_dir / "evaluation").exists():
+            logging.shutdown()  # the run's log file is closed before its folder goes
+            shutil.rmtree(run_dir, ignore_errors=True)
+            for parent in list(run_dir.parents)[:3]:  # outputs/eval/<run>/ when nothing else is in them
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+        raise
+
+
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="eval")
 def main(cfg: DictConfig) -> None:
-    with explained_run():
-        evaluate_checkpoint(cfg)
+    with exit_on_error(), _no_run_directory_left_by_a_failure():
+        check_inputs(cfg)
+        with explained_run():
+            evaluate_checkpoint(cfg)
 
 
 if __name__ == "__main__":
+    with exit_on_error():  # a typo'd override: one line with a suggestion, before Hydra's own error
+        check_overrides("eval", sys.argv[1:])
     main()

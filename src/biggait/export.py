@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from torch import nn
 
 from biggait.checkpoint import load_model
 from biggait.errors import BiggaitError, ConfigError, exit_on_error
-from biggait.io import atomic_write_bytes
+from biggait.io import atomic_write_bytes, check_writable
 from biggait.models import BigGait
 
 __all__ = [
@@ -95,18 +96,43 @@ def export_program(
         return torch.export.export(wrapper, args, dynamic_shapes=_dynamic_shapes())
 
 
-def export_torch(model: BigGait, out: str | os.PathLike, *, frame_size: Sequence[int] | None = None) -> Path:
-    """Write a `torch.export` program (`.pt2`, load with `torch.export.load`) atomically; returns the path."""
+def export_torch(
+    model: BigGait,
+    out: str | os.PathLike,
+    *,
+    frame_size: Sequence[int] | None = None,
+    verify: Callable[[Path], object] | None = None,
+) -> Path:
+    """Write a `torch.export` program (`.pt2`, load with `torch.export.load`) atomically; returns the path.
+    `verify(temporary path)` checks the complete file before it replaces `out` (a failed check leaves `out`)."""
     buffer = io.BytesIO()
     torch.export.save(export_program(model, frame_size=frame_size), buffer)
-    return atomic_write_bytes(out, buffer.getvalue())
+    return atomic_write_bytes(out, buffer.getvalue(), verify=verify)
 
 
-def export_onnx(model: BigGait, out: str | os.PathLike, *, frame_size: Sequence[int] | None = None) -> Path:
-    """Write an ONNX model (inputs `frames`, `ratios`; output `embeddings`) atomically; returns the path.
+def _needs_export_extras(exc: ImportError) -> ExportError:
+    return ExportError(
+        f"ONNX export needs the export extras ({exc.name or exc}): pip install 'biggait[export]' "
+        "(onnx, onnxscript, onnxruntime; docs/export.md)"
+    )
+
+
+def export_onnx(
+    model: BigGait,
+    out: str | os.PathLike,
+    *,
+    frame_size: Sequence[int] | None = None,
+    verify: Callable[[Path], object] | None = None,
+) -> Path:
+    """Write an ONNX model (inputs `frames`, `ratios`; output `embeddings`) atomically, after `verify`;
+    returns the path.
 
     Uses the torch.export-based ONNX exporter (`dynamo=True`, needs onnxscript: `pip install biggait[export]`).
     """
+    try:
+        import onnxscript  # noqa: F401  (torch.onnx.export(dynamo=True) imports it deep inside)
+    except ImportError as exc:
+        raise _needs_export_extras(exc) from None
     wrapper = EmbeddingModel(model)
     args = example_inputs(_frame_size(model, frame_size))
     with torch.no_grad(), warnings.catch_warnings():
@@ -121,7 +147,7 @@ def export_onnx(model: BigGait, out: str | os.PathLike, *, frame_size: Sequence[
             output_names=[OUTPUT_NAME],
             verbose=False,
         )
-    return atomic_write_bytes(out, program.model_proto.SerializeToString())
+    return atomic_write_bytes(out, program.model_proto.SerializeToString(), verify=verify)
 
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -153,7 +179,10 @@ def check_exported(
         with torch.no_grad():
             errors["torch.export"] = relative_error(program.module()(x, r), want)
     if onnx_path is not None:
-        import onnxruntime
+        try:
+            import onnxruntime
+        except ImportError as exc:
+            raise _needs_export_extras(exc) from None
 
         session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         got = session.run([OUTPUT_NAME], {"frames": x.numpy(), "ratios": r.numpy()})[0]
@@ -164,9 +193,9 @@ def check_exported(
     return errors
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m biggait.export") -> int:
     p = argparse.ArgumentParser(
-        prog="python -m biggait.export",
+        prog=prog,
         description="Export a trained BigGait (frames + ratios -> embeddings) to ONNX and/or torch.export, "
         "then check each file against the eager model (docs/export.md).",
     )
@@ -190,20 +219,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     with exit_on_error():
         if args.onnx is None and args.torch_export is None:
             raise ConfigError("nothing to write: pass --onnx OUT.onnx and/or --torch-export OUT.pt2")
+        if not (math.isfinite(args.tolerance) and args.tolerance >= 0):
+            raise ConfigError(f"--tolerance must be a finite relative error >= 0, got {args.tolerance}")
+        for flag, out in (("--torch-export", args.torch_export), ("--onnx", args.onnx)):
+            if out is not None:
+                check_writable(out, flag)
         overrides = {} if args.frame_size is None else {"frame_size": tuple(args.frame_size)}
         model = load_model(args.model, **overrides)
         size = _frame_size(model, None)
+        errors: dict[str, float] = {}
+
+        def verify(kind: str):  # each file is checked as a temporary file, and replaces OUT only if it passes
+            key = "torch_path" if kind == "torch.export" else "onnx_path"
+            return lambda tmp: errors.update(
+                check_exported(model, frame_size=size, tolerance=args.tolerance, **{key: tmp})
+            )
+
         if args.torch_export is not None:
-            print(f"wrote {export_torch(model, args.torch_export, frame_size=size)}")
+            export_torch(model, args.torch_export, frame_size=size, verify=verify("torch.export"))
+            print(f"wrote {args.torch_export}")
         if args.onnx is not None:
-            print(f"wrote {export_onnx(model, args.onnx, frame_size=size)}")
-        errors = check_exported(
-            model,
-            onnx_path=args.onnx,
-            torch_path=args.torch_export,
-            frame_size=size,
-            tolerance=args.tolerance,
-        )
+            export_onnx(model, args.onnx, frame_size=size, verify=verify("onnx"))
+            print(f"wrote {args.onnx}")
         for name, err in errors.items():
             print(f"{name}: relative error against eager {err:.2e} (<= {args.tolerance:g})")
     return 0

@@ -96,36 +96,65 @@ class Gallery:
         return atomic_write_bytes(path, buf.getvalue())
 
 
-def _open(path: Path) -> np.lib.npyio.NpzFile:
+def _open(path: Path, what: str = "gallery") -> np.lib.npyio.NpzFile:
     if not path.is_file():
+        state = "is a directory, not a file" if path.is_dir() else "does not exist"
         raise GalleryError(
-            f"gallery {path} does not exist: write one with `python -m biggait.embed MODEL INPUT --out {path}`"
+            f"{what} {path} {state}: write one with `python -m biggait.embed MODEL INPUT --out {path}`"
         )
+    if not zipfile.is_zipfile(path):
+        raise GalleryError(
+            f"{what} {path} is not an .npz file (not a zip archive): write one with `python -m biggait.embed`"
+        )
+    _check_member_sizes(path, what)
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise GalleryError(
-            f"gallery {path} is not a readable .npz gallery ({type(exc).__name__}: {exc})"
+            f"{what} {path} is not a readable .npz gallery ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _check_member_sizes(path: Path, what: str) -> None:
+    """Every array's header against its stored size, before numpy allocates what a header claims (a few
+    bytes can claim terabytes: numpy's MemoryError)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    shape, _, dtype = _HEADER_READERS[version](f)
+                    claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                    if claimed > info.file_size - f.tell():
+                        raise GalleryError(
+                            f"{what} {path}: {info.filename} claims {claimed} bytes of data but holds "
+                            f"{info.file_size - f.tell()}: the file is truncated or forged"
+                        )
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise GalleryError(
+            f"{what} {path} is not a readable .npz gallery ({type(exc).__name__}: {exc})"
         ) from None
 
 
 def _read_header(
-    path: Path, npz: np.lib.npyio.NpzFile, strings: tuple[str, ...] = _STRINGS
+    path: Path, npz: np.lib.npyio.NpzFile, strings: tuple[str, ...] = _STRINGS, what: str = "gallery"
 ) -> dict[str, np.ndarray]:
     missing = _KEYS - set(npz.files)
     if missing:
-        raise GalleryError(f"gallery {path} lacks {sorted(missing)}: it is not a biggait gallery")
+        raise GalleryError(f"{what} {path} lacks {sorted(missing)}: it is not a biggait gallery")
     out = {}
     try:
         for key in ("format", "model", *strings):
             out[key] = npz[key]
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise GalleryError(f"gallery {path}: field cannot be read ({type(exc).__name__}: {exc})") from None
+        raise GalleryError(f"{what} {path}: field cannot be read ({type(exc).__name__}: {exc})") from None
     if out["format"].shape != () or str(out["format"]) != GALLERY_FORMAT:
-        raise GalleryError(f"gallery {path} has format {out['format']!r}, expected {GALLERY_FORMAT}")
+        raise GalleryError(f"{what} {path} has format {out['format']!r}, expected {GALLERY_FORMAT}")
     for key in ("model", *strings):
         if out[key].dtype.kind != "U":
-            raise GalleryError(f"gallery {path}: {key} must be a unicode array, got {out[key].dtype}")
+            raise GalleryError(f"{what} {path}: {key} must be a unicode array, got {out[key].dtype}")
     return out
 
 
@@ -144,27 +173,30 @@ def read_gallery_strings(path: str | Path, *names: str) -> dict[str, np.ndarray]
     return {name: head[name] for name in names}
 
 
-def load_gallery(path: str | Path) -> Gallery:
-    """Read and check a gallery file; a broken or hostile file is one `GalleryError` naming it."""
+def load_gallery(path: str | Path, *, what: str = "gallery") -> Gallery:
+    """Read and check a gallery file; a broken or hostile file is one `GalleryError` naming it (as `what`:
+    "gallery", "probes")."""
     path = Path(path)
-    with _open(path) as npz:
-        head = _read_header(path, npz)
+    with _open(path, what) as npz:
+        head = _read_header(path, npz, what=what)
         try:
             embeddings = npz["embeddings"]
         except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
             raise GalleryError(
-                f"gallery {path}: embeddings cannot be read ({type(exc).__name__}: {exc})"
+                f"{what} {path}: embeddings cannot be read ({type(exc).__name__}: {exc})"
             ) from None
     if embeddings.dtype != np.float32 or embeddings.ndim != 3:
         raise GalleryError(
-            f"gallery {path}: embeddings must be float32 [N, E, parts], got {embeddings.dtype} {embeddings.shape}"
+            f"{what} {path}: embeddings must be float32 [N, E, parts], got {embeddings.dtype} {embeddings.shape}"
         )
+    if 0 in embeddings.shape[1:]:
+        raise GalleryError(f"{what} {path}: embeddings of shape {embeddings.shape} have an empty dimension")
     if not np.isfinite(embeddings).all():
-        raise GalleryError(f"gallery {path}: embeddings contain NaN or inf")
+        raise GalleryError(f"{what} {path}: embeddings contain NaN or inf")
     try:
         return Gallery(embeddings, *(head[k].tolist() for k in _STRINGS), model=str(head["model"]))
     except GalleryError as exc:
-        raise GalleryError(f"gallery {path}: {exc}") from None
+        raise GalleryError(f"{what} {path}: {exc}") from None
 
 
 def iter_gallery_embeddings(path: str | Path, *, rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
@@ -185,6 +217,8 @@ def iter_gallery_embeddings(path: str | Path, *, rows: int = 65536) -> Iterator[
         shape, fortran, dtype = _HEADER_READERS[version](f)
         if fortran or dtype != np.float32 or len(shape) != 3:
             raise GalleryError(f"gallery {path}: embeddings must be C-order float32 [N, E, parts]")
+        if 0 in shape[1:]:
+            raise GalleryError(f"gallery {path}: embeddings of shape {shape} have an empty dimension")
         row_bytes = int(np.prod(shape[1:])) * 4
         for start in range(0, shape[0], rows):
             n = min(rows, shape[0] - start)

@@ -9,6 +9,7 @@ bounded by the chunk size whatever the gallery's length (bench/bench_identify.py
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -27,9 +28,9 @@ from biggait.gallery import (
     read_gallery_model,
     read_gallery_strings,
 )
-from biggait.io import atomic_write_json
+from biggait.io import atomic_write_json, check_writable
 
-__all__ = ["format_table", "identify", "main"]
+__all__ = ["check_ranking_options", "format_table", "identify", "main"]
 
 # distance-matrix elements per gallery chunk ([probes, rows] float32): 64 MiB
 _BUDGET = 1 << 24
@@ -42,6 +43,17 @@ def _chunks(gallery: Gallery | str | Path, rows: int) -> Iterator[tuple[int, np.
             yield start, gallery.embeddings[start : start + rows]
     else:
         yield from iter_gallery_embeddings(gallery, rows=rows)
+
+
+def check_ranking_options(top_k: int, threshold: float | None) -> None:
+    """`--top-k` a positive integer, `--threshold` a finite distance >= 0 (NaN or -1 would label every probe
+    "unknown" without a word)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ConfigError(f"--top-k must be an integer >= 1, got {top_k}")
+    if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
+        raise ConfigError(
+            f"--threshold must be a finite distance >= 0, got {threshold}: no probe could match"
+        )
 
 
 def identify(
@@ -58,8 +70,7 @@ def identify(
     `gallery` is a `Gallery` or the path of a gallery file (read in chunks, never whole). The distance is the
     evaluation's (`biggait.evaluation.distance.part_euclidean`, OpenGait's per-part Euclidean mean).
     """
-    if top_k < 1:
-        raise ConfigError(f"--top-k must be >= 1, got {top_k}")
+    check_ranking_options(top_k, threshold)
     model = gallery.model if isinstance(gallery, Gallery) else read_gallery_model(gallery)
     if model != probes.model:
         raise GalleryError(
@@ -125,9 +136,9 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m biggait.identify") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m biggait.identify",
+        prog=prog,
         description="Rank the gallery for every probe by BigGait's part-wise Euclidean distance (nearest first).",
     )
     parser.add_argument("gallery", type=Path, help="gallery .npz written by `python -m biggait.embed`")
@@ -144,7 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     with exit_on_error():
-        probes = load_gallery(args.probes)
+        check_ranking_options(args.top_k, args.threshold)
+        if args.json is not None:
+            check_writable(args.json, "--json")
+        probes = load_gallery(args.probes, what="probes")
         read_gallery_model(args.gallery)  # one error line for a broken file before any work
         results = identify(args.gallery, probes, top_k=args.top_k, threshold=args.threshold)
         if args.json is not None:

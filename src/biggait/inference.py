@@ -28,10 +28,24 @@ PRECISIONS = ("auto", "32", "32-true", "fp32", "16-mixed", "fp16", "bf16-mixed",
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' -> the first CUDA GPU when present, else the CPU; anything else as torch.device."""
+    """'auto' -> the first CUDA GPU when present, else the CPU; anything else as torch.device, refused
+    (`ConfigError`) when it names no device of this machine."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a device: auto, cpu, cuda, cuda:1, mps, ...") from None
+    if dev.type == "cuda" and (
+        not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()
+    ):
+        raise ConfigError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPUs visible; use --device "
+            "cpu (or auto)"
+        )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {device}: MPS is not available here; use --device cpu (or auto)")
+    return dev
 
 
 class SequencePooler:
@@ -61,30 +75,55 @@ class SequencePooler:
         self.dtype = autocast_dtype(self.precision.precision)
         self._queue: deque[tuple[int, np.ndarray | torch.Tensor, torch.Tensor]] = deque()
         self._queued = 0
-        self._remaining: dict[int, int] = {}
+        self._remaining: dict[int, int] = {}  # frames of a sequence still queued
+        self._open: set[int] = set()  # sequences that may still get frames
         self._pooled: dict[int, torch.Tensor] = {}
 
     def add(
         self, index: int, frames: np.ndarray | torch.Tensor, ratios: np.ndarray | torch.Tensor
     ) -> list[tuple[int, torch.Tensor]]:
-        """Queue one sequence: uint8 RGB frames [T, H, W, 3] (numpy, normalised chunk by chunk on the device) or
-        normalised float frames [T, 3, H, W] (tensor), with ratios [T]."""
-        n = int(frames.shape[0])
-        if n == 0:
+        """Queue one whole sequence: uint8 RGB frames [T, H, W, 3] (numpy, normalised chunk by chunk on the
+        device) or normalised float frames [T, 3, H, W] (tensor), with ratios [T]."""
+        if int(frames.shape[0]) == 0:
             raise ConfigError(f"sequence {index} has no frames")
-        self._remaining[index] = n
-        self._queue.append((index, frames, torch.as_tensor(np.asarray(ratios, np.float32))))
-        self._queued += n
+        return self.extend(index, frames, ratios) + self.close(index)
+
+    def extend(
+        self, index: int, frames: np.ndarray | torch.Tensor, ratios: np.ndarray | torch.Tensor
+    ) -> list[tuple[int, torch.Tensor]]:
+        """Queue more frames of sequence `index` (streaming: a sequence arrives in windows; `close` ends it).
+        At most `batch_frames` frames stay queued, whatever the sequences' lengths."""
+        n = int(frames.shape[0])
+        self._open.add(index)
+        self._remaining[index] = self._remaining.get(index, 0) + n
+        if n:
+            self._queue.append((index, frames, torch.as_tensor(np.asarray(ratios, np.float32))))
+            self._queued += n
         done: list[tuple[int, torch.Tensor]] = []
         while self._queued >= self.batch_frames:
             done += self._run(self.batch_frames)
         return done
 
+    def close(self, index: int) -> list[tuple[int, torch.Tensor]]:
+        """No more frames for sequence `index`: its embedding comes out once its queued frames have run."""
+        self._open.discard(index)
+        if self._remaining.get(index):
+            return []
+        self._remaining.pop(index, None)
+        if index not in self._pooled:
+            raise ConfigError(f"sequence {index} has no frames")
+        return [(index, self._embed(index))]
+
     def finish(self) -> list[tuple[int, torch.Tensor]]:
+        """Run every queued frame: the closed sequences' embeddings."""
         done: list[tuple[int, torch.Tensor]] = []
         while self._queued:
             done += self._run(min(self._queued, self.batch_frames))
         return done
+
+    def _embed(self, index: int) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model.head.embed(self._pooled.pop(index)[None])[0].float()
 
     @contextmanager
     def _eval_precision(self) -> Iterator[None]:
@@ -133,11 +172,9 @@ class SequencePooler:
             prev = self._pooled.get(index)
             self._pooled[index] = chunk_max if prev is None else torch.maximum(prev, chunk_max)
             self._remaining[index] -= take
-            if self._remaining[index] == 0:
+            if self._remaining[index] == 0 and index not in self._open:
                 del self._remaining[index]
-                with torch.no_grad():
-                    emb = self.model.head.embed(self._pooled.pop(index)[None])[0]
-                done.append((index, emb.float()))
+                done.append((index, self._embed(index)))
         return done
 
 

@@ -30,6 +30,9 @@ IMAGENET_MEAN: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_MEAN)
 IMAGENET_STD: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_STD)
 
 
+_WIDE = 8  # resized crops wider than this many canvases are cut before resizing (never in real data)
+
+
 def pad_and_resize(crop: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize `crop` [h, w(, c)] to height H keeping its aspect ratio, then centre it on black width W (or
     centre-crop it to W). Bilinear for images, nearest for 2-D masks; width `int(w * H / h)` as the official
@@ -39,6 +42,12 @@ def pad_and_resize(crop: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if h == 0 or w == 0:
         raise CorruptDataError(f"cannot pad-and-resize an empty crop of shape {crop.shape}")
     new_w = max(1, int(w * h_out / h))
+    if new_w > _WIDE * w_out:
+        # an absurdly wide crop (a 65535 x 1 frame would resize to 256 x 16.7M pixels, 4.6 GB): keep only the
+        # source columns around the centre that can land on the canvas, then resize (issue #22)
+        keep = min(w, -(-_WIDE * w_out * h // h_out))
+        crop = crop[:, (w - keep) // 2 : (w - keep) // 2 + keep]
+        new_w = max(1, int(keep * h_out / h))
     interp = cv2.INTER_NEAREST if crop.ndim == 2 else cv2.INTER_LINEAR
     resized = cv2.resize(np.ascontiguousarray(crop), (new_w, h_out), interpolation=interp)
     if new_w <= w_out:

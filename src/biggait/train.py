@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -20,6 +21,7 @@ from biggait.data.roots import DataRoot
 from biggait.errors import ConfigError, exit_on_error
 from biggait.io import atomic_write_bytes
 from biggait.models import weights_from_checkpoint
+from biggait.overrides import check_overrides
 from biggait.paths import conf_dir
 from biggait.precision import describe_precision
 
@@ -228,4 +230,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    with exit_on_error():  # a typo'd override: one line with a suggestion, before Hydra's own error
+        check_overrides("train", sys.argv[1:])
     main()

@@ -160,10 +160,12 @@ class FeatureMapLogger(Callback):
             paths.append(("comparison", save_png(fig, out_dir / "comparison.png")))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_image(
-                    key="feature_maps",
-                    images=[str(p) for _, p in paths],
-                    caption=[c for c, _ in paths],
-                    step=step,
-                )
+                # one key per panel (a "feature_maps" section): panels differ in size, and W&B draws a list of
+                # different sizes wrongly ("Images sizes do not match")
+                for (caption, path), name in zip(
+                    paths, [*(f"sequence_{i}" for i in range(len(seqs))), "comparison"]
+                ):
+                    logger.log_image(
+                        key=f"feature_maps/{name}", images=[str(path)], caption=[caption], step=step
+                    )
         return [p for _, p in paths]

@@ -102,11 +102,11 @@ class EvaluationReport(Callback):
             path = out_dir / f"rank1_{condition.replace('/', '_')}.png"
             save_figure(fig, path)
             paths.append((condition, path))
-        if wandb is not None and paths:
+        for condition, path in paths if wandb is not None else []:  # one key each: their sizes differ
             wandb.log_image(
-                key=f"{stage}/rank1_heatmaps",
-                images=[str(p) for _, p in paths],
-                caption=[c for c, _ in paths],
+                key=f"{stage}/rank1_heatmaps/{condition.replace('/', '_')}",
+                images=[str(path)],
+                caption=[condition],
                 step=step,
             )
 

@@ -13,7 +13,7 @@ import torch
 
 from biggait.compat.names import branch_key_to_ours, official_to_ours, ours_to_official
 from biggait.errors import BiggaitError, exit_on_error
-from biggait.io import atomic_write_bytes
+from biggait.io import atomic_write_bytes, check_writable
 from biggait.models import BACKBONE_PRESETS, BigGait, weights_from_checkpoint
 from biggait.models.state import state_diff
 
@@ -39,6 +39,10 @@ class OpenGaitCheckpointError(BiggaitError, ValueError):
 def _shape(state: dict[str, torch.Tensor], key: str) -> torch.Size:
     if key not in state:
         raise OpenGaitCheckpointError(f"checkpoint lacks {key!r}: not an OpenGait BigGait state dict")
+    if not isinstance(state[key], torch.Tensor):
+        raise OpenGaitCheckpointError(
+            f"checkpoint entry {key!r} is a {type(state[key]).__name__}, not a tensor"
+        )
     return state[key].shape
 
 
@@ -98,10 +102,10 @@ def _check_and_map(official: dict[str, torch.Tensor], model: BigGait) -> dict[st
     ]
     if unknown or missing or mismatched:
         raise OpenGaitCheckpointError(
-            "checkpoint does not match the BigGait architecture:\n"
-            f"  missing tensors ({len(missing)}): {missing}\n"
-            f"  unexpected tensors ({len(unknown)}): {sorted(unknown)}\n"
-            f"  shape mismatches ({len(mismatched)}): {mismatched}"
+            "checkpoint does not match the BigGait architecture: "
+            f"missing tensors ({len(missing)}): {missing}; "
+            f"unexpected tensors ({len(unknown)}): {sorted(unknown)}; "
+            f"shape mismatches ({len(mismatched)}): {mismatched}"
         )
     return mapped
 
@@ -129,12 +133,15 @@ def load_opengait_checkpoint(path: str | Path, *, num_heads: int | None = None, 
     Sizes are inferred from the tensors; `overrides` set what shapes cannot tell (e.g. `image_size`,
     `map_size`, `frame_size`, the faithful-vs-fixed options). The backbone comes from the checkpoint.
     """
+    from biggait.checkpoint import model_skeleton
+
     official = _read_official(path)
     cfg = {**infer_config(official, num_heads=num_heads), **overrides}
     cfg["pretrained"] = None  # every backbone tensor is in the checkpoint
+    mapped = _check_and_map(official, model_skeleton(cfg, path))  # before allocating anything
     with weights_from_checkpoint():
         model = BigGait(**cfg)
-    model.load_state_dict(_check_and_map(official, model), strict=True)
+    model.load_state_dict(mapped, strict=True)
     return model.eval()
 
 
@@ -177,9 +184,9 @@ def _pair(text: str) -> tuple[int, int]:
     return h, w
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, prog: str = "python -m biggait.compat.opengait") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m biggait.compat.opengait",
+        prog=prog,
         description="Convert an official OpenGait BigGait checkpoint into a Lightning checkpoint.",
     )
     parser.add_argument(
@@ -218,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         if v is not None
     }
     with exit_on_error():
+        check_writable(args.output, "output")  # before any work
         try:
             model = load_opengait_checkpoint(args.input, num_heads=args.num_heads, **overrides)
         except ValueError as err:
