@@ -17,15 +17,23 @@ from typing import Any
 
 import torch
 
-from biggait.errors import BiggaitError
-from biggait.models import BigGait, weights_from_checkpoint
+from biggait.compat.biggergait import official_biggergait_state
+from biggait.compat.official_biggait import infer_config, map_official_state
+from biggait.errors import BiggaitError, ConfigError
+from biggait.formats import (
+    checkpoint_kind,
+    lightning_architecture,
+    official_architecture,
+    upgrade_checkpoint,
+)
+from biggait.models import BigGait, BiggerGait, weights_from_checkpoint
 from biggait.models.state import state_diff
 
 __all__ = [
     "CheckpointError",
     "checkpoint_kind",
+    "lightning_config",
     "load_model",
-    "load_module",
     "model_fingerprint",
     "read_checkpoint",
     "upgrade_checkpoint",
@@ -33,6 +41,8 @@ __all__ = [
 ]
 
 _PICKLE_PROTOCOL_BYTE = b"\x80"
+# architecture (biggait.formats) -> the model class built from a checkpoint of it
+MODEL_CLASSES: dict[str, type[BigGait] | type[BiggerGait]] = {"biggait": BigGait, "biggergait": BiggerGait}
 _DEFAULT_FRAME_SIZE = (256, 128)  # BigGait's default: CCPG's converter canvas
 
 
@@ -85,36 +95,8 @@ def _why(path: Path, exc: BaseException) -> str:
     return "it is neither a zip archive nor a pickle (a text file or another format?)"
 
 
-def checkpoint_kind(blob: dict[str, Any]) -> str:
-    """'lightning' (ours or converted: `state_dict` + `hyper_parameters`) or 'opengait' (`{'model': ...}`)."""
-    if isinstance(blob.get("state_dict"), dict):
-        return "lightning"
-    model = blob.get("model")
-    if isinstance(model, dict) and "backbone.cls_token" in model:
-        return "opengait"
-    return "unknown"
-
-
-# Checkpoints written before the model options moved to `model.net.*` (the lightning-hydra-template's name)
-# keep the BigGait options under hyper_parameters["model"] and its weights under "model.*".
-_LEGACY_NET_KEY = "model"
-
-
-def upgrade_checkpoint(blob: dict[str, Any]) -> dict[str, Any]:
-    """Bring a Lightning checkpoint of an older biggait to today's layout, in place (and return it):
-    hyper_parameters["model"] -> ["net"], state_dict "model.*" -> "net.*". Today's checkpoints pass unchanged."""
-    hp = blob.get("hyper_parameters")
-    if isinstance(hp, dict) and "net" not in hp and isinstance(hp.get(_LEGACY_NET_KEY), dict):
-        hp["net"] = hp.pop(_LEGACY_NET_KEY)
-    state = blob.get("state_dict")
-    if isinstance(state, dict) and not any(k.startswith("net.") for k in state):
-        prefix = f"{_LEGACY_NET_KEY}."
-        for key in [k for k in state if k.startswith(prefix)]:
-            state["net." + key.removeprefix(prefix)] = state.pop(key)
-    return blob
-
-
-def _lightning_config(blob: dict[str, Any], path: Path) -> dict[str, Any]:
+def lightning_config(blob: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The model options (`hyper_parameters['net']`) of our Lightning checkpoint."""
     hp = blob.get("hyper_parameters")
     net = hp.get("net") if isinstance(hp, dict) else None
     if not isinstance(net, dict):
@@ -125,41 +107,57 @@ def _lightning_config(blob: dict[str, Any], path: Path) -> dict[str, Any]:
     return dict(net)
 
 
-def _model_config(blob: dict[str, Any], path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(BigGait kwargs, our state dict) of a checkpoint of either kind."""
-    from biggait.compat.opengait import infer_config, map_official_state
+def _official_config(
+    official: dict[str, Any], path: Path, num_heads: int | None
+) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+    """(architecture, model options inferred from the shapes, our state dict) of an official OpenGait state dict;
+    tensors that map onto nothing keep their official names, so the strict load lists them."""
+    arch = official_architecture(official)
+    try:
+        if arch == "biggergait":
+            cfg, state = official_biggergait_state(official, num_heads=num_heads)
+        else:
+            cfg, state = infer_config(official, num_heads=num_heads), map_official_state(official)
+    except BiggaitError as exc:
+        raise CheckpointError(f"checkpoint {path}: {exc}") from None
+    return arch, cfg, state
 
+
+def _model_config(
+    blob: dict[str, Any], path: Path, num_heads: int | None = None
+) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+    """(architecture, model kwargs, our state dict) of a checkpoint of either kind."""
     kind = checkpoint_kind(blob)
     if kind == "lightning":
+        if num_heads is not None:
+            raise ConfigError(
+                f"num_heads applies to official OpenGait checkpoints only; checkpoint {path} records its backbone"
+            )
         upgrade_checkpoint(blob)
-        cfg = _lightning_config(blob, path)
+        cfg = lightning_config(blob, path)
         state = {k.removeprefix("net."): v for k, v in blob["state_dict"].items() if k.startswith("net.")}
-        return cfg, state
+        return lightning_architecture(blob), cfg, state
     if kind == "opengait":
-        official = blob["model"]
-        try:
-            cfg = infer_config(official)
-        except BiggaitError as exc:
-            raise CheckpointError(f"checkpoint {path}: {exc}") from None
-        return cfg, map_official_state(official)
+        return _official_config(blob["model"], path, num_heads)
     keys = sorted(blob)[:6]
     raise CheckpointError(
         f"checkpoint {path} is neither a biggait Lightning checkpoint (state_dict + hyper_parameters) nor an "
-        f"OpenGait BigGait checkpoint ({{'model': state_dict}}); its top-level keys are {keys}"
+        f"OpenGait BigGait / BiggerGait checkpoint ({{'model': state_dict}}); its top-level keys are {keys}"
     )
 
 
-def _build(cfg: dict[str, Any], path: Path) -> BigGait:
+def _build(arch: str, cfg: dict[str, Any], path: Path) -> BigGait | BiggerGait:
+    cls = MODEL_CLASSES[arch]
     with weights_from_checkpoint():
         try:
-            return BigGait(**cfg)
+            return cls(**cfg)
         except (TypeError, ValueError) as exc:
             raise CheckpointError(
-                f"checkpoint {path}: its model options do not build a BigGait ({exc})"
+                f"checkpoint {path}: its model options do not build a {cls.__name__} ({exc})"
             ) from None
 
 
-def _load_state(model: BigGait, state: dict[str, torch.Tensor], path: Path) -> None:
+def _load_state(model: BigGait | BiggerGait, state: dict[str, torch.Tensor], path: Path) -> None:
     diff = state_diff(model.state_dict(), state)
     if diff:
         shapes = [f"{k} {given} vs {expected}" for k, given, expected in diff.shapes]
@@ -172,7 +170,7 @@ def _load_state(model: BigGait, state: dict[str, torch.Tensor], path: Path) -> N
             if items:
                 parts.append(f"{len(items)} {name} (e.g. {items[0]})")
         raise CheckpointError(
-            f"checkpoint {path} is not a BigGait of the architecture it declares: {'; '.join(parts)}"
+            f"checkpoint {path} is not a {type(model).__name__} of the architecture it declares: {'; '.join(parts)}"
         )
     model.load_state_dict(state, strict=True)
 
@@ -190,21 +188,22 @@ def validate_checkpoint(path: str | Path) -> dict[str, Any]:
             f"checkpoint {path} is not a Lightning checkpoint (no state_dict); an official OpenGait .pt must be "
             "converted first: `python -m biggait.compat.opengait IN.pt OUT.ckpt`"
         )
-    cfg, state = _model_config(blob, path)
-    _load_state(_build(cfg, path), state, path)
+    arch, cfg, state = _model_config(blob, path)
+    _load_state(_build(arch, cfg, path), state, path)
     return blob
 
 
-def load_model(path: str | Path, **overrides: Any) -> BigGait:
-    """A `BigGait` in eval mode from any model file: our Lightning `.ckpt`, a converted one, or an official
-    OpenGait `.pt` (`{'model': state_dict}`, sizes inferred from the tensors).
+def load_model(path: str | Path, *, num_heads: int | None = None, **overrides: Any) -> BigGait | BiggerGait:
+    """A `BigGait` or `BiggerGait` (told from the file's keys) in eval mode from any model file: our Lightning
+    `.ckpt`, a converted one, or an official OpenGait `.pt` (`{'model': state_dict}`, sizes inferred from the
+    tensors; `num_heads`: the backbone's attention heads, which shapes cannot tell).
 
     `overrides` replace model options that the tensors cannot tell (`frame_size`, `image_size`, `map_size`,
     `padding_resize_crop`, ...). No backbone weight file and no network is read.
     """
     path = Path(path)
     blob = read_checkpoint(path)
-    cfg, state = _model_config(blob, path)
+    arch, cfg, state = _model_config(blob, path, num_heads)
     if checkpoint_kind(blob) == "lightning" and "frame_size" not in cfg and "frame_size" not in overrides:
         warnings.warn(
             f"checkpoint {path} does not record the frame size it was trained on (written before biggait "
@@ -214,24 +213,11 @@ def load_model(path: str | Path, **overrides: Any) -> BigGait:
             stacklevel=2,
         )
     cfg.update(overrides)
-    model = _build(cfg, path)
+    model = _build(arch, cfg, path)
     _load_state(model, state, path)
     if isinstance(blob.get("biggait"), dict) and blob["biggait"].get("mask_branch_frozen"):
         model.freeze_mask_branch()
     return model.eval()
-
-
-def load_module(path: str | Path, *, net_options: dict[str, Any] | None = None, **overrides: Any):
-    """A `BigGaitModule` restored from a validated Lightning checkpoint without reading `pretrained`
-    (`overrides` go to the module, e.g. `protocol=`; `net_options` replace options of its `BigGait`)."""
-    from biggait.lit_module import BigGaitModule
-
-    net = {**_lightning_config(validate_checkpoint(path), Path(path)), **(net_options or {})}
-    overrides.setdefault(
-        "net", net
-    )  # an older checkpoint names it "model" (BigGaitModule.on_load_checkpoint)
-    with weights_from_checkpoint():
-        return BigGaitModule.load_from_checkpoint(path, map_location="cpu", weights_only=True, **overrides)
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:

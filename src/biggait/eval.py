@@ -9,8 +9,8 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from biggait.checkpoint import load_module
 from biggait.errors import ConfigError
+from biggait.lit_module import load_module
 from biggait.paths import conf_dir
 from biggait.train import (
     check_accelerator,
