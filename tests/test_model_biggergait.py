@@ -43,7 +43,8 @@ def load_recording(folder: Path) -> dict:
             image_size=tuple(config["model_input_hw"]),
             map_size=tuple(config["sils_hw"]),
         ),
-        "inputs": torch.load(folder / "inputs.pt", weights_only=True),
+        # the extra recordings ran on the shared recording's inputs (scripts/record_official_biggergait.py)
+        "inputs": torch.load(FIXTURES / "inputs.pt", weights_only=True),
         "embeddings": torch.load(folder / "embeddings.pt", weights_only=True),
         "intermediates": torch.load(folder / "intermediates.pt", weights_only=True),
     }

@@ -24,6 +24,7 @@ from biggait.formats import (
     checkpoint_kind,
     lightning_architecture,
     official_architecture,
+    require_architecture,
     upgrade_checkpoint,
 )
 from biggait.models import BigGait, BiggerGait, weights_from_checkpoint
@@ -193,16 +194,21 @@ def validate_checkpoint(path: str | Path) -> dict[str, Any]:
     return blob
 
 
-def load_model(path: str | Path, *, num_heads: int | None = None, **overrides: Any) -> BigGait | BiggerGait:
+def load_model(
+    path: str | Path, *, num_heads: int | None = None, architecture: str | None = None, **overrides: Any
+) -> BigGait | BiggerGait:
     """A `BigGait` or `BiggerGait` (told from the file's keys) in eval mode from any model file: our Lightning
     `.ckpt`, a converted one, or an official OpenGait `.pt` (`{'model': state_dict}`, sizes inferred from the
-    tensors; `num_heads`: the backbone's attention heads, which shapes cannot tell).
+    tensors; `num_heads`: the backbone's attention heads, which shapes cannot tell). `architecture`
+    ("biggait" / "biggergait"): the only one the caller takes; another gives one error line.
 
     `overrides` replace model options that the tensors cannot tell (`frame_size`, `image_size`, `map_size`,
     `padding_resize_crop`, ...). No backbone weight file and no network is read.
     """
     path = Path(path)
     blob = read_checkpoint(path)
+    if architecture is not None:
+        require_architecture(blob, architecture, f"checkpoint {path}")
     arch, cfg, state = _model_config(blob, path, num_heads)
     if checkpoint_kind(blob) == "lightning" and "frame_size" not in cfg and "frame_size" not in overrides:
         warnings.warn(

@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     with exit_on_error():
-        model = load_model(args.model)
+        model = load_model(args.model, architecture="biggait")  # BiggerGait: issue 21 follow-up
         if args.precision == "auto":
             choice = describe_precision_on("auto", resolve_device(args.device))
             print(f"precision auto -> {choice}", file=sys.stderr)

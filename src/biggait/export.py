@@ -191,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.onnx is None and args.torch_export is None:
             raise ConfigError("nothing to write: pass --onnx OUT.onnx and/or --torch-export OUT.pt2")
         overrides = {} if args.frame_size is None else {"frame_size": tuple(args.frame_size)}
-        model = load_model(args.model, **overrides)
+        model = load_model(args.model, architecture="biggait", **overrides)  # BiggerGait: issue 21 follow-up
         size = _frame_size(model, None)
         if args.torch_export is not None:
             print(f"wrote {export_torch(model, args.torch_export, frame_size=size)}")

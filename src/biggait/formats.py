@@ -81,8 +81,8 @@ def require_architecture(blob: Mapping[str, Any], expected: str, what: str) -> N
     found = architecture_of(blob)
     if found is not None and found != expected:
         raise ArchitectureError(
-            f"{what} is a {ARCHITECTURES[found]} checkpoint, but this needs a {ARCHITECTURES[expected]} one: "
-            f"load it with biggait.load_model (which reads both), or pass a {ARCHITECTURES[expected]} checkpoint"
+            f"{what} holds a {ARCHITECTURES[found]} model, but this takes a {ARCHITECTURES[expected]} one "
+            f"({ARCHITECTURES[found]} is not supported here): pass a {ARCHITECTURES[expected]} checkpoint"
         )
 
 

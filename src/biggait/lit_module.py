@@ -104,7 +104,7 @@ class BigGaitModule(LightningModule):
         ce_weight: float = 1.0,
         ce_scale: float = 16.0,
         label_smoothing: float = 0.1,
-        black_da_rate: float = 0.2,
+        black_da_rate: float | None = None,
         seed: int = 0,
         compile_backbone: bool = False,
         compile_head: bool = False,
@@ -124,6 +124,10 @@ class BigGaitModule(LightningModule):
             raise ConfigError(
                 f"model.black_da_rate={black_da_rate}: BiggerGait has no Black DA (OpenGait `BiggerGait_DINOv2.py`); set 0"
             )
+        # None: the architecture's own (BigGait 0.2, OpenGait `BigGait__Dinov2_Gaitbase.forward`; BiggerGait none)
+        self.black_da_rate = (
+            (0.2 if architecture == "biggait" else 0.0) if black_da_rate is None else black_da_rate
+        )
         self.net = _NETS[architecture](**net)
         self.val_metric = GaitRetrievalMetric(protocol)
         self.test_metric = GaitRetrievalMetric(protocol)
@@ -191,7 +195,7 @@ class BigGaitModule(LightningModule):
         if isinstance(self.net, BiggerGait):
             return features, {}
         gre_losses = self.net.gre_losses(features)
-        features = self.net.black_da(features, rate=self.hparams.black_da_rate, generator=self._generator())
+        features = self.net.black_da(features, rate=self.black_da_rate, generator=self._generator())
         return features, gre_losses
 
     def configure_optimizers(self) -> dict[str, Any]:
