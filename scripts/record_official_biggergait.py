@@ -76,7 +76,11 @@ def model_cfg(args: argparse.Namespace) -> dict:
             "maxpool": False,
         },
         "SeparateFCs": {"in_channels": channels[3], "out_channels": args.embed_dim, "parts_num": args.parts},
-        "SeparateBNNecks": {"class_num": args.classes, "in_channels": args.embed_dim, "parts_num": args.parts},
+        "SeparateBNNecks": {
+            "class_num": args.classes,
+            "in_channels": args.embed_dim,
+            "parts_num": args.parts,
+        },
         "bin_num": [args.parts],
     }
 
@@ -137,7 +141,9 @@ def randomise(model: nn.Module) -> None:
             elif "lambda1" in name:
                 p.uniform_(0.3, 0.7)
             elif "norm" in name:
-                p.copy_(1 + 0.1 * torch.randn_like(p) if name.endswith("weight") else 0.05 * torch.randn_like(p))
+                p.copy_(
+                    1 + 0.1 * torch.randn_like(p) if name.endswith("weight") else 0.05 * torch.randn_like(p)
+                )
             elif name.endswith("bias"):
                 p.copy_(0.02 * torch.randn_like(p))
             else:

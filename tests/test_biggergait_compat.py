@@ -138,7 +138,10 @@ def test_heads_that_do_not_divide_the_groups_are_refused(tmp_path: Path) -> None
 
 def test_cli_converts_and_the_module_restores(tmp_path: Path) -> None:
     out = tmp_path / "converted.ckpt"
-    assert main([str(OFFICIAL / "checkpoint.pt"), str(out), "--image-size", "224x112", "--map-size", "32x16"]) == 0
+    assert (
+        main([str(OFFICIAL / "checkpoint.pt"), str(out), "--image-size", "224x112", "--map-size", "32x16"])
+        == 0
+    )
     blob = torch.load(out, weights_only=True)
     assert architecture_of(blob) == "biggergait" and blob["hyper_parameters"]["architecture"] == "biggergait"
     module = load_module(out, protocol="ccpg")
@@ -155,7 +158,9 @@ def test_cli_converts_and_the_module_restores(tmp_path: Path) -> None:
 def test_architecture_mix_ups_give_one_error_line(tmp_path: Path) -> None:
     biggergait = OFFICIAL / "checkpoint.pt"
     biggait = FIXTURES / "official_tiny" / "checkpoint.pt"
-    with pytest.raises(ArchitectureError, match="holds a BiggerGait model, but this takes a BigGait one") as err:
+    with pytest.raises(
+        ArchitectureError, match="holds a BiggerGait model, but this takes a BigGait one"
+    ) as err:
         load_model(biggergait, architecture="biggait")
     assert "\n" not in str(err.value)
     with pytest.raises(ArchitectureError, match="holds a BigGait model, but this takes a BiggerGait one"):

@@ -24,10 +24,14 @@ def _read(path: Path, help_text: str) -> dict:
         raise MaskBranchFileError(f"mask-branch file not found: {path}; {help_text}")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if "global" in str(exc).lower():  # torch's weights_only unpickler refused a class or function
+            raise MaskBranchFileError(
+                f"mask-branch file {path} holds Python objects or code, not only tensors, and was refused "
+                f"unopened (weights_only=True); {help_text}"
+            ) from None
         raise MaskBranchFileError(
-            f"mask-branch file {path} holds Python objects or code, not only tensors, and was refused "
-            f"unopened (weights_only=True); {help_text}"
+            f"mask-branch file {path} cannot be read (not a PyTorch file); {help_text}"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
