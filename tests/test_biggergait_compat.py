@@ -170,3 +170,32 @@ def test_architecture_mix_ups_give_one_error_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="embedding takes a BigGait; a BiggerGait is not supported"):
         embed_padded(load_model(biggergait, **SMALL), torch.randn(1, 2, 3, 64, 32), torch.ones(1, 2))
     assert isinstance(load_model(biggait, padding_resize_crop="center"), BigGait)
+
+
+def test_converted_checkpoint_evaluates(tiny_shards: Path, tmp_path: Path) -> None:
+    """`make eval CKPT=<converted BiggerGait>` on the synthetic default (whose model group is BigGait's: only
+    the run-time options BiggerGait has apply)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from biggait.eval import evaluate_checkpoint
+
+    ckpt = tmp_path / "converted.ckpt"
+    main([str(OFFICIAL / "checkpoint.pt"), str(ckpt), "--image-size", "224x112", "--map-size", "32x16"])
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(version_base="1.3", config_dir=str(conf)):
+        cfg = compose(
+            config_name="eval",
+            overrides=[
+                "experiment=synthetic",
+                "data.eval_batch_size=4",
+                "data.num_workers=0",
+                f"ckpt_path={ckpt}",
+            ],
+        )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "eval")
+        cfg.data.root = str(tiny_shards)
+    metrics = evaluate_checkpoint(cfg)
+    assert "test/CL" in metrics and "test/foreground_iou" in metrics
+    assert cfg.model.architecture == "biggergait"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -335,10 +336,12 @@ def load_module(
     """A `BigGaitModule` restored from a validated Lightning checkpoint without reading `pretrained`
     (`overrides` go to the module, e.g. `protocol=`; `net_options` replace options of its net)."""
     blob = validate_checkpoint(path)
-    net = {**lightning_config(blob, Path(path)), **(net_options or {})}
-    overrides.setdefault(
-        "net", net
-    )  # an older checkpoint names it "model" (BigGaitModule.on_load_checkpoint)
-    overrides.setdefault("architecture", lightning_architecture(blob))
+    architecture = lightning_architecture(blob)
+    # the run-time options the checkpoint's net has (an eval config's model group may be the other architecture's)
+    accepted = inspect.signature(_NETS[architecture].__init__).parameters
+    runtime = {k: v for k, v in (net_options or {}).items() if k in accepted}
+    # an older checkpoint names the net options "model" (BigGaitModule.on_load_checkpoint)
+    overrides.setdefault("net", {**lightning_config(blob, Path(path)), **runtime})
+    overrides.setdefault("architecture", architecture)
     with weights_from_checkpoint():
         return BigGaitModule.load_from_checkpoint(path, map_location="cpu", weights_only=True, **overrides)
