@@ -11,6 +11,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from biggait.errors import ConfigError
+from biggait.models import BiggerGait
 from biggait.viz import (
     PanelSequence,
     comparison_indices,
@@ -74,7 +75,7 @@ class FeatureMapLogger(Callback):
         # trainer.log_dir broadcasts, so it is resolved here on every rank, never inside a rank-0-only hook.
         root = self.output_dir or trainer.log_dir or trainer.default_root_dir
         self._dir = Path(root) if self.output_dir else Path(root) / "feature_maps"
-        if not hasattr(pl_module.net, "gre_losses") and (self.every_n_steps or self.on_validation):
+        if isinstance(pl_module.net, BiggerGait) and (self.every_n_steps or self.on_validation):
             # the panels draw BigGait's GRE maps (mask, denoising, appearance); BiggerGait has per-group maps
             rank_zero_warn(
                 "FeatureMapLogger draws BigGait's GRE maps only: no panels for this BiggerGait run"
