@@ -30,7 +30,7 @@ endif
 export WANDB_SILENT := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help venv data lvm train eval embed identify test test-fast lint format bench-data bench-model baselines notebook clean
+.PHONY: help venv data lvm check-recipe train eval embed identify test test-fast lint format bench-data bench-model baselines notebook clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -56,14 +56,23 @@ lvm: $(STAMP) ## rebuild the synthetic default's stand-in LVM src/biggait/assets
 DATASETS   := synthetic $(patsubst conf/experiment/biggait_%.yaml,%,$(wildcard conf/experiment/biggait_*.yaml))
 check-dataset = $(if $(filter $(DATASET),$(DATASETS)),,$(error unknown DATASET=$(DATASET); choose one of: $(DATASETS)))
 
-train: $(STAMP) ## train (and evaluate): make train DATASET=synthetic ARGS="trainer.max_steps=100"
-	$(check-dataset)
-	$(PY) -m biggait.train experiment=$(if $(filter synthetic,$(DATASET)),synthetic,biggait_$(DATASET)) $(ARGS)
 
-eval: $(STAMP) ## evaluate a checkpoint: make eval CKPT=path.ckpt DATASET=synthetic
-	@test -n "$(CKPT)" || { echo "make eval needs CKPT=<path to a .ckpt> (ours, or converted with python -m biggait.compat.opengait)"; exit 2; }
+# make train / eval MODEL=biggait (default) | biggergait | biggergait_group: the paper recipe
+# conf/experiment/<MODEL>_<DATASET>.yaml, or on the synthetic default its CPU-sized model conf/model/<MODEL>_tiny.yaml.
+# (make embed reads MODEL as a checkpoint path instead.)
+RECIPE     = $(or $(MODEL),biggait)
+EXPERIMENT = $(if $(filter synthetic,$(DATASET)),experiment=synthetic $(if $(filter-out biggait,$(RECIPE)),model=$(RECIPE)_tiny),experiment=$(RECIPE)_$(DATASET))
+RECIPE_FILE = conf/$(if $(filter synthetic,$(DATASET)),model/$(RECIPE)_tiny,experiment/$(RECIPE)_$(DATASET)).yaml
+check-recipe:
 	$(check-dataset)
-	$(PY) -m biggait.eval experiment=$(if $(filter synthetic,$(DATASET)),synthetic,biggait_$(DATASET)) ckpt_path="$(CKPT)" $(ARGS)
+	@test "$(RECIPE)" = biggait -a "$(DATASET)" = synthetic || test -f $(RECIPE_FILE) || { echo "no recipe for MODEL=$(RECIPE) DATASET=$(DATASET) ($(RECIPE_FILE) does not exist): MODEL is biggait, biggergait or biggergait_group (BiggerGait's official recipes are for ccpg)"; exit 2; }
+
+train: $(STAMP) check-recipe ## train (and evaluate): make train DATASET=synthetic [MODEL=biggergait] ARGS="trainer.max_steps=100"
+	$(PY) -m biggait.train $(EXPERIMENT) $(ARGS)
+
+eval: $(STAMP) check-recipe ## evaluate a checkpoint: make eval CKPT=path.ckpt DATASET=synthetic [MODEL=biggergait]
+	@test -n "$(CKPT)" || { echo "make eval needs CKPT=<path to a .ckpt> (ours, or converted with python -m biggait.compat.opengait)"; exit 2; }
+	$(PY) -m biggait.eval $(EXPERIMENT) ckpt_path="$(CKPT)" $(ARGS)
 
 MODEL   ?=
 INPUT   ?=

@@ -106,7 +106,7 @@ def test_load_model_reads_ours_converted_and_official_files_alike(tmp_path: Path
 
 def test_checkpoints_of_older_versions_load_everywhere(tmp_path: Path, as_legacy_checkpoint) -> None:
     """Older checkpoints keep the model options under hyper_parameters["model"] and the weights under model.*."""
-    from biggait.checkpoint import load_module
+    from biggait.lit_module import load_module
 
     model = tiny_model()
     ours = export_lightning_checkpoint(model, tmp_path / "ours.ckpt")

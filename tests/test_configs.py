@@ -15,6 +15,13 @@ from biggait.train import instantiate_callbacks, instantiate_loggers
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+# (steps, lr milestones, sequences per GPU) of OpenGait `configs/biggait/BigGait_CCPG.yaml` and
+# `configs/biggergait/biggergait__DINOv2_CCPG.yaml`
+PAPER_RECIPES = {
+    "biggait": (40000, [15000, 25000, 30000, 35000], 8),
+    "biggergait": (30000, [15000, 25000], 4),
+}
 
 
 def _compose(config_name: str, overrides: list[str], tmp_path: Path):
@@ -37,11 +44,22 @@ def test_train_experiment_instantiates(experiment: str, tmp_path: Path) -> None:
             # the paper preset is big on a CPU: check the recipe values, build a tiny backbone
             assert cfg.model.net.backbone == "vits14"
             assert list(cfg.model.net.image_size) == [448, 224]
-            assert cfg.trainer.max_steps == 40000 and cfg.trainer.precision == "16-mixed"
-            per_gpu = cfg.data.ids_per_batch * cfg.data.seqs_per_id
-            assert (per_gpu, cfg.data.frames_per_sequence) == (8, 30)  # x 8 GPUs = the official 64 sequences
+            steps, milestones, per_gpu = PAPER_RECIPES[experiment.split("_")[0]]
+            assert cfg.trainer.max_steps == steps and cfg.trainer.precision == "16-mixed"
+            assert list(cfg.model.lr_milestones) == milestones
+            # x 8 GPUs = the official 64 (BigGait) / 32 (BiggerGait) sequences of 30 frames
+            assert (cfg.data.ids_per_batch * cfg.data.seqs_per_id, cfg.data.frames_per_sequence) == (
+                per_gpu,
+                30,
+            )
             assert cfg.trainer.sync_batchnorm is True
             cfg.model.net.backbone = "tiny"
+            if "mask_branch" in cfg.model.net:
+                assert cfg.model.net.mask_branch is None  # the user names it (model.net.mask_branch=<file>)
+                grouping = (cfg.model.net.layers_per_group, cfg.model.net.gait_heads)
+                assert grouping == ((2, 2) if "group" in experiment else (1, 12))
+                cfg.model.net.mask_branch = "random"
+                cfg.model.net.gait_heads = 2  # the tiny backbone has 4 layers
     module = hydra.utils.instantiate(cfg.model, _convert_="all")
     assert module.hparams.protocol == cfg.data.protocol
     datamodule = hydra.utils.instantiate(cfg.data)
@@ -56,6 +74,15 @@ def test_train_experiment_instantiates(experiment: str, tmp_path: Path) -> None:
     )
     trainer = hydra.utils.instantiate(trainer_cfg, logger=False, enable_checkpointing=False)
     assert trainer.max_steps == cfg.trainer.max_steps
+
+
+@pytest.mark.parametrize("model", [m for m in MODELS if m.endswith("_tiny")])
+def test_every_cpu_model_trains_on_the_synthetic_experiment(model: str, tmp_path: Path) -> None:
+    cfg = _compose("train", [f"model={model}", "logger=csv"], tmp_path)
+    with open_dict(cfg):
+        cfg.model.net.num_classes = 10
+    module = hydra.utils.instantiate(cfg.model, _convert_="all")
+    assert type(module.net).__name__ == ("BigGait" if model == "biggait_tiny" else "BiggerGait")
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,17 @@ from typing import Any
 
 import torch
 
+from biggait.compat.biggergait import official_biggergait_state
+from biggait.compat.official_biggait import infer_config, map_official_state
 from biggait.errors import BiggaitError, ConfigError
-from biggait.models import BigGait, weights_from_checkpoint
+from biggait.formats import (
+    checkpoint_kind,
+    lightning_architecture,
+    official_architecture,
+    require_architecture,
+    upgrade_checkpoint,
+)
+from biggait.models import BigGait, BiggerGait, weights_from_checkpoint
 from biggait.models.bounds import check_option_bounds
 from biggait.models.state import state_diff
 
@@ -27,8 +36,8 @@ __all__ = [
     "CheckpointError",
     "check_model_file",
     "checkpoint_kind",
+    "lightning_config",
     "load_model",
-    "load_module",
     "model_fingerprint",
     "model_skeleton",
     "read_checkpoint",
@@ -37,6 +46,8 @@ __all__ = [
 ]
 
 _PICKLE_PROTOCOL_BYTE = b"\x80"
+# architecture (biggait.formats) -> the model class built from a checkpoint of it
+MODEL_CLASSES: dict[str, type[BigGait] | type[BiggerGait]] = {"biggait": BigGait, "biggergait": BiggerGait}
 _DEFAULT_FRAME_SIZE = (256, 128)  # BigGait's default: CCPG's converter canvas
 
 
@@ -89,36 +100,8 @@ def _why(path: Path, exc: BaseException) -> str:
     return "it is neither a zip archive nor a pickle (a text file or another format?)"
 
 
-def checkpoint_kind(blob: dict[str, Any]) -> str:
-    """'lightning' (ours or converted: `state_dict` + `hyper_parameters`) or 'opengait' (`{'model': ...}`)."""
-    if isinstance(blob.get("state_dict"), dict):
-        return "lightning"
-    model = blob.get("model")
-    if isinstance(model, dict) and "backbone.cls_token" in model:
-        return "opengait"
-    return "unknown"
-
-
-# Checkpoints written before the model options moved to `model.net.*` (the lightning-hydra-template's name)
-# keep the BigGait options under hyper_parameters["model"] and its weights under "model.*".
-_LEGACY_NET_KEY = "model"
-
-
-def upgrade_checkpoint(blob: dict[str, Any]) -> dict[str, Any]:
-    """Bring a Lightning checkpoint of an older biggait to today's layout, in place (and return it):
-    hyper_parameters["model"] -> ["net"], state_dict "model.*" -> "net.*". Today's checkpoints pass unchanged."""
-    hp = blob.get("hyper_parameters")
-    if isinstance(hp, dict) and "net" not in hp and isinstance(hp.get(_LEGACY_NET_KEY), dict):
-        hp["net"] = hp.pop(_LEGACY_NET_KEY)
-    state = blob.get("state_dict")
-    if isinstance(state, dict) and not any(k.startswith("net.") for k in state):
-        prefix = f"{_LEGACY_NET_KEY}."
-        for key in [k for k in state if k.startswith(prefix)]:
-            state["net." + key.removeprefix(prefix)] = state.pop(key)
-    return blob
-
-
-def _lightning_config(blob: dict[str, Any], path: Path) -> dict[str, Any]:
+def lightning_config(blob: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The model options (`hyper_parameters['net']`) of our Lightning checkpoint."""
     hp = blob.get("hyper_parameters")
     net = hp.get("net") if isinstance(hp, dict) else None
     if not isinstance(net, dict):
@@ -129,56 +112,75 @@ def _lightning_config(blob: dict[str, Any], path: Path) -> dict[str, Any]:
     return dict(net)
 
 
-def _model_config(blob: dict[str, Any], path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(BigGait kwargs, our state dict) of a checkpoint of either kind."""
-    from biggait.compat.opengait import infer_config, map_official_state
+def _official_config(
+    official: dict[str, Any], path: Path, num_heads: int | None
+) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+    """(architecture, model options inferred from the shapes, our state dict) of an official OpenGait state dict;
+    tensors that map onto nothing keep their official names, so the strict load lists them."""
+    arch = official_architecture(official)
+    try:
+        if arch == "biggergait":
+            cfg, state = official_biggergait_state(official, num_heads=num_heads)
+        else:
+            cfg, state = infer_config(official, num_heads=num_heads), map_official_state(official)
+    except BiggaitError as exc:
+        raise CheckpointError(f"checkpoint {path}: {exc}") from None
+    return arch, cfg, state
 
+
+def _model_config(
+    blob: dict[str, Any], path: Path, num_heads: int | None = None
+) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+    """(architecture, model kwargs, our state dict) of a checkpoint of either kind."""
     kind = checkpoint_kind(blob)
     if kind == "lightning":
+        if num_heads is not None:
+            raise ConfigError(
+                f"num_heads applies to official OpenGait checkpoints only; checkpoint {path} records its backbone"
+            )
         upgrade_checkpoint(blob)
-        cfg = _lightning_config(blob, path)
+        cfg = lightning_config(blob, path)
         state = {k.removeprefix("net."): v for k, v in blob["state_dict"].items() if k.startswith("net.")}
-        return cfg, state
+        return lightning_architecture(blob), cfg, state
     if kind == "opengait":
-        official = blob["model"]
-        _tensors_only(official, path)
-        try:
-            cfg = infer_config(official)
-        except BiggaitError as exc:
-            raise CheckpointError(f"checkpoint {path}: {exc}") from None
-        return cfg, map_official_state(official)
+        _tensors_only(blob["model"], path)
+        return _official_config(blob["model"], path, num_heads)
     keys = sorted(blob)[:6]
     raise CheckpointError(
         f"checkpoint {path} is neither a biggait Lightning checkpoint (state_dict + hyper_parameters) nor an "
-        f"OpenGait BigGait checkpoint ({{'model': state_dict}}); its top-level keys are {keys}"
+        f"OpenGait BigGait / BiggerGait checkpoint ({{'model': state_dict}}); its top-level keys are {keys}"
     )
 
 
-def _construct(cfg: dict[str, Any], path: Path, *, device: str | None = None) -> BigGait:
+def _construct(arch: str, cfg: dict[str, Any], path: Path, *, device: str | None = None) -> BigGait | BiggerGait:
+    cls = MODEL_CLASSES[arch]
     with weights_from_checkpoint(), torch.device(device) if device else nullcontext():
         try:
-            return BigGait(**cfg)
+            return cls(**cfg)
         except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
             raise CheckpointError(
-                f"checkpoint {path}: its model options do not build a BigGait ({exc})"
+                f"checkpoint {path}: its model options do not build a {cls.__name__} ({exc})"
             ) from None
 
 
-def model_skeleton(cfg: dict[str, Any], path: str | Path) -> BigGait:
-    """The BigGait that model options read from a file describe, on the meta device (no memory), after the
-    options' bounds (`biggait.models.bounds`): a 2 KB file claiming a huge model is one `CheckpointError`."""
+def model_skeleton(cfg: dict[str, Any], path: str | Path, *, architecture: str = "biggait") -> BigGait | BiggerGait:
+    """The model that options read from a file describe, on the meta device (no memory), after the options'
+    bounds (`biggait.models.bounds`): a 2 KB file claiming a huge model is one `CheckpointError`."""
     try:
         check_option_bounds(cfg)
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {path}: {exc}") from None
-    return _construct(cfg, Path(path), device="meta")
+    return _construct(architecture, cfg, Path(path), device="meta")
 
 
-def check_model_file(cfg: dict[str, Any], state: dict[str, Any], path: str | Path) -> None:
+def check_model_file(
+    cfg: dict[str, Any], state: dict[str, Any], path: str | Path, *, architecture: str = "biggait"
+) -> None:
     """Everything a model file declares, checked before any real tensor is allocated: option bounds, then
     every tensor's name and shape against `model_skeleton`, then that no weight is NaN or inf."""
     _tensors_only(state, path)
-    _check_state(model_skeleton(cfg, path).state_dict(), state, Path(path))
+    skeleton = model_skeleton(cfg, path, architecture=architecture)
+    _check_state(skeleton.state_dict(), state, Path(path), type(skeleton).__name__)
     bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:
         raise CheckpointError(
@@ -193,10 +195,10 @@ def _tensors_only(state: dict[str, Any], path: str | Path) -> None:
         raise CheckpointError(f"checkpoint {path}: {odd} is a {type(state[odd]).__name__}, not a tensor")
 
 
-def _build(cfg: dict[str, Any], state: dict[str, Any], path: Path) -> BigGait:
+def _build(arch: str, cfg: dict[str, Any], state: dict[str, Any], path: Path) -> BigGait | BiggerGait:
     """The model a checkpoint describes, with its weights, after `check_model_file`."""
-    check_model_file(cfg, state, path)
-    model = _construct(cfg, path)
+    check_model_file(cfg, state, path, architecture=arch)
+    model = _construct(arch, cfg, path)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # e.g. a dtype that cannot be copied into the parameter
@@ -206,7 +208,9 @@ def _build(cfg: dict[str, Any], state: dict[str, Any], path: Path) -> BigGait:
     return model
 
 
-def _check_state(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], path: Path) -> None:
+def _check_state(
+    expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], path: Path, model_name: str
+) -> None:
     diff = state_diff(expected, state)
     if diff:
         shapes = [f"{k} {given} vs {expected}" for k, given, expected in diff.shapes]
@@ -219,7 +223,7 @@ def _check_state(expected: dict[str, torch.Tensor], state: dict[str, torch.Tenso
             if items:
                 parts.append(f"{len(items)} {name} (e.g. {items[0]})")
         raise CheckpointError(
-            f"checkpoint {path} is not a BigGait of the architecture it declares: {'; '.join(parts)}"
+            f"checkpoint {path} is not a {model_name} of the architecture it declares: {'; '.join(parts)}"
         )
 
 
@@ -236,21 +240,27 @@ def validate_checkpoint(path: str | Path) -> dict[str, Any]:
             f"checkpoint {path} is not a Lightning checkpoint (no state_dict); an official OpenGait .pt must be "
             "converted first: `python -m biggait.compat.opengait IN.pt OUT.ckpt`"
         )
-    cfg, state = _model_config(blob, path)
-    _build(cfg, state, path)
+    arch, cfg, state = _model_config(blob, path)
+    _build(arch, cfg, state, path)
     return blob
 
 
-def load_model(path: str | Path, **overrides: Any) -> BigGait:
-    """A `BigGait` in eval mode from any model file: our Lightning `.ckpt`, a converted one, or an official
-    OpenGait `.pt` (`{'model': state_dict}`, sizes inferred from the tensors).
+def load_model(
+    path: str | Path, *, num_heads: int | None = None, architecture: str | None = None, **overrides: Any
+) -> BigGait | BiggerGait:
+    """A `BigGait` or `BiggerGait` (told from the file's keys) in eval mode from any model file: our Lightning
+    `.ckpt`, a converted one, or an official OpenGait `.pt` (`{'model': state_dict}`, sizes inferred from the
+    tensors; `num_heads`: the backbone's attention heads, which shapes cannot tell). `architecture`
+    ("biggait" / "biggergait"): the only one the caller takes; another gives one error line.
 
     `overrides` replace model options that the tensors cannot tell (`frame_size`, `image_size`, `map_size`,
     `padding_resize_crop`, ...). No backbone weight file and no network is read.
     """
     path = Path(path)
     blob = read_checkpoint(path)
-    cfg, state = _model_config(blob, path)
+    if architecture is not None:
+        require_architecture(blob, architecture, f"checkpoint {path}")
+    arch, cfg, state = _model_config(blob, path, num_heads)
     if checkpoint_kind(blob) == "lightning" and "frame_size" not in cfg and "frame_size" not in overrides:
         warnings.warn(
             f"checkpoint {path} does not record the frame size it was trained on (written before biggait "
@@ -260,23 +270,10 @@ def load_model(path: str | Path, **overrides: Any) -> BigGait:
             stacklevel=2,
         )
     cfg.update(overrides)
-    model = _build(cfg, state, path)
+    model = _build(arch, cfg, state, path)
     if isinstance(blob.get("biggait"), dict) and blob["biggait"].get("mask_branch_frozen"):
         model.freeze_mask_branch()
     return model.eval()
-
-
-def load_module(path: str | Path, *, net_options: dict[str, Any] | None = None, **overrides: Any):
-    """A `BigGaitModule` restored from a validated Lightning checkpoint without reading `pretrained`
-    (`overrides` go to the module, e.g. `protocol=`; `net_options` replace options of its `BigGait`)."""
-    from biggait.lit_module import BigGaitModule
-
-    net = {**_lightning_config(validate_checkpoint(path), Path(path)), **(net_options or {})}
-    overrides.setdefault(
-        "net", net
-    )  # an older checkpoint names it "model" (BigGaitModule.on_load_checkpoint)
-    with weights_from_checkpoint():
-        return BigGaitModule.load_from_checkpoint(path, map_location="cpu", weights_only=True, **overrides)
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:

@@ -14,8 +14,8 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from biggait.checkpoint import load_module
 from biggait.errors import BiggaitError, ConfigError, exit_on_error
+from biggait.lit_module import load_module
 from biggait.overrides import check_overrides
 from biggait.paths import conf_dir
 from biggait.train import (

@@ -1,9 +1,11 @@
-"""LightningModule: BigGait's losses, optimisation and retrieval evaluation."""
+"""LightningModule: BigGait's and BiggerGait's losses, optimisation and retrieval evaluation."""
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,15 +13,18 @@ import torch
 from lightning import LightningModule
 from torchmetrics import MeanMetric
 
-from biggait.checkpoint import upgrade_checkpoint
+from biggait.checkpoint import lightning_config, validate_checkpoint
 from biggait.errors import ConfigError
 from biggait.evaluation.foreground import foreground_iou
 from biggait.evaluation.metric import GaitRetrievalMetric
+from biggait.formats import ARCHITECTURES, lightning_architecture, upgrade_checkpoint
 from biggait.inference import embed_padded
 from biggait.losses import cross_entropy_loss, triplet_loss
-from biggait.models import BigGait
+from biggait.models import BigGait, BiggerGait, weights_from_checkpoint
 
-__all__ = ["BigGaitModule", "gather_for_triplet"]
+__all__ = ["BigGaitModule", "gather_for_triplet", "load_module"]
+
+_NETS: dict[str, type[BigGait] | type[BiggerGait]] = {"biggait": BigGait, "biggergait": BiggerGait}
 
 
 def gather_for_triplet(
@@ -81,12 +86,14 @@ class _ContiguousGrad(torch.autograd.Function):
 
 
 class BigGaitModule(LightningModule):
-    """Trains a `BigGait` with triplet + CE + GRE losses and evaluates it with a gait protocol."""
+    """Trains a `BigGait` (triplet + CE + GRE losses) or a `BiggerGait` (triplet + CE) and evaluates it with a
+    gait protocol."""
 
     def __init__(
         self,
         *,
         net: dict[str, Any],
+        architecture: str = "biggait",
         protocol: str = "ccpg",
         lr: float = 0.1,
         momentum: float = 0.9,
@@ -98,7 +105,7 @@ class BigGaitModule(LightningModule):
         ce_weight: float = 1.0,
         ce_scale: float = 16.0,
         label_smoothing: float = 0.1,
-        black_da_rate: float = 0.2,
+        black_da_rate: float | None = None,
         seed: int = 0,
         compile_backbone: bool = False,
         compile_head: bool = False,
@@ -110,7 +117,19 @@ class BigGaitModule(LightningModule):
                 "model.net.num_classes is unset: train.py fills it from the train manifest; "
                 "pass it explicitly when building BigGaitModule by hand"
             )
-        self.net = BigGait(**net)
+        if architecture not in _NETS:
+            raise ConfigError(
+                f"model.architecture must be one of {sorted(ARCHITECTURES)}, got {architecture!r}"
+            )
+        if architecture == "biggergait" and black_da_rate:
+            raise ConfigError(
+                f"model.black_da_rate={black_da_rate}: BiggerGait has no Black DA (OpenGait `BiggerGait_DINOv2.py`); set 0"
+            )
+        # None: the architecture's own (BigGait 0.2, OpenGait `BigGait__Dinov2_Gaitbase.forward`; BiggerGait none)
+        self.black_da_rate = (
+            (0.2 if architecture == "biggait" else 0.0) if black_da_rate is None else black_da_rate
+        )
+        self.net = _NETS[architecture](**net)
         self.val_metric = GaitRetrievalMetric(protocol)
         self.test_metric = GaitRetrievalMetric(protocol)
         self.val_foreground_iou = MeanMetric()
@@ -127,8 +146,10 @@ class BigGaitModule(LightningModule):
         # nn.Module.compile compiles in place, so the state-dict names (checkpoints) stay the same.
         if self.hparams.compile_backbone and not _is_compiled(self.net.backbone):
             self.net.backbone.compile()
-        if self.hparams.compile_head and not _is_compiled(self.net.head):
-            self.net.head.compile()
+        heads = self.net.heads if isinstance(self.net, BiggerGait) else [self.net.head]
+        for head in heads if self.hparams.compile_head else []:
+            if not _is_compiled(head):
+                head.compile()
 
     def _generator(self) -> torch.Generator:
         # Black DA draws from its own seeded generator (per rank) so runs and resumes are reproducible,
@@ -142,9 +163,7 @@ class BigGaitModule(LightningModule):
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         frames, ratios, labels = batch["frames"], batch["ratios"], batch["labels"]
-        features = self.net.forward_features(frames, ratios)
-        gre_losses = self.net.gre_losses(features)
-        features = self.net.black_da(features, rate=self.hparams.black_da_rate, generator=self._generator())
+        features, gre_losses = self._training_features(frames, ratios)
         out = self.net.forward_head(features)
 
         embeddings, all_labels = gather_for_triplet(self, out["embeddings"], labels)
@@ -153,7 +172,8 @@ class BigGaitModule(LightningModule):
         ce = cross_entropy_loss(logits, labels, self.hparams.ce_scale, self.hparams.label_smoothing)
         # OpenGait logs the per-part arg-max accuracy of the classifier next to the CE loss.
         accuracy = (logits.argmax(1) == labels[:, None]).float().mean()
-        loss = self.hparams.triplet_weight * triplet + self.hparams.ce_weight * ce + sum(gre_losses.values())
+        loss = self.hparams.triplet_weight * triplet + self.hparams.ce_weight * ce
+        loss = loss + sum(gre_losses.values())
 
         n = labels.shape[0]
         log = {"train/loss": loss, "train/triplet": triplet, "train/ce": ce, "train/accuracy": accuracy}
@@ -166,6 +186,18 @@ class BigGaitModule(LightningModule):
         if "n_skipped" in batch:
             self.log("data/skipped", batch["n_skipped"].float().sum(), batch_size=n, reduce_fx="sum")
         return loss
+
+    def _training_features(
+        self, frames: torch.Tensor, ratios: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(features for the head, weighted auxiliary losses): BigGait's GRE losses and Black DA; BiggerGait has
+        neither, only triplet + CE on the embeddings of all groups (OpenGait `BiggerGait__DINOv2.forward`)."""
+        features = self.net.forward_features(frames, ratios)
+        if isinstance(self.net, BiggerGait):
+            return features, {}
+        gre_losses = self.net.gre_losses(features)
+        features = self.net.black_da(features, rate=self.black_da_rate, generator=self._generator())
+        return features, gre_losses
 
     def configure_optimizers(self) -> dict[str, Any]:
         # Only trainable parameters; a frozen mask branch (restored from a checkpoint) stays out, so it is
@@ -296,3 +328,20 @@ class BigGaitModule(LightningModule):
             self._generator().set_state(state["black_da_generator"])
         if "rng_states" in state:
             _set_rng_states(state["rng_states"])
+
+
+def load_module(
+    path: str | Path, *, net_options: dict[str, Any] | None = None, **overrides: Any
+) -> BigGaitModule:
+    """A `BigGaitModule` restored from a validated Lightning checkpoint without reading `pretrained`
+    (`overrides` go to the module, e.g. `protocol=`; `net_options` replace options of its net)."""
+    blob = validate_checkpoint(path)
+    architecture = lightning_architecture(blob)
+    # the run-time options the checkpoint's net has (an eval config's model group may be the other architecture's)
+    accepted = inspect.signature(_NETS[architecture].__init__).parameters
+    runtime = {k: v for k, v in (net_options or {}).items() if k in accepted}
+    # an older checkpoint names the net options "model" (BigGaitModule.on_load_checkpoint)
+    overrides.setdefault("net", {**lightning_config(blob, Path(path)), **runtime})
+    overrides.setdefault("architecture", architecture)
+    with weights_from_checkpoint():
+        return BigGaitModule.load_from_checkpoint(path, map_location="cpu", weights_only=True, **overrides)

@@ -8,8 +8,10 @@ from typing import Any
 import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
 
 from biggait.errors import ConfigError
+from biggait.models import BiggerGait
 from biggait.viz import (
     PanelSequence,
     comparison_indices,
@@ -73,6 +75,12 @@ class FeatureMapLogger(Callback):
         # trainer.log_dir broadcasts, so it is resolved here on every rank, never inside a rank-0-only hook.
         root = self.output_dir or trainer.log_dir or trainer.default_root_dir
         self._dir = Path(root) if self.output_dir else Path(root) / "feature_maps"
+        if isinstance(pl_module.net, BiggerGait) and (self.every_n_steps or self.on_validation):
+            # the panels draw BigGait's GRE maps (mask, denoising, appearance); BiggerGait has per-group maps
+            rank_zero_warn(
+                "FeatureMapLogger draws BigGait's GRE maps only: no panels for this BiggerGait run"
+            )
+            self.every_n_steps, self.on_validation = 0, False
 
     # -- choosing the fixed batch ------------------------------------------------------------
     def on_validation_batch_end(

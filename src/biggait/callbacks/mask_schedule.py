@@ -10,6 +10,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from biggait.errors import ConfigError
+from biggait.models import BiggerGait
 
 __all__ = ["MaskBranchSchedule"]
 
@@ -38,6 +39,15 @@ class MaskBranchSchedule(Callback):
         self.pretrained_path = pretrained_path
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if isinstance(pl_module.net, BiggerGait):
+            # its mask branch is pretrained and frozen from the start (model.net.mask_branch): nothing to schedule
+            if self.pretrained_path is not None:
+                raise ConfigError(
+                    "callbacks.mask_branch_schedule.pretrained_path is for BigGait; a BiggerGait takes its mask "
+                    "branch from model.net.mask_branch"
+                )
+            self.freeze_at_step = None
+            return
         strategy = trainer.strategy
         freezes_mid_run = self.freeze_at_step is not None and self.freeze_at_step > 0
         if (

@@ -1,20 +1,23 @@
-"""Import / export of official OpenGait BigGait checkpoints (`{"model": state_dict, ...}`)."""
+"""Import / export of official OpenGait BigGait and BiggerGait checkpoints (`{"model": state_dict, ...}`)."""
 
 from __future__ import annotations
 
 import argparse
 import io
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from biggait.checkpoint import load_model, model_skeleton, read_checkpoint
+from biggait.compat.biggergait import export_official_state
 from biggait.compat.names import branch_key_to_ours, official_to_ours, ours_to_official
+from biggait.compat.official_biggait import OpenGaitCheckpointError, infer_config, map_official_state
 from biggait.errors import BiggaitError, exit_on_error
+from biggait.formats import checkpoint_kind, official_architecture
 from biggait.io import atomic_write_bytes, check_writable
-from biggait.models import BACKBONE_PRESETS, BigGait, weights_from_checkpoint
+from biggait.models import BigGait, BiggerGait, weights_from_checkpoint
 from biggait.models.state import state_diff
 
 __all__ = [
@@ -30,59 +33,6 @@ __all__ = [
 ]
 
 LIGHTNING_VERSION = "2.6.6"
-
-
-class OpenGaitCheckpointError(BiggaitError, ValueError):
-    """An official checkpoint that does not map onto BigGait."""
-
-
-def _shape(state: dict[str, torch.Tensor], key: str) -> torch.Size:
-    if key not in state:
-        raise OpenGaitCheckpointError(f"checkpoint lacks {key!r}: not an OpenGait BigGait state dict")
-    if not isinstance(state[key], torch.Tensor):
-        raise OpenGaitCheckpointError(
-            f"checkpoint entry {key!r} is a {type(state[key]).__name__}, not a tensor"
-        )
-    return state[key].shape
-
-
-def infer_config(state: dict[str, torch.Tensor], *, num_heads: int | None = None) -> dict[str, Any]:
-    """BigGait constructor kwargs read from the tensor shapes of an official state dict.
-
-    The number of attention heads is not visible in the shapes: known (width, depth) pairs use their
-    preset, other widths assume 16-dim heads unless `num_heads` is given.
-    """
-    width = _shape(state, "backbone.cls_token")[-1]
-    depth = len({int(m.group(1)) for k in state if (m := re.match(r"backbone\.blocks\.(\d+)\.", k))})
-    hidden = _shape(state, "backbone.blocks.0.mlp.fc1.weight")[0]
-    preset = next((n for n, p in BACKBONE_PRESETS.items() if (p.embed_dim, p.depth) == (width, depth)), None)
-    cfg: dict[str, Any] = {"backbone": preset}
-    if preset is None or num_heads is not None:
-        cfg.update(
-            backbone_width=width, backbone_depth=depth, backbone_heads=num_heads or max(1, width // 16)
-        )
-    if hidden != 4 * width:
-        cfg["backbone_mlp_ratio"] = hidden / width
-    c0 = _shape(state, "gait_net.pre_part.forward_block.conv1.conv.weight")[0]
-    fusion_hidden = _shape(state, "gait_net.fusion.conv.forward_block.0.weight")[0]
-    fcs = _shape(state, "gait_net.FCs.fc_bin")
-    cfg.update(
-        num_classes=_shape(state, "gait_net.BNNecks.fc_bin")[2],
-        denoising_dim=_shape(state, "Denoising_Branch.down_sampling.3.weight")[0],
-        denoising_hidden=_shape(state, "Denoising_Branch.down_sampling.0.weight")[0],
-        appearance_dim=_shape(state, "Appearance_Branch.down_sampling.weight")[0],
-        channels=tuple(
-            [c0]
-            + [
-                _shape(state, f"gait_net.post_backbone.forward_block.layer{i}.0.conv1.weight")[0]
-                for i in (2, 3, 4)
-            ]
-        ),
-        fusion_squeeze=max(1, c0 // fusion_hidden),
-        embed_dim=fcs[2],
-        parts=fcs[0],
-    )
-    return cfg
 
 
 def _check_and_map(official: dict[str, torch.Tensor], model: BigGait) -> dict[str, torch.Tensor]:
@@ -110,32 +60,28 @@ def _check_and_map(official: dict[str, torch.Tensor], model: BigGait) -> dict[st
     return mapped
 
 
-def map_official_state(official: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official state dict -> ours by name only (unknown names kept, so a strict load reports them)."""
-    return {official_to_ours(k) or k: v for k, v in official.items()}
-
-
 def _read_official(path: str | Path) -> dict[str, torch.Tensor]:
-    from biggait.checkpoint import checkpoint_kind, read_checkpoint
-
     blob = read_checkpoint(path)
     if checkpoint_kind(blob) != "opengait":
         raise OpenGaitCheckpointError(
-            f"{path}: expected the OpenGait format {{'model': state_dict, ...}} of a BigGait (backbone.* "
-            f"tensors), got top-level keys {sorted(blob)[:6]}"
+            f"{path}: expected the OpenGait format {{'model': state_dict, ...}} of a BigGait (backbone.* tensors) "
+            f"or a BiggerGait (Backbone.* tensors), got top-level keys {sorted(blob)[:6]}"
         )
     return blob["model"]
 
 
-def load_opengait_checkpoint(path: str | Path, *, num_heads: int | None = None, **overrides: Any) -> BigGait:
-    """Build a BigGait from an official OpenGait checkpoint, every tensor mapped strictly; eval mode.
+def load_opengait_checkpoint(
+    path: str | Path, *, num_heads: int | None = None, **overrides: Any
+) -> BigGait | BiggerGait:
+    """Build a BigGait or a BiggerGait (told from the keys) from an official OpenGait checkpoint, every tensor
+    mapped strictly; eval mode.
 
     Sizes are inferred from the tensors; `overrides` set what shapes cannot tell (e.g. `image_size`,
     `map_size`, `frame_size`, the faithful-vs-fixed options). The backbone comes from the checkpoint.
     """
-    from biggait.checkpoint import model_skeleton
-
     official = _read_official(path)
+    if official_architecture(official) == "biggergait":
+        return load_model(path, num_heads=num_heads, **overrides)
     cfg = {**infer_config(official, num_heads=num_heads), **overrides}
     cfg["pretrained"] = None  # every backbone tensor is in the checkpoint
     mapped = _check_and_map(official, model_skeleton(cfg, path))  # before allocating anything
@@ -145,8 +91,11 @@ def load_opengait_checkpoint(path: str | Path, *, num_heads: int | None = None, 
     return model.eval()
 
 
-def export_opengait_state_dict(model: BigGait) -> dict[str, torch.Tensor]:
-    """Our state dict under the official OpenGait names (the inverse of the import)."""
+def export_opengait_state_dict(model: BigGait | BiggerGait) -> dict[str, torch.Tensor]:
+    """Our state dict under the official OpenGait names (the inverse of the import; a BiggerGait's shared heads
+    are saved twice, as the official code does)."""
+    if isinstance(model, BiggerGait):
+        return export_official_state(model.state_dict(), model.head_of_group)
     out = {}
     for key, value in model.state_dict().items():
         name = ours_to_official(key)
@@ -162,12 +111,13 @@ def _atomic_save(obj: Any, out: Path) -> None:
     atomic_write_bytes(out, buffer.getvalue())
 
 
-def export_lightning_checkpoint(model: BigGait, out: str | Path) -> Path:
+def export_lightning_checkpoint(model: BigGait | BiggerGait, out: str | Path) -> Path:
     """Write a Lightning checkpoint for `biggait.lit_module.BigGaitModule` holding `model` (atomic)."""
     out = Path(out)
+    architecture = "biggergait" if isinstance(model, BiggerGait) else "biggait"
     ckpt = {
         "state_dict": {f"net.{k}": v for k, v in model.state_dict().items()},
-        "hyper_parameters": {"net": dict(model.config)},
+        "hyper_parameters": {"net": dict(model.config), "architecture": architecture},
         "pytorch-lightning_version": LIGHTNING_VERSION,
         "epoch": 0,
         "global_step": 0,
@@ -187,10 +137,12 @@ def _pair(text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None, *, prog: str = "python -m biggait.compat.opengait") -> int:
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Convert an official OpenGait BigGait checkpoint into a Lightning checkpoint.",
+        description="Convert an official OpenGait BigGait or BiggerGait checkpoint into a Lightning checkpoint.",
     )
     parser.add_argument(
-        "input", type=Path, help="official checkpoint, e.g. BigGait__Dinov2_Gaitbase_Frame30-40000.pt"
+        "input",
+        type=Path,
+        help="official checkpoint, e.g. BigGait__Dinov2_Gaitbase_Frame30-40000.pt or a BiggerGait__Dinov2 one",
     )
     parser.add_argument("output", type=Path, help="Lightning checkpoint to write (.ckpt)")
     parser.add_argument("--num-heads", type=int, default=None, help="backbone heads for non-preset widths")
@@ -211,7 +163,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m biggait.compat
         "--padding-resize-crop",
         choices=("left", "center"),
         default=None,
-        help="'left' = the official code's crop of too-wide frames (default), 'center' = OpenGait PR #307",
+        help="BigGait only: 'left' = the official code's crop of too-wide frames (default), 'center' = OpenGait PR #307",
     )
     args = parser.parse_args(argv)
     overrides = {

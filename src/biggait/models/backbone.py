@@ -7,9 +7,10 @@ import io
 import math
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import timm
 import torch
@@ -26,8 +27,11 @@ __all__ = [
     "BackboneFileNotFoundError",
     "BackbonePreset",
     "DinoV2Backbone",
+    "backbone_autocast",
     "interpolate_pos_embed",
+    "interpolate_pos_embed_hf",
     "mid4_indices",
+    "restoring_from_checkpoint",
     "weights_from_checkpoint",
 ]
 
@@ -52,6 +56,20 @@ def weights_from_checkpoint() -> Iterator[None]:
         yield
     finally:
         _RESTORING.reset(token)
+
+
+def backbone_autocast(precision: str | None, device: torch.device) -> AbstractContextManager:
+    """The frozen backbone's own precision (docs/performance.md): None follows the surrounding autocast."""
+    if precision is None:
+        return nullcontext()
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def restoring_from_checkpoint() -> bool:
+    """Whether a model is being built inside `weights_from_checkpoint()` (its weight files must not be read)."""
+    return _RESTORING.get()
 
 
 class BackboneFileError(CorruptDataError):
@@ -113,6 +131,33 @@ def interpolate_pos_embed(
     return torch.cat([cls_pos, patch_pos], dim=1).to(pos_embed.dtype)
 
 
+def interpolate_pos_embed_hf(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Resample a DINOv2 [1, 1 + M*M, C] table to `grid` exactly as HF transformers' `Dinov2Model` does.
+
+    transformers 4.57.6 `Dinov2Embeddings.interpolate_pos_encoding` (what OpenGait `BiggerGait_DINOv2.py` runs):
+    bicubic to `size=grid`, no antialias, in float32, and the table unchanged when the grid is the stored
+    square one. Not the DINOv2 repository's `scale_factor=(g + 0.1) / M` of `interpolate_pos_embed`, nor
+    timm's antialiased resampling.
+    """
+    num_patches = pos_embed.shape[1] - 1
+    side = int(math.sqrt(num_patches))
+    if side * side != num_patches:
+        raise ValueError(f"positional table has {num_patches} patch entries, not a square grid")
+    if tuple(grid) == (side, side):
+        return pos_embed
+    dim = pos_embed.shape[-1]
+    patch_pos = pos_embed[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    patch_pos = F.interpolate(patch_pos.float(), size=tuple(grid), mode="bicubic", align_corners=False).to(
+        pos_embed.dtype
+    )
+    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, -1, dim)
+    return torch.cat([pos_embed[:, :1], patch_pos], dim=1)
+
+
+PosEmbedInterpolation = Literal["dinov2", "hf"]
+_POS_EMBED_INTERPOLATIONS = {"dinov2": interpolate_pos_embed, "hf": interpolate_pos_embed_hf}
+
+
 class DinoV2Backbone(nn.Module):
     """DINOv2 ViT returning f_last and f_mid4 token maps (OpenGait `BigGait_utils/DINOv2.py`)."""
 
@@ -126,8 +171,15 @@ class DinoV2Backbone(nn.Module):
         mlp_ratio: float | None = None,
         image_size: tuple[int, int] = (448, 224),
         pretrained: str | None = None,
+        pos_embed_interpolation: PosEmbedInterpolation = "dinov2",
     ) -> None:
         super().__init__()
+        if pos_embed_interpolation not in _POS_EMBED_INTERPOLATIONS:
+            raise ValueError(
+                f"pos_embed_interpolation must be one of {sorted(_POS_EMBED_INTERPOLATIONS)}, got {pos_embed_interpolation!r}"
+            )
+        # "dinov2": the DINOv2 repository's (BigGait); "hf": HF transformers' Dinov2Model (BiggerGait)
+        self.pos_embed_interpolation = pos_embed_interpolation
         base = BACKBONE_PRESETS.get(preset or "vits14")
         if preset is not None and preset not in BACKBONE_PRESETS:
             raise ValueError(f"unknown backbone preset {preset!r}; choose one of {sorted(BACKBONE_PRESETS)}")
@@ -258,15 +310,29 @@ class DinoV2Backbone(nn.Module):
             if mask_token is not None:
                 self.mask_token.copy_(mask_token.reshape(self.mask_token.shape))
 
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch tokens with the class token in front and the grid's positional embedding added."""
+        x = self.vit.patch_embed(images)
+        x = torch.cat([self.vit.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return x + self.grid_pos_embed()
+
     def grid_pos_embed(self) -> torch.Tensor:
-        return interpolate_pos_embed(self.pos_embed, self.grid)
+        return _POS_EMBED_INTERPOLATIONS[self.pos_embed_interpolation](self.pos_embed, self.grid)
+
+    def forward_blocks(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """images [B, 3, H, W] -> every block's output tokens [B, 1 + h*w, C], class token first, before the
+        final LayerNorm (HF `Dinov2Model(output_hidden_states=True).hidden_states[1:]`)."""
+        x = self._embed(images)
+        outputs = []
+        for block in self.vit.blocks:
+            x = block(x)
+            outputs.append(x)
+        return outputs
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images [B, 3, H, W] -> (f_last [B, C, h, w], f_mid4 [B, 4C, h, w]) token maps."""
         vit = self.vit
-        x = vit.patch_embed(images)
-        x = torch.cat([vit.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = x + self.grid_pos_embed()
+        x = self._embed(images)
         mids = []
         for i, block in enumerate(vit.blocks):
             x = block(x)

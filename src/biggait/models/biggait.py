@@ -12,7 +12,7 @@ from torch import nn
 
 from biggait.compat.names import branch_key_to_ours
 from biggait.errors import BiggaitError, ConfigError
-from biggait.models.backbone import DinoV2Backbone
+from biggait.models.backbone import DinoV2Backbone, backbone_autocast
 from biggait.models.gaitbase import GaitBaseHead
 from biggait.models.gre import (
     GRE_LOSS_WEIGHTS,
@@ -230,12 +230,7 @@ class BigGait(nn.Module):
     # -------------------------------------------------------------------------------------- forward
     def _backbone_autocast(self, device: torch.device) -> AbstractContextManager:
         """The backbone's own precision (docs/performance.md): None follows the surrounding autocast."""
-        if self.backbone_precision is None:
-            return nullcontext()
-        if self.backbone_precision == "fp32":
-            return torch.autocast(device.type, enabled=False)
-        dtype = torch.bfloat16 if self.backbone_precision == "bf16" else torch.float16
-        return torch.autocast(device.type, dtype=dtype)
+        return backbone_autocast(self.backbone_precision, device)
 
     def trainable_autocast(self, device: torch.device) -> AbstractContextManager:
         """The GRE's and GaitBase's precision: fp32 in eval mode under `eval_precision="fp32"`, else the surrounding."""

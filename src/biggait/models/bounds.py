@@ -36,6 +36,10 @@ OPTION_BOUNDS: dict[str, tuple[str, float, float]] = {
     "fusion_squeeze": ("int", 1, 8192),
     "embed_dim": ("int", 1, 8192),
     "parts": ("int", 1, 1024),
+    # BiggerGait (biggait.models.biggergait)
+    "layers_per_group": ("int", 1, 64),
+    "gait_heads": ("int", 1, 64),
+    "humanspace_dim": ("int", 1, 4096),
 }
 
 

@@ -10,6 +10,7 @@ from torchvision.models.resnet import BasicBlock
 __all__ = [
     "AttentionFusion",
     "GaitBaseHead",
+    "GaitBaseSingle",
     "SeparateBNNeck",
     "SeparateFCs",
     "horizontal_pooling",
@@ -184,5 +185,47 @@ class GaitBaseHead(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """[n, s, C, h, w] denoising and appearance maps -> embeddings [n, E, p] and logits [n, K, p]."""
         embeddings = self.embed(temporal_max(self.frame_maps(denoising, appearance), lengths))
+        _, logits = self.bnneck(embeddings)
+        return {"embeddings": embeddings, "logits": logits}
+
+
+class GaitBaseSingle(nn.Module):
+    """One-input GaitBase of BiggerGait: stem, ResNet stages, pooling, BNNeck (OpenGait `BigGait_utils/BigGait_GaitBase.py`, `Baseline_Single`)."""
+
+    def __init__(
+        self,
+        *,
+        in_dim: int = 16,
+        channels: tuple[int, int, int, int] = (64, 128, 256, 512),
+        strides: tuple[int, int, int] = (2, 1, 1),
+        embed_dim: int = 256,
+        parts: int = 32,
+        num_classes: int = 100,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.parts = parts
+        self.channels_last = channels_last
+        self.stem = Stem(in_dim, channels[0])
+        self.body = Body(channels, strides)
+        self.fcs = SeparateFCs(parts, channels[3], embed_dim)
+        self.bnneck = SeparateBNNeck(parts, embed_dim, num_classes)
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def frame_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """[n, s, C, h, w] maps -> per-frame feature maps [n, s, C', h', w'] (before the temporal max)."""
+        n, s = x.shape[:2]
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        y = self.body(self.stem(x.flatten(0, 1).contiguous(memory_format=fmt)))
+        return y.view(n, s, *y.shape[1:])
+
+    def embed(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Temporally pooled maps [n, C', h', w'] -> embeddings [n, E, p] (horizontal pooling, separate FCs)."""
+        return self.fcs(horizontal_pooling(pooled, self.parts))
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """[n, s, C, h, w] maps -> embeddings [n, E, p] and logits [n, K, p]."""
+        embeddings = self.embed(temporal_max(self.frame_maps(x), lengths))
         _, logits = self.bnneck(embeddings)
         return {"embeddings": embeddings, "logits": logits}
