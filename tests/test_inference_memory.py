@@ -107,7 +107,7 @@ def _scene(path: Path, frames: int, *, size: tuple[int, int] = (480, 640)) -> Pa
 @pytest.mark.slow
 def test_footage_length_does_not_decide_memory(ckpt: Path, baseline: int, tmp_path: Path) -> None:
     """A 500-frame 640x480 video of one person and one with two tracks, `--max-frames` applied while reading:
-    peak RSS as for a 20-frame one (the old code held every frame and every crop: +0.9 GB here). Both use
+    peak RSS as for a 20-frame one (the old code held every frame and every crop: +0.35 to 0.4 GB here). Both use
     16-frame batches: the batch, not the footage, sets the activations' size."""
     short, long = _scene(tmp_path / "short.avi", 20), _scene(tmp_path / "long.avi", 500)
     rss = {}

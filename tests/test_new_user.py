@@ -138,6 +138,7 @@ def test_typos_in_overrides_are_one_line_with_a_suggestion(override: str, messag
     check_overrides(
         "train", ["experiment=synthetic", "model.net.backbone=tiny", "+model.net.mask_dropout=0.1"]
     )
+    check_overrides("eval", ["ckpt_path=x.ckpt", "seed=3"])  # keys whose value is null are keys too
 
 
 def test_train_with_a_typo_is_one_error_line() -> None:

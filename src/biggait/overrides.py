@@ -41,12 +41,13 @@ def _check_key(cfg: DictConfig, key: str) -> None:
     parent_key, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(cfg, parent_key, throw_on_missing=False) if parent_key else cfg
     if not isinstance(parent, DictConfig):
-        head = parent_key.split(".")[0] if parent_key else leaf
+        head = key.split(".")[0]
+        hint = _closest(head, [str(k) for k in cfg]).strip()
         raise ConfigError(
-            f"{key}: there is no {parent_key or head!r} in the configuration; {_closest(head, list(cfg))}"
+            f"{key}: there is no {parent_key!r} in the configuration" + (f"; {hint}" if hint else "")
         )
-    if leaf not in parent:
-        keys = [str(k) for k in parent]
+    keys = [str(k) for k in parent]  # not `leaf in parent`: that is False for a key whose value is null
+    if leaf not in keys:
         raise ConfigError(
             f"{key}: {parent_key or 'the configuration'} has no option {leaf!r}; {_closest(leaf, keys)}"
             f"its options are {sorted(keys)} (an option the config does not list: +{key}=...)"

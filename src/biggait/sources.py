@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from biggait.data.shards import image_size
 from biggait.errors import BiggaitError, CorruptDataError
+from biggait.image_header import image_size
 
 __all__ = [
     "IMAGE_SUFFIXES",
