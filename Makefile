@@ -89,6 +89,14 @@ bench-model: $(STAMP) ## model frames/s per precision, vs the official code with
 baselines: $(STAMP) ## the two non-learned baselines on the synthetic test split (data_prep/README.md)
 	$(PY) scripts/baselines.py $(ARGS)
 
+# Studies on the synthetic `make train` recipe (biggait.study): conditions x seeds, one table; ARGS = Hydra overrides
+SEEDS     ?= 0 1 2
+STEPS     ?= 600
+ABLATIONS ?= all
+.PHONY: ablate
+ablate: $(STAMP) ## the paper's GRE ablations x seeds: make ablate [SEEDS="0 1 2"] [STEPS=600] [ABLATIONS=all|mask_branch,...]
+	$(PY) scripts/ablate.py --ablations $(ABLATIONS) --seeds $(SEEDS) --steps $(STEPS) $(if $(ARGS),-- $(ARGS))
+
 notebook: $(STAMP) ## open the feature-map notebook (installs the optional Jupyter UI first)
 	$(PY) -m pip install --quiet -e '.[notebook]'
 	$(VENV)/bin/jupytext --sync notebooks/feature_maps.py
