@@ -12,26 +12,12 @@ from pathlib import Path
 import pytest
 
 from biggait.study import Condition, RunResult, recipe_overrides, summarise, summary_markdown
+from test_train import TINY as TRAIN_TINY
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A CPU-sized model and data for the real runs (tests/test_train.py's TINY without the panel callback).
-TINY = [
-    "model.net.image_size=[112,56]",
-    "model.net.map_size=[32,16]",
-    "model.net.channels=[8,16,32,64]",
-    "model.net.embed_dim=16",
-    "model.net.fusion_squeeze=4",
-    "data.frames_per_sequence=4",
-    "data.ids_per_batch=3",
-    "data.seqs_per_id=2",
-    "data.eval_batch_size=4",
-    "data.num_workers=0",
-    "data.shuffle_buffer=16",
-    "data.steps_per_epoch=2",
-    "data_prep=none",
-    "callbacks.progress_bar.refresh_rate=0",
-]
+# test_train's CPU-sized model and data; a study turns the panel callback off
+TINY = [o for o in TRAIN_TINY if not o.startswith("callbacks.feature_maps")] + ["data.steps_per_epoch=2"]
 
 
 def test_recipe_overrides_scale_the_schedule_with_the_steps() -> None:
