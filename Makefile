@@ -97,7 +97,13 @@ ABLATIONS ?= all
 ablate: $(STAMP) ## the paper's GRE ablations x seeds: make ablate [SEEDS="0 1 2"] [STEPS=600] [ABLATIONS=all|mask_branch,...]
 	$(PY) scripts/ablate.py --ablations $(ABLATIONS) --seeds $(SEEDS) --steps $(STEPS) $(if $(ARGS),-- $(ARGS))
 
-notebook: $(STAMP) ## open the feature-map notebook (installs the optional Jupyter UI first)
+SEQUENCE ?=
+FIGURES  ?= outputs/notebook
+notebook: $(STAMP) ## run the feature-map notebook headless: make notebook [CKPT=last.ckpt] [SEQUENCE=subject/type/view] [FIGURES=outputs/notebook]
+	$(PY) scripts/run_notebook.py $(if $(CKPT),--checkpoint $(CKPT)) $(if $(SEQUENCE),--sequence $(SEQUENCE)) --out $(FIGURES) $(ARGS)
+
+.PHONY: notebook-ui
+notebook-ui: $(STAMP) ## open the feature-map notebook in the browser (installs the optional Jupyter UI first)
 	$(PY) -m pip install --quiet -e '.[notebook]'
 	$(VENV)/bin/jupytext --sync notebooks/feature_maps.py
 	$(PY) -m jupyter notebook notebooks/feature_maps.ipynb
