@@ -43,8 +43,11 @@ venv: $(STAMP) ## create .venv with pinned dependencies (idempotent)
 data: $(STAMP) ## write shards: make data DATASET=synthetic | ccpg|casiab|sustech1k RAW=/path OUT=data/<name>
 	$(PY) -m biggait.data_prep --dataset $(DATASET) --out $(OUT) $(if $(RAW),--raw $(RAW)) --workers $(WORKERS) $(ARGS)
 
-lvm: $(STAMP) ## rebuild the synthetic default's stand-in LVM src/biggait/assets/synthetic_lvm_tiny.pt (~6 min CPU)
-	$(PY) -m biggait.synthetic_lvm $(ARGS)
+# supervised: the default's stand-in (silhouette-trained); label_free: self-distillation without any label (docs/4_model.md)
+LVM ?= supervised
+lvm: $(STAMP) ## rebuild a synthetic stand-in LVM: make lvm [LVM=supervised (default's, ~6 min CPU)|label_free]
+	@case "$(LVM)" in supervised|label_free) ;; *) echo "make lvm: LVM must be supervised or label_free, got '$(LVM)'"; exit 2;; esac
+	$(PY) -m biggait.$(if $(filter label_free,$(LVM)),label_free_lvm,synthetic_lvm) $(ARGS)
 
 train: $(STAMP) ## train (and evaluate): make train DATASET=synthetic ARGS="trainer.max_steps=100"
 	$(PY) -m biggait.train experiment=$(if $(filter synthetic,$(DATASET)),synthetic,biggait_$(DATASET)) $(ARGS)
