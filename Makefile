@@ -100,6 +100,11 @@ ABLATIONS ?= all
 ablate: $(STAMP) ## the paper's GRE ablations x seeds: make ablate [SEEDS="0 1 2"] [STEPS=600] [ABLATIONS=all|mask_branch,...]
 	$(PY) scripts/ablate.py --ablations $(ABLATIONS) --seeds $(SEEDS) --steps $(STEPS) $(if $(ARGS),-- $(ARGS))
 
+LABEL_FREE ?= src/biggait/assets/synthetic_lvm_tiny_label_free.pt
+.PHONY: compare-lvm
+compare-lvm: $(STAMP) ## random / label-free / supervised stand-in LVM x seeds: make compare-lvm [SEEDS=...] [STEPS=...] [LABEL_FREE=file]
+	$(PY) scripts/compare_lvms.py --label-free $(LABEL_FREE) --seeds $(SEEDS) --steps $(STEPS) $(if $(ARGS),-- $(ARGS))
+
 SEQUENCE ?=
 FIGURES  ?= outputs/notebook
 notebook: $(STAMP) ## run the feature-map notebook headless: make notebook [CKPT=last.ckpt] [SEQUENCE=subject/type/view] [FIGURES=outputs/notebook]

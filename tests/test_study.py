@@ -73,3 +73,27 @@ def test_ablate_rejects_an_unknown_ablation(tmp_path: Path) -> None:
     command = [sys.executable, str(REPO / "scripts" / "ablate.py"), "--ablations", "backbone"]
     done = subprocess.run(command + ["--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 2 and "unknown ablations ['backbone']" in done.stderr
+
+
+@pytest.mark.slow
+def test_make_compare_lvm_trains_each_backbone_and_measures_its_features(
+    tiny_shards: Path, tmp_path: Path
+) -> None:
+    from biggait.label_free_lvm import main as pretrain
+
+    lvm = tmp_path / "label_free.pt"
+    argv = ["--out", str(lvm), "--steps", "2", "--batch-size", "4", "--train-sequences", "2", "--frames", "2"]
+    assert pretrain([*argv, "--empty-frames", "2", "--test-sequences", "2", "--accelerator", "cpu"]) == 0
+    out = tmp_path / "compare"
+    command = [sys.executable, str(REPO / "scripts" / "compare_lvms.py"), "--label-free", str(lvm)]
+    command += ["--seeds", "0", "--steps", "2", "--test-sequences", "2", "--out", str(out)]
+    command += ["--", f"data.root={tiny_shards}", *TINY, "model.net.image_size=[224,112]"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r["condition"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert set(rows) == {"random", "label_free", "supervised"}
+    assert all(0.0 <= float(r["backbone_pca1_iou"]) <= 100.0 for r in rows.values())
+    assert str(lvm) in (out / "label_free" / "seed0" / "config.yaml").read_text()
+    assert "pretrained: random" in (out / "random" / "seed0" / "config.yaml").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "backbone PCA-1 fg IoU" in summary and "label-free: mean CL" in summary
