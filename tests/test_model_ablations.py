@@ -189,3 +189,16 @@ def test_bad_ablations_are_clear_errors(ablations, message: str) -> None:
 def test_every_ablation_name_is_accepted() -> None:
     for name in GRE_ABLATIONS:
         assert model(name).config["ablations"] == (name,)
+
+
+@pytest.mark.parametrize("branch", ["mask_branch", "denoising_branch", "appearance_branch"])
+def test_feature_map_panel_draws_an_ablated_model(branch: str) -> None:
+    from biggait.viz import sequence_panel
+
+    net = model(branch).eval()
+    frames, ratios = inputs()
+    with torch.no_grad():
+        feats = net.forward_features(frames, ratios)
+    one = {k: v[0] for k, v in feats.items() if k != "shape_mse"}
+    fig = sequence_panel(frames[0], one, None, ratios=ratios[0], max_frames=3, title=branch)
+    assert len(fig.axes) > 0
