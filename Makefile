@@ -49,8 +49,11 @@ venv: $(STAMP) ## create .venv with pinned dependencies (idempotent)
 data: $(STAMP) ## write shards: make data DATASET=synthetic | ccpg|casiab|sustech1k RAW=/path OUT=data/<name>
 	$(PY) -m biggait.data_prep --dataset $(DATASET) --out $(OUT) $(if $(RAW),--raw $(RAW)) --workers $(WORKERS) $(ARGS)
 
-lvm: $(STAMP) ## rebuild the synthetic default's stand-in LVM src/biggait/assets/synthetic_lvm_tiny.pt (~6 min CPU)
-	$(PY) -m biggait.synthetic_lvm $(ARGS)
+# supervised: the default's stand-in (silhouette-trained); label_free: self-distillation without any label (docs/4_model.md)
+LVM ?= supervised
+lvm: $(STAMP) ## rebuild a synthetic stand-in LVM: make lvm [LVM=supervised (default's, ~6 min CPU)|label_free]
+	@case "$(LVM)" in supervised|label_free) ;; *) echo "make lvm: LVM must be supervised or label_free, got '$(LVM)'"; exit 2;; esac
+	$(PY) -m biggait.$(if $(filter label_free,$(LVM)),label_free_lvm,synthetic_lvm) $(ARGS)
 
 # An unknown DATASET is one line naming the choices, not Hydra's list of every experiment file.
 DATASETS   := synthetic $(patsubst conf/experiment/biggait_%.yaml,%,$(wildcard conf/experiment/biggait_*.yaml))
@@ -110,7 +113,26 @@ bench-model: $(STAMP) ## model frames/s per precision, vs the official code with
 baselines: $(STAMP) ## the two non-learned baselines on the synthetic test split (data_prep/README.md)
 	$(PY) scripts/baselines.py $(ARGS)
 
-notebook: $(STAMP) ## open the feature-map notebook (installs the optional Jupyter UI first)
+# Studies on the synthetic `make train` recipe (biggait.study): conditions x seeds, one table; ARGS = Hydra overrides
+SEEDS     ?= 0 1 2
+STEPS     ?= 600
+ABLATIONS ?= all
+.PHONY: ablate
+ablate: $(STAMP) ## the paper's GRE ablations x seeds: make ablate [SEEDS="0 1 2"] [STEPS=600] [ABLATIONS=all|mask_branch,...]
+	$(PY) scripts/ablate.py --ablations $(ABLATIONS) --seeds $(SEEDS) --steps $(STEPS) $(if $(ARGS),-- $(ARGS))
+
+LABEL_FREE ?= src/biggait/assets/synthetic_lvm_tiny_label_free.pt
+.PHONY: compare-lvm
+compare-lvm: $(STAMP) ## random / label-free / supervised stand-in LVM x seeds: make compare-lvm [SEEDS=...] [STEPS=...] [LABEL_FREE=file]
+	$(PY) scripts/compare_lvms.py --label-free $(LABEL_FREE) --seeds $(SEEDS) --steps $(STEPS) $(if $(ARGS),-- $(ARGS))
+
+SEQUENCE ?=
+FIGURES  ?= outputs/notebook
+notebook: $(STAMP) ## run the feature-map notebook headless: make notebook [CKPT=last.ckpt] [SEQUENCE=subject/type/view] [FIGURES=outputs/notebook]
+	$(PY) scripts/run_notebook.py $(if $(CKPT),--checkpoint $(CKPT)) $(if $(SEQUENCE),--sequence $(SEQUENCE)) --out $(FIGURES) $(ARGS)
+
+.PHONY: notebook-ui
+notebook-ui: $(STAMP) ## open the feature-map notebook in the browser (installs the optional Jupyter UI first)
 	$(PY) -m pip install --quiet -e '.[notebook]'
 	$(VENV)/bin/jupytext --sync notebooks/feature_maps.py
 	$(PY) -m jupyter notebook notebooks/feature_maps.ipynb

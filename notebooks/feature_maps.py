@@ -26,6 +26,9 @@
 # synthetic walkers with ground-truth silhouettes when `SHARDS` does not exist (`make data` builds the
 # full synthetic set). Random weights show *what the panels look like*, not what BigGait
 # learns; pass the `.ckpt` that `make train` writes (`outputs/.../checkpoints/last.ckpt`) for real maps.
+#
+# Headless, with the figures saved as PNG files: `make notebook CKPT=last.ckpt SEQUENCE=subject/type/view
+# FIGURES=folder` (scripts/run_notebook.py sets the parameters below and keeps the executed notebook there too).
 
 # %% tags=["parameters"]
 CHECKPOINT = None  # path to a training .ckpt, or None for the tiny random model
@@ -34,6 +37,10 @@ SPLIT = "test"
 PROTOCOL = "ccpg"  # evaluation protocol of the dataset (the synthetic set follows CCPG)
 MAX_FRAMES = 8  # frames read per sequence (and columns per panel)
 SEED = 0
+SEQUENCE = (
+    None  # "subject/type/view" of SPLIT for the first panel, or None for the first of the comparison trio
+)
+FIGURES = None  # a folder to also save every figure to as PNG, or None
 
 # %%
 import tempfile
@@ -44,13 +51,24 @@ import torch
 from IPython.display import Image, display
 
 from biggait import load_model
+from biggait.io import atomic_write_bytes
 from biggait.viz import comparison_panel, figure_png, sequence_panel
-from biggait.viz.demo import comparison_sequences, make_demo_shards, rank1_heatmaps, tiny_random_model
+from biggait.viz.demo import (
+    comparison_sequences,
+    make_demo_shards,
+    named_sequence,
+    rank1_heatmaps,
+    tiny_random_model,
+)
 
 
-def show(fig):
-    """Display a matplotlib Figure as a PNG (the same bytes as the saved panels), then release it."""
-    display(Image(figure_png(fig)))
+def show(fig, name):
+    """Display a matplotlib Figure as a PNG (the same bytes as the saved panels), save it as FIGURES/<name>.png
+    when FIGURES is set, then release it."""
+    png = figure_png(fig)
+    display(Image(png))
+    if FIGURES:
+        atomic_write_bytes(Path(FIGURES) / f"{name}.png", png)
     plt.close(fig)  # figures made through pyplot would otherwise be shown a second time
 
 
@@ -84,6 +102,8 @@ seqs = comparison_sequences(
     model, shards, split=SPLIT, max_frames=MAX_FRAMES
 )  # the trio, from the whole split
 print("sequences:", [s.label for s in seqs])
+first = named_sequence(model, shards, SEQUENCE, split=SPLIT, max_frames=MAX_FRAMES) if SEQUENCE else seqs[0]
+print("first panel:", first.label)
 
 # %% [markdown]
 # ## One sequence, map by map
@@ -101,8 +121,8 @@ print("sequences:", [s.label for s in seqs])
 #   should not.
 
 # %% tags=["figure"]
-show(sequence_panel(seqs[0].frames, seqs[0].features, seqs[0].silhouettes, ratios=seqs[0].ratios,
-                    max_frames=MAX_FRAMES, title=seqs[0].label))  # fmt: skip
+show(sequence_panel(first.frames, first.features, first.silhouettes, ratios=first.ratios,
+                    max_frames=MAX_FRAMES, title=first.label), "sequence")  # fmt: skip
 
 # %% [markdown]
 # ## Same person in two outfits vs another person
@@ -112,7 +132,7 @@ show(sequence_panel(seqs[0].frames, seqs[0].features, seqs[0].silhouettes, ratio
 # the third carry identity independent of clothing, which is what a gait representation should do.
 
 # %% tags=["figure"]
-show(comparison_panel(seqs, frames_per_sequence=2))
+show(comparison_panel(seqs, frames_per_sequence=2), "comparison")
 
 # %% [markdown]
 # ## Rank-1 per view pair
@@ -131,9 +151,12 @@ if run_heatmaps:
     print(f"heatmaps of {latest}")
     for path in sorted(latest.glob("rank1_*.png")):
         display(Image(filename=str(path)))
+        if FIGURES:
+            atomic_write_bytes(Path(FIGURES) / path.name, path.read_bytes())
 else:
     label = Path(CHECKPOINT).name if CHECKPOINT else "tiny random model"
-    for fig in rank1_heatmaps(
+    figures = rank1_heatmaps(
         model, shards, split=SPLIT, protocol=PROTOCOL, max_frames=MAX_FRAMES, label=label
-    ):
-        show(fig)
+    )
+    for fig in figures:  # titled "<condition> rank-1 (%) ...": saved as rank1_<condition>.png, as a run does
+        show(fig, "rank1_" + fig.axes[0].get_title().split()[0])

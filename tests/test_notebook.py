@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -62,3 +63,59 @@ def test_notebook_executes_and_every_figure_cell_shows_an_image(tmp_path, monkey
         assert images, f"figure cell produced no image:\n{cell.source[:200]}"
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "tiny RANDOM BigGait" in text and "generating a tiny synthetic set" in text
+
+
+def _run_notebook_script(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(NOTEBOOK_DIR.parent / "scripts" / "run_notebook.py"), *args]
+    env = {**os.environ, "PYTHONPATH": str(NOTEBOOK_DIR.parent / "src")}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_make_notebook_parameters_go_after_the_parameters_cell(tmp_path):
+    jupytext = pytest.importorskip("jupytext")
+    sys.path.insert(0, str(NOTEBOOK_DIR.parent / "scripts"))
+    try:
+        from run_notebook import with_parameters
+    finally:
+        sys.path.remove(str(NOTEBOOK_DIR.parent / "scripts"))
+    nb = with_parameters(
+        jupytext.read(NOTEBOOK_DIR / "feature_maps.py"), {"SEQUENCE": "1/a/0", "MAX_FRAMES": 4}
+    )
+    index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    injected = nb.cells[index + 1]
+    assert injected.metadata["tags"] == ["injected-parameters"]
+    assert "SEQUENCE = '1/a/0'\nMAX_FRAMES = 4\n" in injected.source
+    namespace: dict = {}
+    exec(nb.cells[index].source + "\n" + injected.source, namespace)  # the injected values win
+    assert namespace["SEQUENCE"] == "1/a/0" and namespace["MAX_FRAMES"] == 4
+
+
+def test_make_notebook_rejects_a_missing_checkpoint(tmp_path):
+    done = _run_notebook_script("--checkpoint", str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "out"))
+    assert done.returncode != 0 and "checkpoint not found" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_make_notebook_runs_headless_on_a_checkpoint_and_saves_figures(tiny_shards, tmp_path):
+    from biggait.train import train
+    from biggait.viz.io import read_labels
+    from test_train import compose_train, steps
+
+    train(compose_train(tmp_path / "run", tiny_shards, *steps(2, 2), "logger=csv", "test_after_fit=false"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    subject, seq_type, view = read_labels(tiny_shards, split="test")[-1]
+    label = f"{subject}/{seq_type}/{view}"
+    out = tmp_path / "figures"
+    common = ["--checkpoint", str(ckpt), "--shards", str(tiny_shards), "--max-frames", "4", "--out", str(out)]
+    done = _run_notebook_script(*common, "--sequence", label)
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = sorted(p.name for p in out.glob("*.png"))
+    assert "sequence.png" in figures and "comparison.png" in figures
+    assert any(name.startswith("rank1_") for name in figures)
+    assert all((out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in figures)
+    executed = (out / "feature_maps.ipynb").read_text()
+    assert "Loaded " in executed and f"first panel: {subject} {seq_type} {view}" in executed
+    # a sequence the split lacks: one error line naming some it has, non-zero exit
+    done = _run_notebook_script(*common, "--sequence", "nobody/none/0")
+    assert done.returncode == 1 and "no sequence 'nobody/none/0'" in done.stderr

@@ -76,8 +76,7 @@ class MaskBranchSchedule(Callback):
             return
         if self.pretrained_path is not None:
             model.load_mask_branch(self.pretrained_path)
-        frozen = {id(p) for p in model.mask_branch.parameters()}
-        model.freeze_mask_branch()
+        frozen = {id(p) for p in model.freeze_mask_branch()}  # none when the mask branch is ablated
         for optimizer in trainer.optimizers:
             for group in optimizer.param_groups:
                 kept = [p for p in group["params"] if id(p) not in frozen]

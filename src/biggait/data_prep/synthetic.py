@@ -28,6 +28,7 @@ from biggait.preprocess import pad_and_resize
 __all__ = [
     "CCPG_TYPES",
     "SyntheticConfig",
+    "background_crop",
     "gait_parameters",
     "identity_parameters",
     "list_sequences",
@@ -333,6 +334,20 @@ def render_sequence(
         np.asarray(ratios, np.float32),
         np.stack(sils),
     )
+
+
+def background_crop(cfg: SyntheticConfig, *, seed: int) -> tuple[np.ndarray, float]:
+    """A person-crop-shaped crop of a scene background with no walker in it (what a detector's false positive
+    gives): the frame [H, W, 3] at `cfg.frame_size` and its crop ratio w/h (label-free pretraining data)."""
+    r = _rng(cfg, "empty", seed)
+    size = cfg.canvas
+    bg = _background(r, size)
+    h = int(r.integers(size // 2, size + 1))
+    w = int(np.clip(h * r.uniform(0.3, 0.6), 4, size))
+    y0, x0 = int(r.integers(0, size - h + 1)), int(r.integers(0, size - w + 1))
+    light = r.uniform(0.7, 1.25) * r.uniform(0.9, 1.1, 3)
+    crop = np.clip(bg[y0 : y0 + h, x0 : x0 + w].astype(np.float32) * light, 0, 255).astype(np.uint8)
+    return pad_and_resize(np.ascontiguousarray(crop), cfg.frame_size), w / h
 
 
 # --------------------------------------------------------------------------------------- raw footage

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from biggait.errors import BiggaitError, ConfigError
 from biggait.models.backbone import DinoV2Backbone, backbone_autocast
 from biggait.models.gaitbase import GaitBaseHead
 from biggait.models.gre import (
+    GRE_ABLATIONS,
     GRE_LOSS_WEIGHTS,
     DistillationBranch,
     black_da,
@@ -68,6 +70,22 @@ def _check_options(config: dict[str, Any]) -> None:
         raise ConfigError(
             f"padding_resize_crop must be 'left' or 'center', got {config['padding_resize_crop']!r}"
         )
+    _check_ablations(config["ablations"])
+
+
+def _check_ablations(ablations: Sequence[str]) -> None:
+    if isinstance(ablations, str):
+        raise ConfigError(
+            f"ablations must be a list of names, got the string {ablations!r}: write [{ablations}]"
+        )
+    unknown = [a for a in ablations if a not in GRE_ABLATIONS]
+    if unknown:
+        raise ConfigError(f"unknown ablations {unknown}: choose among {list(GRE_ABLATIONS)}")
+    if {"denoising_branch", "appearance_branch"} <= set(ablations):
+        raise ConfigError(
+            "ablations removes both the denoising and the appearance branch: GaitBase would get no input; "
+            "keep at least one of them"
+        )
 
 
 def _recorded_config(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -75,10 +93,23 @@ def _recorded_config(arguments: dict[str, Any]) -> dict[str, Any]:
     names = list(inspect.signature(BigGait.__init__).parameters)[1:]
     config = {name: arguments[name] for name in names}
     _check_options(config)
-    for key in ("image_size", "map_size", "channels"):
+    for key in ("image_size", "map_size", "channels", "ablations"):
         config[key] = tuple(config[key])
     config["frame_size"] = tuple(int(v) for v in config["frame_size"])
     return config
+
+
+def _absent_branch(like: torch.Tensor, selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An ablated GRE branch's output: a 0-channel map [B, 0, h, w] and a zero reconstruction MSE."""
+    b, _, h, w = selected.shape
+    return like.new_zeros(b, 0, h, w), like.new_zeros(())
+
+
+def _foreground(mask_probs: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(foreground probability, selected pixels); without a mask branch every valid pixel is foreground."""
+    if mask_probs.shape[1] == 0:  # ablations=[mask_branch]: the background is kept
+        return valid.to(mask_probs.dtype), valid
+    return select_foreground(mask_probs.detach())
 
 
 class BigGait(nn.Module):
@@ -112,6 +143,7 @@ class BigGait(nn.Module):
         backbone_precision: Literal["bf16", "fp16", "fp32"] | None = None,
         eval_precision: Literal["fp32"] | None = None,
         channels_last: bool = False,
+        ablations: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.config: dict[str, Any] = _recorded_config(locals())
@@ -132,8 +164,8 @@ class BigGait(nn.Module):
             denoising_hidden=denoising_hidden,
         )
         self.head = GaitBaseHead(
-            denoising_dim=denoising_dim,
-            appearance_dim=appearance_dim,
+            denoising_dim=denoising_dim if self.denoising_branch is not None else 0,
+            appearance_dim=appearance_dim if self.appearance_branch is not None else 0,
             channels=self.config["channels"],
             fusion_squeeze=fusion_squeeze,
             embed_dim=embed_dim,
@@ -158,11 +190,20 @@ class BigGait(nn.Module):
         self.backbone_precision = config["backbone_precision"]
         # "fp32": in eval mode the GRE and GaitBase leave the surrounding autocast (docs/performance.md)
         self.eval_precision = config["eval_precision"]
+        # The paper's ablations (GRE_ABLATIONS): absent branches, and the auxiliary losses that are then zero
+        self.ablations = config["ablations"]
+        off = {name for name in self.ablations if name in GRE_LOSS_WEIGHTS}
+        if "mask_branch" in self.ablations:
+            off |= {"shape_mse", "shape_connect"}
+        if "denoising_branch" in self.ablations:
+            off |= {"part_connect", "part_diversity"}
+        self.disabled_losses = frozenset(off)
 
     def _initialise(self) -> None:
         """OpenGait's initialisation of everything but the backbone, which is frozen unless trainable."""
         for module in (self.mask_branch, self.denoising_branch, self.appearance_branch, self.head):
-            _official_init(module)
+            if module is not None:
+                _official_init(module)
         self._mask_branch_frozen = False
         if not self.backbone_trainable:
             self.backbone.requires_grad_(False)
@@ -171,20 +212,28 @@ class BigGait(nn.Module):
     def _build_branches(
         self, *, mask_dropout: float, denoising_dim: int, appearance_dim: int, denoising_hidden: int | None
     ) -> None:
-        """The three GRE branches over the backbone's f_last (mask) and f_mid4 (denoising, appearance)."""
+        """The three GRE branches over the backbone's f_last (mask) and f_mid4 (denoising, appearance); None
+        for a branch in `ablations`."""
         c_last, c_mid4 = self.backbone.embed_dim, self.backbone.mid4_dim
-        self.mask_branch = DistillationBranch(c_last, 2, dropout=mask_dropout, reconstruct=True)
-        self.denoising_branch = DistillationBranch(
-            c_mid4, denoising_dim, hidden_dim=denoising_hidden or c_mid4 // 2
+        kept = {name: f"{name}_branch" not in self.ablations for name in ("mask", "denoising", "appearance")}
+        self.mask_branch = (
+            DistillationBranch(c_last, 2, dropout=mask_dropout, reconstruct=True) if kept["mask"] else None
         )
-        self.appearance_branch = DistillationBranch(c_mid4, appearance_dim, softmax=False)
+        self.denoising_branch = (
+            DistillationBranch(c_mid4, denoising_dim, hidden_dim=denoising_hidden or c_mid4 // 2)
+            if kept["denoising"]
+            else None
+        )
+        self.appearance_branch = (
+            DistillationBranch(c_mid4, appearance_dim, softmax=False) if kept["appearance"] else None
+        )
 
     # ----------------------------------------------------------------------------------------- modes
     def train(self, mode: bool = True) -> BigGait:
         super().train(mode)
         if not self.backbone_trainable:
             self.backbone.eval()  # frozen, as OpenGait `BigGait__Dinov2_Gaitbase.init_parameters`
-        if self._mask_branch_frozen:
+        if self._mask_branch_frozen and self.mask_branch is not None:
             self.mask_branch.eval()  # OpenGait `BigGait__Dinov2_Gaitbase.forward`, iteration 500: dropout off, running BN stats after the freeze
         return self
 
@@ -196,6 +245,8 @@ class BigGait(nn.Module):
     def freeze_mask_branch(self) -> list[nn.Parameter]:
         """Freeze the mask branch (OpenGait `BigGait__Dinov2_Gaitbase.forward`, iteration 500); returns its parameters so the optimizer can drop them."""
         self._mask_branch_frozen = True
+        if self.mask_branch is None:  # ablated: nothing to freeze
+            return []
         self.mask_branch.requires_grad_(False)
         self.mask_branch.eval()
         return list(self.mask_branch.parameters())
@@ -203,6 +254,10 @@ class BigGait(nn.Module):
     def load_mask_branch(self, path: str | Path, *, freeze: bool = True) -> list[nn.Parameter]:
         """Load a `{'model': state_dict}` file such as MaskBranch_vits14.pt strictly (official names)."""
         path = Path(path)
+        if self.mask_branch is None:
+            raise ConfigError(
+                f"cannot load {path}: this model has no mask branch (ablations={list(self.ablations)})"
+            )
         if not path.is_file():
             raise FileNotFoundError(f"mask-branch file not found: {path}")
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -225,7 +280,7 @@ class BigGait(nn.Module):
     def uses_dense_gre(self) -> bool:
         """Whether `forward_features` runs the GRE branches densely: `static_shapes` and no branch training."""
         branches = (self.mask_branch, self.denoising_branch, self.appearance_branch)
-        return self.static_shapes and not any(b.training for b in branches)
+        return self.static_shapes and not any(b is not None and b.training for b in branches)
 
     # -------------------------------------------------------------------------------------- forward
     def _backbone_autocast(self, device: torch.device) -> AbstractContextManager:
@@ -269,22 +324,33 @@ class BigGait(nn.Module):
         """The GRE on the backbone's token grids of B frames -> its maps [B, C, h, w] and the shape MSE."""
         if self.uses_dense_gre:  # static shapes: every pixel, then masked (docs/export.md)
             fuse = self.fuse_gre_upsampling
-            mask_probs, shape_mse = self.mask_branch.forward_dense(f_last, valid, fuse_upsampling=fuse)
-            foreground_prob, foreground = select_foreground(mask_probs.detach())
-            denoising = self.denoising_branch.forward_dense(f_mid4, foreground, fuse_upsampling=fuse)[0]
-            appearance = self.appearance_branch.forward_dense(f_mid4, foreground, fuse_upsampling=fuse)[0]
+
+            def run(branch: DistillationBranch | None, tokens: torch.Tensor, selected: torch.Tensor) -> Any:
+                if branch is None:
+                    return _absent_branch(tokens, selected)
+                return branch.forward_dense(tokens, selected, fuse_upsampling=fuse)
+
+            mask_probs, shape_mse = run(self.mask_branch, f_last, valid)
+            foreground_prob, foreground = _foreground(mask_probs, valid)
+            denoising = run(self.denoising_branch, f_mid4, foreground)[0]
+            appearance = run(self.appearance_branch, f_mid4, foreground)[0]
         else:
             with torch.set_grad_enabled(self.backbone_trainable and torch.is_grad_enabled()):
                 last_map = upsample_maps(f_last, self.map_size)
                 mid4_map = upsample_maps(f_mid4, self.map_size)
+
+            def run(branch: DistillationBranch | None, maps: torch.Tensor, selected: torch.Tensor) -> Any:
+                if branch is None:
+                    return _absent_branch(maps, selected)
+                out, mse = branch(gather_pixels(maps, selected))
+                return scatter_pixels(out, selected), mse
+
             # mask branch on the valid pixels (paper Sec. 3; OpenGait `BigGait.py`)
-            mask_out, shape_mse = self.mask_branch(gather_pixels(last_map, valid))
-            mask_probs = scatter_pixels(mask_out, valid)
-            foreground_prob, foreground = select_foreground(mask_probs.detach())
+            mask_probs, shape_mse = run(self.mask_branch, last_map, valid)
+            foreground_prob, foreground = _foreground(mask_probs, valid)
             # denoising and appearance branches on the foreground pixels only
-            mid4_fg = gather_pixels(mid4_map, foreground)
-            denoising = scatter_pixels(self.denoising_branch(mid4_fg)[0], foreground)
-            appearance = scatter_pixels(self.appearance_branch(mid4_fg)[0], foreground)
+            denoising = run(self.denoising_branch, mid4_map, foreground)[0]
+            appearance = run(self.appearance_branch, mid4_map, foreground)[0]
         return {
             "mask_probs": mask_probs,
             "foreground_prob": foreground_prob,
@@ -298,16 +364,19 @@ class BigGait(nn.Module):
         """The four weighted GRE auxiliary losses (OpenGait `BigGait__Dinov2_Gaitbase.forward`)."""
         denoising = features["denoising"].flatten(0, 1)
         losses = {
-            "shape_mse": features["shape_mse"],
-            "shape_connect": shape_connect_loss(
+            "shape_mse": lambda: features["shape_mse"],
+            "shape_connect": lambda: shape_connect_loss(
                 features["mask_probs"].flatten(0, 1), layout=self.shape_connect_layout
             ),
-            "part_connect": sobel_connect_loss(
-                denoising[:, :-1]
-            ),  # OpenGait `connect_loss` on the denoising map: last channel dropped
-            "part_diversity": diversity_loss(denoising),
+            # OpenGait `connect_loss` on the denoising map: last channel dropped
+            "part_connect": lambda: sobel_connect_loss(denoising[:, :-1]),
+            "part_diversity": lambda: diversity_loss(denoising),
         }
-        return {k: v * GRE_LOSS_WEIGHTS[k] for k, v in losses.items()}
+        # an ablated constraint (or one of an ablated branch) is a constant zero: no term, no gradient
+        zero = denoising.new_zeros(())
+        return {
+            k: zero if k in self.disabled_losses else v() * GRE_LOSS_WEIGHTS[k] for k, v in losses.items()
+        }
 
     def black_da(
         self,
@@ -316,7 +385,13 @@ class BigGait(nn.Module):
         rate: float = 0.2,
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Black DA (OpenGait `BigGait__Dinov2_Gaitbase.forward`), out of place: returns a new features dict."""
+        """Black DA (OpenGait `BigGait__Dinov2_Gaitbase.forward`), out of place: returns a new features dict.
+
+        It blanks one of the two maps so the head relies on both; with a branch ablated there is nothing to
+        balance (it would blank whole sequences), so it is off.
+        """
+        if features["denoising"].shape[2] == 0 or features["appearance"].shape[2] == 0:
+            return features
         denoising, appearance = black_da(
             features["denoising"], features["appearance"], rate=rate, generator=generator
         )

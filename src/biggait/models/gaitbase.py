@@ -157,9 +157,15 @@ class GaitBaseHead(nn.Module):
         super().__init__()
         self.parts = parts
         self.channels_last = channels_last
-        self.denoising_stem = Stem(denoising_dim, channels[0])
-        self.appearance_stem = Stem(appearance_dim, channels[0])
-        self.fusion = AttentionFusion(channels[0], squeeze_ratio=fusion_squeeze)
+        if denoising_dim < 0 or appearance_dim < 0 or denoising_dim + appearance_dim == 0:
+            raise ValueError(
+                f"denoising_dim and appearance_dim must be >= 0, not both 0; got {denoising_dim}, {appearance_dim}"
+            )
+        # a 0-channel input is an absent GRE branch (BigGait `ablations`): no stem, and no fusion of one input
+        self.denoising_stem = Stem(denoising_dim, channels[0]) if denoising_dim else None
+        self.appearance_stem = Stem(appearance_dim, channels[0]) if appearance_dim else None
+        both = denoising_dim and appearance_dim
+        self.fusion = AttentionFusion(channels[0], squeeze_ratio=fusion_squeeze) if both else None
         self.body = Body(channels)
         self.fcs = SeparateFCs(parts, channels[3], embed_dim)
         self.bnneck = SeparateBNNeck(parts, embed_dim, num_classes)
@@ -171,9 +177,9 @@ class GaitBaseHead(nn.Module):
         the temporal max; frame by frame, so long sequences can be processed in chunks in eval mode)."""
         n, s = denoising.shape[:2]
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        den = self.denoising_stem(denoising.flatten(0, 1).contiguous(memory_format=fmt))
-        app = self.appearance_stem(appearance.flatten(0, 1).contiguous(memory_format=fmt))
-        x = self.body(self.fusion(den, app))
+        stems = ((self.denoising_stem, denoising), (self.appearance_stem, appearance))
+        feats = [stem(x.flatten(0, 1).contiguous(memory_format=fmt)) for stem, x in stems if stem is not None]
+        x = self.body(self.fusion(*feats) if self.fusion is not None else feats[0])
         return x.view(n, s, *x.shape[1:])
 
     def embed(self, pooled: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "GRE_ABLATIONS",
+    "GRE_BRANCHES",
     "GRE_LOSS_WEIGHTS",
     "DistillationBranch",
     "black_da",
@@ -23,6 +25,11 @@ __all__ = [
 
 # Weights as OpenGait `BigGait__Dinov2_Gaitbase.forward` hands them to `opengait/modeling/loss_aggregator.py`
 GRE_LOSS_WEIGHTS = {"shape_mse": 1.0, "shape_connect": 0.02, "part_connect": 0.01, "part_diversity": 5.0}
+# The components the paper's ablation study removes (BigGait, CVPR 2024, Sec. 4): the three GRE branches and the four auxiliary
+# constraints, named as the losses above (shape_mse: the mask branch's auto-encoder reconstruction; shape_connect /
+# part_connect: the smoothness of the mask / denoising map; part_diversity: the denoising channels' diversity).
+GRE_BRANCHES = ("mask_branch", "denoising_branch", "appearance_branch")
+GRE_ABLATIONS = GRE_BRANCHES + tuple(GRE_LOSS_WEIGHTS)
 BORDER_ROWS = 5  # OpenGait `BigGait__Dinov2_Gaitbase.get_body`: rows inspected at the top and at the bottom to decide the polarity
 
 

@@ -13,7 +13,14 @@ from biggait.data_prep.synthetic import SyntheticConfig, prepare
 from biggait.viz.io import read_labels, read_sequences, records_to_batch
 from biggait.viz.panels import PanelSequence, comparison_indices, panel_sequences
 
-__all__ = ["comparison_sequences", "demo_world", "make_demo_shards", "rank1_heatmaps", "tiny_random_model"]
+__all__ = [
+    "comparison_sequences",
+    "demo_world",
+    "make_demo_shards",
+    "named_sequence",
+    "rank1_heatmaps",
+    "tiny_random_model",
+]
 
 # The CPU preset of conf/model/biggait_tiny.yaml; num_classes only sizes the classifier, unused here.
 TINY_MODEL = {"backbone": "tiny", "num_classes": 8, "image_size": (224, 112), "map_size": (32, 16)}
@@ -72,6 +79,23 @@ def comparison_sequences(
     found = {(r.subject, r.seq_type, r.view): r for r in records}
     batch = records_to_batch([found[label] for label in wanted])
     return panel_sequences(batch, model.eval().forward_features(batch["frames"], batch["ratios"]))
+
+
+@torch.no_grad()
+def named_sequence(
+    model: torch.nn.Module, shards: str | Path, label: str, *, split: str = "test", max_frames: int = 8
+) -> PanelSequence:
+    """The sequence `label` ("subject/type/view", as `make embed` and the gallery name sequences) of a split,
+    run through `model.forward_features` in eval mode. A label the split lacks is a ValueError naming some it has."""
+    parts = tuple(label.split("/"))
+    if len(parts) != 3:
+        raise ValueError(f"SEQUENCE must be 'subject/type/view', got {label!r}")
+    records = read_sequences(shards, split=split, max_frames=max_frames, where=lambda *k: k == parts, limit=1)
+    if not records:
+        some = ", ".join("/".join(k) for k in read_labels(shards, split=split)[:5])
+        raise ValueError(f"no sequence {label!r} in the {split} split of {shards}; it has e.g. {some}")
+    batch = records_to_batch(records)
+    return panel_sequences(batch, model.eval().forward_features(batch["frames"], batch["ratios"]))[0]
 
 
 @torch.no_grad()

@@ -150,6 +150,8 @@ def part_colors(
         raise VizInputError(
             f"denoising has {d.shape[1]} channels; the palette has {len(PART_PALETTE)} colours"
         )
+    if d.shape[1] == 0:  # no denoising branch (BigGait ablations=[denoising_branch]): nothing to colour
+        return np.zeros((d.shape[0], *d.shape[2:], 3), np.float32)
     parts = d.argmax(1).numpy()
     rgb = PART_PALETTE[parts]
     on = (d.abs().sum(1) > 0).numpy()

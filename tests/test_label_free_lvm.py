@@ -1,0 +1,121 @@
+"""The label-free stand-in LVM (biggait.label_free_lvm): no labels in its data, real self-distillation, a loadable file."""
+
+from __future__ import annotations
+
+import ast
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from biggait.data_prep.synthetic import SyntheticConfig, background_crop
+from biggait.label_free_lvm import (
+    SelfDistillation,
+    augment,
+    main,
+    pca_foreground,
+    pca_foreground_iou,
+    render_unlabelled_frames,
+)
+from biggait.models import BigGait
+
+SOURCE = Path(__file__).resolve().parents[1] / "src" / "biggait" / "label_free_lvm.py"
+
+
+def test_pretraining_dataset_holds_images_only() -> None:
+    ds = render_unlabelled_frames(
+        SyntheticConfig(), num_sequences=2, frames_per_sequence=3, empty_frames=2, image_size=(112, 56)
+    )
+    assert len(ds.tensors) == 1  # no silhouettes, no identities, no labels: one field, the images
+    (images,) = ds.tensors
+    assert images.shape == (8, 3, 112, 56) and images.dtype == torch.float32
+    assert len(ds[0]) == 1
+
+
+def test_pretraining_code_reads_no_silhouette_or_identity() -> None:
+    # Every attribute the training side reads, from the source: silhouettes, subjects and labels are not among
+    # them (the one import of the silhouette-reading test set is inside `main`, for the reported IoU only).
+    tree = ast.parse(SOURCE.read_text())
+    training = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name != "main"]
+    read = {a.attr for node in training for a in ast.walk(node) if isinstance(a, ast.Attribute)}
+    read |= {a.id for node in training for a in ast.walk(node) if isinstance(a, ast.Name)}
+    forbidden = {"silhouettes", "subject", "subjects", "labels", "seq_type", "render_foreground_set"}
+    assert not read & forbidden, read & forbidden
+    assert {"frames", "ratios"} <= read  # what it does read of a rendered sequence
+
+
+def test_background_crop_has_no_walker_and_a_person_crop_shape() -> None:
+    cfg = SyntheticConfig()
+    frame, ratio = background_crop(cfg, seed=3)
+    assert frame.shape == (*cfg.frame_size, 3) and frame.dtype.name == "uint8"
+    assert 0.25 <= ratio <= 0.65
+    again, _ = background_crop(cfg, seed=3)
+    other, _ = background_crop(cfg, seed=4)
+    assert (frame == again).all() and not (frame == other).all()  # seeded, and different per seed
+
+
+def test_augment_makes_two_different_views_of_the_same_size() -> None:
+    images = torch.randn(4, 3, 112, 56)
+    g = torch.Generator().manual_seed(0)
+    a, b = augment(images, g), augment(images, g)
+    assert a.shape == images.shape and not torch.allclose(a, b)
+    assert torch.isfinite(a).all()
+
+
+def test_pca_foreground_finds_a_dominant_split_and_orients_it() -> None:
+    truth = torch.zeros(3, 1, 16, 8)
+    truth[:, :, 4:12, 2:6] = 1.0
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(3, 8, 16, 8, generator=g) * 0.1 + 3.0 * truth * torch.randn(
+        1, 8, 1, 1, generator=g
+    )
+    assert torch.equal(pca_foreground(features), truth > 0)
+    assert torch.equal(pca_foreground(-features), truth > 0)  # sign-free: borders are background
+    assert pca_foreground_iou(features, truth) == 1.0
+    noise = torch.randn(3, 8, 16, 8, generator=g)
+    assert pca_foreground_iou(noise, truth) < 0.6
+
+
+def test_one_self_distillation_step_moves_the_student_and_the_teacher() -> None:
+    module = SelfDistillation(image_size=(112, 56), output_dim=64, max_steps=10)
+    teacher_before = module.teacher["backbone"].state_dict()["pos_embed"].clone()
+    student_before = module.backbone.state_dict()["pos_embed"].clone()
+    torch.testing.assert_close(teacher_before, student_before)  # the teacher starts as the student
+    optimizer = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.5)
+    loss = module.training_step((torch.randn(6, 3, 112, 56),), 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is None for p in module.teacher.parameters())  # the teacher learns only by momentum
+    optimizer.step()
+    module.on_train_batch_end(None, None, 0)
+    assert not torch.equal(module.backbone.pos_embed, student_before)
+    assert not torch.equal(module.teacher["backbone"].pos_embed, teacher_before)
+
+
+def test_cli_writes_a_backbone_file_with_its_recipe_that_biggait_loads(tmp_path: Path) -> None:
+    out = tmp_path / "lvm.pt"
+    argv = ["--out", str(out), "--steps", "2", "--batch-size", "4", "--train-sequences", "2", "--frames", "2"]
+    argv += [
+        "--empty-frames",
+        "2",
+        "--test-sequences",
+        "2",
+        "--image-size",
+        "112",
+        "56",
+        "--accelerator",
+        "cpu",
+    ]
+    assert main(argv) == 0
+    info = torch.load(out, weights_only=True)["info"]
+    assert "no silhouette, identity or label" in info["recipe"] and info["steps"] == 2
+    assert 0.0 <= info["test_pca1_foreground_iou"] <= 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a loaded backbone must not warn about random weights
+        BigGait("tiny", 3, image_size=(112, 56), map_size=(32, 16), pretrained=str(out))
+
+
+def test_cli_rejects_bad_sizes() -> None:
+    with pytest.raises(SystemExit):
+        main(["--steps", "0"])
