@@ -24,6 +24,7 @@ from biggait.inference import PRECISIONS, embed_sequences, resolve_device
 from biggait.precision import describe_precision_on
 from biggait.preprocess import prepare_crops
 from biggait.sources import InputError, RawSequence, discover_inputs
+from biggait.windows import windowed
 
 __all__ = ["embed_inputs", "main"]
 
@@ -38,6 +39,8 @@ def embed_inputs(
     device: str = "auto",
     precision: str = "32",
     max_frames: int | None = None,
+    window: int | None = None,
+    stride: int | None = None,
 ) -> Gallery:
     """Every sequence found under `inputs` embedded by `model` (a `BigGait`), as a `Gallery`; `max_frames` keeps
     the first frames of each, as the evaluation does (`data.eval_frames_limit`)."""
@@ -46,6 +49,10 @@ def embed_inputs(
     if tracks is not None and len(inputs) != 1:
         raise ConfigError(f"--tracks belongs to one video, but {len(inputs)} inputs were given")
     found: list[RawSequence] = [seq for path in inputs for seq in discover_inputs(path, tracks=tracks)]
+    if stride is not None and window is None:
+        raise ConfigError("--stride goes with --window N (one embedding per N frames)")
+    if window is not None:  # one embedding per window of every sequence (biggait.windows)
+        found = windowed(found, window, stride if stride is not None else window)
     labels = [s.label for s in found]
     duplicates = sorted({x for x in labels if labels.count(x) > 1})
     if duplicates:
@@ -89,6 +96,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--tracks", type=Path, default=None, help="MOTChallenge tracks of the (one) video INPUT"
     )
     parser.add_argument("--identity", default=None, help="identity of every sequence of this run")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out file (to add to a gallery: biggait gallery enrol)",
+    )
+    parser.add_argument(
+        "--window", type=int, default=None, help="one embedding per N frames of each sequence"
+    )
+    parser.add_argument(
+        "--stride", type=int, default=None, help="frames between window starts (default: --window)"
+    )
     parser.add_argument("--batch-frames", type=int, default=256, help="frames per forward pass (default 256)")
     parser.add_argument(
         "--max-frames",
@@ -106,6 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     with exit_on_error():
+        if args.out.exists() and not args.overwrite:
+            raise ConfigError(
+                f"{args.out} exists: embed never replaces a file silently; add to a gallery with "
+                f"`biggait gallery enrol {args.out} MODEL INPUT --identity NAME`, or pass --overwrite"
+            )
         model = load_model(args.model)
         if args.precision == "auto":
             choice = describe_precision_on("auto", resolve_device(args.device))
@@ -119,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device,
             precision=args.precision,
             max_frames=args.max_frames,
+            window=args.window,
+            stride=args.stride,
         )
         gallery.save(args.out)
     print(f"wrote {args.out}: {len(gallery)} sequences of {len(set(gallery.identities))} identities")
