@@ -79,7 +79,7 @@ def embed_inputs(
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m biggait.embed",
         description=__doc__.strip().splitlines()[0],
@@ -122,7 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="default 32 (float32); auto: bf16 on CPUs with AVX-512 BF16 / AMX and on GPUs that have it, "
         "fp16 on older GPUs (docs/performance.md)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     with exit_on_error():
         if args.out.exists() and not args.overwrite:
             raise ConfigError(
