@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gallery": ("biggait.gallery_cli", "maintain a gallery: enrol | remove | list | merge"),
     "calibrate": ("biggait.calibrate", "pick the open-set threshold and margin for a target FAR"),
     "annotate": ("biggait.annotate", "annotated video, MOT file with identities and contact sheet of a scene"),
+    "track": ("biggait.tracking", "MOTChallenge tracks of people walking before a static camera (no weights)"),
     "train": ("biggait.train", "train and evaluate (Hydra overrides, e.g. experiment=synthetic)"),
     "eval": ("biggait.eval", "evaluate a checkpoint (Hydra overrides, e.g. ckpt_path=...)"),
     "data": ("biggait.data_prep", "build shards: biggait data <dataset> --out DIR [--raw DIR]"),

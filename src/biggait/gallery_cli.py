@@ -182,8 +182,12 @@ def _enrol(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="biggait gallery", description=__doc__.strip().splitlines()[0],
-                                     epilog="See docs/inference.md.")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="biggait gallery", description=__doc__.strip().splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="options: enrol --identity NAME | --tree, --tracks, --max-frames, --batch-frames, --device,\n"
+        "  --precision; remove --label; list --json (biggait gallery ACTION --help). See docs/inference.md.",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="action", required=True)
     enrol = sub.add_parser("enrol", help="embed footage and add it to the gallery under a name")
     enrol.add_argument("gallery", type=Path, help="gallery .npz (created when absent)")
