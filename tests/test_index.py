@@ -46,7 +46,9 @@ def test_approximate_search_finds_the_exact_top_k(tmp_path: Path) -> None:
     mapped = from_gallery(tmp_path / "g.npz", tmp_path / "g.mapped")  # float16 on disk
     exact_d, exact_rows = exact_search(mapped, probes.embeddings, k=5)
     build_index(mapped, nlist=32, m=8)
-    approx_d, approx_rows = search(MappedGallery(mapped.folder), probes.embeddings, k=5, candidates=200, nprobe=16)
+    approx_d, approx_rows = search(
+        MappedGallery(mapped.folder), probes.embeddings, k=5, candidates=200, nprobe=16
+    )
     recall = np.mean([len(set(a) & set(e)) / 5 for a, e in zip(approx_rows, exact_rows)])
     assert recall >= 0.9
     # what it returns is re-ranked by the exact part-wise distance: those rows' own distances, ascending

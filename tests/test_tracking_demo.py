@@ -48,7 +48,9 @@ def test_tracks_follow_a_walker_of_the_synthetic_scene(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.skipif(not VTEST.is_file(), reason=f"{VTEST} is absent: `make vtest` installs Debian's opencv-doc")
+@pytest.mark.skipif(
+    not VTEST.is_file(), reason=f"{VTEST} is absent: `make vtest` installs Debian's opencv-doc"
+)
 def test_vtest_clip_end_to_end(tmp_path: Path) -> None:
     """The first 200 frames of vtest.avi: tracks, enrol the first halves, identify and draw the second halves."""
     cap, writer = cv2.VideoCapture(str(VTEST)), None
@@ -56,7 +58,9 @@ def test_vtest_clip_end_to_end(tmp_path: Path) -> None:
         ok, bgr = cap.read()
         assert ok
         if writer is None:
-            writer = cv2.VideoWriter(str(tmp_path / "clip.mkv"), cv2.VideoWriter_fourcc(*"FFV1"), 10, bgr.shape[1::-1])
+            writer = cv2.VideoWriter(
+                str(tmp_path / "clip.mkv"), cv2.VideoWriter_fourcc(*"FFV1"), 10, bgr.shape[1::-1]
+            )
         writer.write(bgr)
     assert writer is not None
     writer.release()
@@ -67,7 +71,9 @@ def test_vtest_clip_end_to_end(tmp_path: Path) -> None:
     from biggait import load_model
 
     model = load_model(export_lightning_checkpoint(model, tmp_path / "tiny.ckpt"))
-    s = run_demo(model, tmp_path / "clip.mkv", tmp_path / "out", min_length=16, window=8, stride=4, device="cpu")
+    s = run_demo(
+        model, tmp_path / "clip.mkv", tmp_path / "out", min_length=16, window=8, stride=4, device="cpu"
+    )
     assert s["frames"] == 200 and s["tracks"] >= 2
     enrolled = set(load_gallery(tmp_path / "out" / "gallery.npz").identities)
     second = read_tracks(tmp_path / "out" / "second_half.txt")

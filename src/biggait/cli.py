@@ -14,11 +14,20 @@ __all__ = ["COMMANDS", "main"]
 # subcommand -> (module, what it does)
 COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("biggait.embed", "embed footage with a trained model into a gallery file"),
-    "identify": ("biggait.identify", "name the people of every probe (top-k, open-set threshold/margin, --score)"),
+    "identify": (
+        "biggait.identify",
+        "name the people of every probe (top-k, open-set threshold/margin, --score)",
+    ),
     "gallery": ("biggait.gallery_cli", "maintain a gallery: enrol | remove | list | merge"),
     "calibrate": ("biggait.calibrate", "pick the open-set threshold and margin for a target FAR"),
-    "annotate": ("biggait.annotate", "annotated video, MOT file with identities and contact sheet of a scene"),
-    "track": ("biggait.tracking", "MOTChallenge tracks of people walking before a static camera (no weights)"),
+    "annotate": (
+        "biggait.annotate",
+        "annotated video, MOT file with identities and contact sheet of a scene",
+    ),
+    "track": (
+        "biggait.tracking",
+        "MOTChallenge tracks of people walking before a static camera (no weights)",
+    ),
     "train": ("biggait.train", "train and evaluate (Hydra overrides, e.g. experiment=synthetic)"),
     "eval": ("biggait.eval", "evaluate a checkpoint (Hydra overrides, e.g. ckpt_path=...)"),
     "data": ("biggait.data_prep", "build shards: biggait data <dataset> --out DIR [--raw DIR]"),
