@@ -158,3 +158,23 @@ def test_windows_cover_the_track_and_the_summary_shows_a_switch() -> None:
     assert (one["identity"], one["votes"], one["switches"]) == ("bob", 3, 1)
     assert one["mean_distance"] == pytest.approx(1 / 3) and one["timeline"] == "annx2 bobx3"
     assert summary["cam/2"]["identity"] == UNKNOWN and summary["cam/2"]["switches"] == 0
+
+
+def test_identify_cli_summarises_windowed_tracks(tmp_path: Path, capsys) -> None:
+    gallery = _people(3, 2, seed=12, spread=0.3)
+    walks = _people(3, 3, seed=13, spread=0.3)  # 3 windows of each of 3 people ...
+    labels = [f"cam/1@{1 + 8 * k}-{16 + 8 * k}" for k in range(6)] + [
+        f"cam/2@{1 + 8 * k}-{16 + 8 * k}" for k in range(3)
+    ]
+    probes = Gallery(walks.embeddings, labels, ["cam"] * 9, ["t"] * 9, MODEL)  # track 1 shows 000 then 001
+    gallery.save(tmp_path / "g.npz")
+    probes.save(tmp_path / "p.npz")
+    assert (
+        identify_main([str(tmp_path / "g.npz"), str(tmp_path / "p.npz"), "--json", str(tmp_path / "r.json")])
+        == 0
+    )
+    out = capsys.readouterr().out
+    tracks = {t["track"]: t for t in json.loads((tmp_path / "r.json").read_text())["tracks"]}
+    assert tracks["cam/1"]["timeline"] == "000x3 001x3" and tracks["cam/1"]["switches"] == 1
+    assert tracks["cam/2"]["identity"] == "002" and tracks["cam/2"]["switches"] == 0
+    assert "000x3 001x3" in out and "9 probes against 3 gallery identities" in out

@@ -98,17 +98,20 @@ def format_tracks(summaries: Sequence[dict[str, Any]]) -> str:
     return _table(rows)
 
 
+def _rule(threshold: float | None, margin: float | None) -> str:
+    return ", ".join(
+        f"{name} = {value:.4g}" for name, value in (("D", threshold), ("M", margin)) if value is not None
+    )
+
+
 def _summary(records: Sequence[dict[str, Any]], ranking: Ranking, openset: tuple) -> str:
     threshold, margin, origin = openset
     named = Counter(r["decision"] for r in records if r["decision"] != UNKNOWN)
-    rule = (
-        "closed set"
-        if threshold is None and margin is None
-        else f"threshold D = {threshold}, margin M = {margin}"
-    )
+    closed = threshold is None and margin is None
+    rule = origin if closed else f"{_rule(threshold, margin)} from {origin}"
     people = ", ".join(f"{n} x{c}" for n, c in named.most_common(8)) + (" ..." if len(named) > 8 else "")
     return (
-        f"{len(records)} probes against {len(ranking.enrolled)} gallery identities ({rule}, from {origin}): "
+        f"{len(records)} probes against {len(ranking.enrolled)} gallery identities ({rule}): "
         f"{sum(named.values())} named, {len(records) - sum(named.values())} unknown; {people}"
     )
 
@@ -126,7 +129,7 @@ def _scores(gallery: Gallery | Path, probes: Gallery, ranking: Ranking, openset:
     if threshold is not None or margin is not None:
         p = operating_point(attempts(ranking), threshold, margin)
         lines.append(
-            f"open set at D = {threshold}, M = {margin}: FAR {p['FAR']:.2f} % of {int(p['impostor'])} impostor "
+            f"open set at {_rule(threshold, margin)}: FAR {p['FAR']:.2f} % of {int(p['impostor'])} impostor "
             f"attempts, FRR {p['FRR']:.2f} %, misnamed {p['misnamed']:.2f} % of {int(p['genuine'])} genuine"
         )
     return "\n".join(lines)
