@@ -138,12 +138,12 @@ def exact_search(
 
 
 def build_index(
-    gallery: MappedGallery, *, nlist: int | None = None, m: int = 16, train: int = 50_000, seed: int = 0
+    gallery: MappedGallery, *, nlist: int | None = None, m: int = 16, train: int = 30_000, seed: int = 0
 ) -> Any:
     """Train an IVF-PQ index on a sample of rows, add every row in chunks, and write it as `index.faiss`."""
     faiss = _faiss()
     n, dim = len(gallery), int(np.prod(gallery.embeddings.shape[1:]))
-    nlist = nlist or int(np.clip(round(np.sqrt(n) / 2), 16, 1024))  # ~10^4 rows per cell at 10^7
+    nlist = nlist or int(np.clip(round(np.sqrt(n) / 4), 16, 1024))  # 790 cells of ~13,000 rows at 10^7
     if dim % m:
         raise ConfigError(f"the index's m = {m} must divide the {dim} numbers of an embedding")
     sample = np.sort(

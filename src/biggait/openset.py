@@ -158,7 +158,8 @@ def det_plot(a: Attempts, chosen: dict[str, Any], path: str | Path) -> Path:
     from biggait.io import save_png
 
     fig, ax = plt.subplots(figsize=(5, 4))
-    for m, style in ((0.0, "--"), (chosen["margin"], "-")):
+    margins = [(0.0, "--")] if chosen["margin"] > 0 else []
+    for m, style in [*margins, (chosen["margin"], "-")]:
         far, frr = _curve(a, m)
         ax.step(np.maximum(far, 1e-2), frr, style, where="post", label=f"margin M = {m:.3g}")
     ax.plot(max(chosen["FAR"], 1e-2), chosen["FRR"], "o", color="black",
