@@ -154,3 +154,14 @@ def test_enrol_list_remove_clis_and_embed_never_replaces_silently(ckpt: Path, tm
     assert (tmp_path / "g.npz").read_bytes() == before
     assert embed_main([str(ckpt), str(walk), "--out", g, "--overwrite", "--device", "cpu"]) == 0
     assert load_gallery(g).labels == ["walk1"]
+
+
+@pytest.mark.parametrize("meta", [np.str_("{not json"), np.str_("[1, 2]"), np.arange(3)])
+def test_a_broken_or_hostile_gallery_meta_is_one_error(tmp_path: Path, meta) -> None:
+    g = _templates("ann", 2, seed=0)
+    fields = dict(np.load(g.save(tmp_path / "g.npz"), allow_pickle=False))
+    np.savez(tmp_path / "bad.npz", **{**fields, "meta": meta})
+    with pytest.raises(GalleryError, match="meta is not a JSON object"):
+        load_gallery(tmp_path / "bad.npz")
+    with pytest.raises(GalleryError, match="meta is not a JSON object"):
+        append(tmp_path / "bad.npz", _templates("bob", 1, seed=1))  # never overwritten on top of it

@@ -77,3 +77,12 @@ def test_a_broken_or_half_written_mapped_gallery_is_refused(tmp_path: Path) -> N
         gallery = _clustered(4, 2, 0)
         gallery.save(tmp_path / "g.npz")
         search(from_gallery(tmp_path / "g.npz", tmp_path / "g.mapped"), gallery.embeddings[:1], k=2)
+
+
+def test_a_broken_index_file_is_one_error(tmp_path: Path) -> None:
+    gallery = _clustered(4, 2, 0)
+    gallery.save(tmp_path / "g.npz")
+    mapped = from_gallery(tmp_path / "g.npz", tmp_path / "g.mapped")
+    (mapped.folder / "index.faiss").write_bytes(b"IxPQ" + b"\xff" * 64)  # truncated / hostile bytes
+    with pytest.raises(GalleryError, match="not a readable FAISS index"):
+        search(mapped, gallery.embeddings[:1], k=2)

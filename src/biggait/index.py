@@ -170,7 +170,12 @@ def search(
             raise ConfigError(
                 f"{gallery.folder} has no index.faiss: build it first (biggait.index.build_index)"
             )
-        index = faiss.read_index(str(gallery.folder / "index.faiss"), faiss.IO_FLAG_MMAP)
+        try:
+            index = faiss.read_index(str(gallery.folder / "index.faiss"), faiss.IO_FLAG_MMAP)
+        except RuntimeError as exc:  # FAISS reports a broken file as a RuntimeError with its C++ message
+            raise GalleryError(
+                f"{gallery.folder}/index.faiss is not a readable FAISS index ({exc}); rebuild it"
+            ) from None
     index.nprobe = nprobe
     q = np.asarray(probes, np.float32)
     _, cand = index.search(q.reshape(len(q), -1), max(k, candidates))
