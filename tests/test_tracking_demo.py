@@ -48,6 +48,7 @@ def test_tracks_follow_a_walker_of_the_synthetic_scene(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not VTEST.is_file(), reason=f"{VTEST} is absent: `make vtest` installs Debian's opencv-doc"
 )
