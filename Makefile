@@ -30,7 +30,7 @@ endif
 export WANDB_SILENT := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help venv data lvm check-recipe train eval embed identify test test-fast lint format bench-data bench-model baselines notebook clean
+.PHONY: help venv data lvm check-recipe train eval embed identify vtest demo bench-index test test-fast lint format bench-data bench-model baselines notebook clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -89,6 +89,19 @@ embed: $(STAMP) ## embed footage: make embed MODEL=last.ckpt INPUT="frames_dir v
 identify: $(STAMP) ## identify probes: make identify GALLERY=gallery.npz PROBES=probes.npz [ARGS="--top-k 5 --json out.json"]
 	@test -n "$(GALLERY)" -a -n "$(PROBES)" || { echo "make identify needs GALLERY=<gallery.npz> PROBES=<probes.npz> (docs/inference.md)"; exit 2; }
 	$(PY) -m biggait.identify "$(GALLERY)" "$(PROBES)" $(ARGS)
+
+VIDEO ?= /usr/share/doc/opencv-doc/examples/data/vtest.avi
+
+vtest: ## install OpenCV's sample clip vtest.avi (Debian's opencv-doc, ~96 MB; needs apt and root)
+	@test -f $(VIDEO) || { apt-get update -qq && apt-get install -y -qq opencv-doc; }
+	@ls -l $(VIDEO)
+
+demo: $(STAMP) ## the real clip end to end: make demo MODEL=last.ckpt [VIDEO=...] (docs/inference.md)
+	@test -n "$(MODEL)" || { echo "make demo needs MODEL=<.ckpt or .pt> (and make vtest, or VIDEO=<static-camera video>)"; exit 2; }
+	$(PY) -m biggait.demo $(MODEL) --video $(VIDEO) --out-dir outputs/demo $(ARGS)
+
+bench-index: $(STAMP) ## exact vs FAISS search on memory-mapped galleries: make bench-index ARGS="--sizes 100000 1000000"
+	$(PY) bench/bench_index.py $(ARGS)
 
 lint: $(STAMP) ## ruff check
 	$(VENV)/bin/ruff check src tests scripts bench notebooks

@@ -1,4 +1,4 @@
-"""The `biggait` console script: `biggait embed|identify|train|eval|data|import-opengait|export ...`.
+"""The `biggait` console script: `biggait embed|identify|gallery|calibrate|annotate|track|train|eval|data|import-opengait|export ...`.
 
 Each subcommand is the module of the same job (`python -m biggait.embed`, ...), with the same options.
 """
@@ -15,7 +15,20 @@ __all__ = ["COMMANDS", "main"]
 # subcommand -> (module, what it does)
 COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("biggait.embed", "embed footage with a trained model into a gallery file"),
-    "identify": ("biggait.identify", "rank a gallery for every probe (top-k, threshold)"),
+    "identify": (
+        "biggait.identify",
+        "name the people of every probe (top-k, open-set threshold/margin, --score)",
+    ),
+    "gallery": ("biggait.gallery_cli", "maintain a gallery: enrol | remove | list | merge"),
+    "calibrate": ("biggait.calibrate", "pick the open-set threshold and margin for a target FAR"),
+    "annotate": (
+        "biggait.annotate",
+        "annotated video, MOT file with identities and contact sheet of a scene",
+    ),
+    "track": (
+        "biggait.tracking",
+        "MOTChallenge tracks of people walking before a static camera (no weights)",
+    ),
     "train": ("biggait.train", "train and evaluate (Hydra overrides, e.g. experiment=synthetic)"),
     "eval": ("biggait.eval", "evaluate a checkpoint (Hydra overrides, e.g. ckpt_path=...)"),
     "data": ("biggait.data_prep", "build shards: biggait data <dataset> --out DIR [--raw DIR]"),

@@ -28,6 +28,7 @@ from biggait.io import check_writable
 from biggait.precision import describe_precision_on
 from biggait.preprocess import prepare_crops
 from biggait.sources import InputError, RawSequence, discover_inputs, frame_count
+from biggait.windows import windowed
 
 __all__ = ["check_embed_options", "embed_inputs", "main"]
 
@@ -134,13 +135,20 @@ def embed_inputs(
     max_frames: int | None = None,
     progress: bool | None = False,
     lost: list[tuple[int, str]] | None = None,
+    window: int | None = None,
+    stride: int | None = None,
 ) -> Gallery:
     """Every sequence found under `inputs` embedded by `model` (a `BigGait`), as a `Gallery`, streamed: one
     frame decoded at a time, `max_frames` per sequence read at most (the evaluation's `data.eval_frames_limit`).
     A track's source records its frame span; frames that could not be used are appended to `lost` as
-    (count, why). `progress=None` shows a bar on a terminal."""
+    (count, why). `progress=None` shows a bar on a terminal. `window` (and `stride`): one embedding per window
+    of N frames of every sequence (`biggait.windows`; a windowed sequence is read whole, one at a time)."""
     check_embed_options(batch_frames, max_frames)
     found = _found(inputs, tracks)
+    if stride is not None and window is None:
+        raise ConfigError("--stride goes with --window N (one embedding per N frames)")
+    if window is not None:
+        found = windowed(found, window, stride if stride is not None else window)
     embedder = _Embedder(model, found, batch_frames=batch_frames, device=device, precision=precision)
     counts = [frame_count(s) for s in found]
     total = None if None in counts else sum(min(c, max_frames or c) for c in counts)
@@ -206,6 +214,17 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         default=None,
         help="identity of every sequence of this run (default: a frames tree's first folder; 'unknown' for tracks)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out file (to add to a gallery: biggait gallery enrol)",
+    )
+    parser.add_argument(
+        "--window", type=int, default=None, help="one embedding per N frames of each sequence"
+    )
+    parser.add_argument(
+        "--stride", type=int, default=None, help="frames between window starts (default: --window)"
+    )
     parser.add_argument("--batch-frames", type=int, default=256, help="frames per forward pass (default 256)")
     parser.add_argument(
         "--max-frames",
@@ -229,6 +248,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m biggait.em
     lost: list[tuple[int, str]] = []
     with exit_on_error():
         check_writable(args.out, "--out")
+        if args.out.exists() and not args.overwrite:
+            raise ConfigError(
+                f"{args.out} exists: embed never replaces a file silently; add to a gallery with "
+                f"`biggait gallery enrol {args.out} MODEL INPUT --identity NAME`, or pass --overwrite"
+            )
         check_embed_options(args.batch_frames, args.max_frames)
         device = resolve_device(args.device)  # --device cuda without a GPU: one line, before any work
         model = load_model(args.model, architecture="biggait")  # BiggerGait: issue 21 follow-up
@@ -246,6 +270,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m biggait.em
             max_frames=args.max_frames,
             progress=None,
             lost=lost,
+            window=args.window,
+            stride=args.stride,
         )
         gallery.save(args.out)
     skipped = _report_lost(lost)

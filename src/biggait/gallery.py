@@ -4,10 +4,12 @@ them, as an `.npz` of plain arrays (no pickles: loaded with `allow_pickle=False`
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +22,7 @@ __all__ = [
     "GalleryError",
     "iter_gallery_embeddings",
     "load_gallery",
+    "read_gallery_meta",
     "read_gallery_model",
     "read_gallery_strings",
 ]
@@ -36,13 +39,15 @@ class GalleryError(BiggaitError, ValueError):
 
 @dataclass
 class Gallery:
-    """Embeddings [N, E, p] float32 with one label, identity and source per row, and the model fingerprint."""
+    """Embeddings [N, E, p] float32 with one label, identity and source per row, and the model fingerprint;
+    `meta` is free JSON (enrolment dates, the calibrated open-set threshold: biggait.gallery_cli)."""
 
     embeddings: np.ndarray
     labels: list[str]
     identities: list[str]
     sources: list[str]
     model: str
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.embeddings = np.asarray(self.embeddings, np.float32)
@@ -69,6 +74,7 @@ class Gallery:
             [self.identities[i] for i in idx],
             [self.sources[i] for i in idx],
             self.model,
+            self.meta,
         )
 
     def check_same_model(self, other: Gallery, *, names: tuple[str, str] = ("gallery", "probes")) -> None:
@@ -91,6 +97,7 @@ class Gallery:
             format=np.str_(GALLERY_FORMAT),
             model=np.str_(self.model),
             embeddings=np.ascontiguousarray(self.embeddings, np.float32),
+            meta=np.str_(json.dumps(self.meta)),
             **{name: np.asarray(getattr(self, name), dtype=np.str_) for name in _STRINGS},
         )
         return atomic_write_bytes(path, buf.getvalue())
@@ -165,6 +172,28 @@ def read_gallery_model(path: str | Path) -> str:
         return str(_read_header(path, npz, strings=())["model"])
 
 
+def _meta(path: Path, npz: np.lib.npyio.NpzFile) -> dict[str, Any]:
+    """The optional `meta` member (galleries written before it have none): a JSON object."""
+    if "meta" not in npz.files:
+        return {}
+    try:
+        raw = npz["meta"]
+        meta = json.loads(str(raw)) if raw.dtype.kind == "U" and raw.shape == () else None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError):
+        meta = None
+    if not isinstance(meta, dict):
+        raise GalleryError(f"gallery {path}: meta is not a JSON object string")
+    return meta
+
+
+def read_gallery_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata of a gallery file (enrolment dates, calibration); nothing large is read."""
+    path = Path(path)
+    with _open(path) as npz:
+        _read_header(path, npz, strings=())
+        return _meta(path, npz)
+
+
 def read_gallery_strings(path: str | Path, *names: str) -> dict[str, np.ndarray]:
     """Some of `labels` / `identities` / `sources` of a gallery file, as unicode arrays (not Python lists)."""
     path = Path(path)
@@ -179,6 +208,7 @@ def load_gallery(path: str | Path, *, what: str = "gallery") -> Gallery:
     path = Path(path)
     with _open(path, what) as npz:
         head = _read_header(path, npz, what=what)
+        meta = _meta(path, npz)
         try:
             embeddings = npz["embeddings"]
         except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
@@ -194,7 +224,7 @@ def load_gallery(path: str | Path, *, what: str = "gallery") -> Gallery:
     if not np.isfinite(embeddings).all():
         raise GalleryError(f"{what} {path}: embeddings contain NaN or inf")
     try:
-        return Gallery(embeddings, *(head[k].tolist() for k in _STRINGS), model=str(head["model"]))
+        return Gallery(embeddings, *(head[k].tolist() for k in _STRINGS), model=str(head["model"]), meta=meta)
     except GalleryError as exc:
         raise GalleryError(f"{what} {path}: {exc}") from None
 

@@ -8,7 +8,6 @@ bounded by the chunk size whatever the gallery's length (bench/bench_identify.py
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from collections.abc import Iterator, Sequence
@@ -18,17 +17,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from biggait.errors import ConfigError, exit_on_error
+from biggait.errors import ConfigError
 from biggait.evaluation.distance import part_euclidean
 from biggait.gallery import (
     Gallery,
     GalleryError,
     iter_gallery_embeddings,
-    load_gallery,
     read_gallery_model,
     read_gallery_strings,
 )
-from biggait.io import atomic_write_json, check_writable
+from biggait.recognise import main as recognise_main
 
 __all__ = ["check_ranking_options", "format_table", "identify", "main"]
 
@@ -137,34 +135,9 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "python -m biggait.identify") -> int:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Rank the gallery for every probe by BigGait's part-wise Euclidean distance (nearest first).",
-    )
-    parser.add_argument("gallery", type=Path, help="gallery .npz written by `python -m biggait.embed`")
-    parser.add_argument(
-        "probes", type=Path, help="probes .npz written by `python -m biggait.embed` (same model)"
-    )
-    parser.add_argument("--top-k", type=int, default=5, help="matches per probe (default 5)")
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help="drop matches farther than this distance; none left = unknown",
-    )
-    parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
-    args = parser.parse_args(argv)
-    with exit_on_error():
-        check_ranking_options(args.top_k, args.threshold)
-        if args.json is not None:
-            check_writable(args.json, "--json")
-        probes = load_gallery(args.probes, what="probes")
-        read_gallery_model(args.gallery)  # one error line for a broken file before any work
-        results = identify(args.gallery, probes, top_k=args.top_k, threshold=args.threshold)
-        if args.json is not None:
-            atomic_write_json(args.json, results)
-    print(format_table(results))
-    return 0
+    """`python -m biggait.identify` is `biggait identify`: distinct people per probe, open-set decisions, a
+    summary and --score (biggait.recognise); `identify()` above stays the entry-level ranking."""
+    return recognise_main(argv, prog=prog)
 
 
 if __name__ == "__main__":
