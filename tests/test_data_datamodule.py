@@ -6,6 +6,7 @@ import warnings
 from collections import Counter
 from types import SimpleNamespace
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -496,3 +497,20 @@ def test_a_training_pass_without_samples_or_identities_stops_with_one_error(tmp_
                 broken.write(b"not a tar file" * 100)
         with pytest.raises(CorruptDataError, match="no readable training sample in .*toy-train-000000.tar"):
             next(iter(dm.train_dataloader()))
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("64-true", torch.float64), ("32-true", torch.float32)])
+def test_frames_reach_the_model_in_the_trainers_precision(tmp_path, precision, dtype) -> None:
+    # Lightning's convert_input runs before on_after_batch_transfer, while the frames are still uint8.
+    build(tmp_path)
+    dm = datamodule(tmp_path, eval_batch_size=2)
+    dm.trainer = L.Trainer(accelerator="cpu", precision=precision, logger=False, enable_progress_bar=False)
+    batch = next(iter(dm.val_dataloader()))
+    raw = batch["frames"].clone()
+    out = dm.on_after_batch_transfer(batch, 0)["frames"]
+    assert out.dtype == dtype
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(1, 1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 1, 3, 1, 1)
+    n = batch["lengths"][0].item()
+    expected = ((raw.double() / 255 - mean) / std)[0, :n].to(dtype)
+    torch.testing.assert_close(out[0, :n], expected, rtol=0, atol=0 if dtype == torch.float64 else 1e-6)

@@ -191,6 +191,16 @@ def test_temporal_max_and_hpp_small_maps() -> None:
         horizontal_pooling(torch.zeros(1, 2, 3, 3), 16)
 
 
+def test_hpp_max_sends_the_gradient_of_tied_maxima_to_one_index() -> None:
+    # Official HPP uses max(-1)[0] (OpenGait modules.py): the gradient of tied maxima goes to one element,
+    # where amax would split it (0.5 + 0.5); only the mean's 1/4 reaches every element.
+    maps = torch.tensor([[3.0, 3.0, 1.0, 0.0]]).view(1, 1, 1, 4).requires_grad_(True)
+    horizontal_pooling(maps, 1).sum().backward()
+    grad = maps.grad.view(-1)
+    assert sorted(grad.tolist()) == [0.25, 0.25, 0.25, 1.25]
+    assert grad[:2].max().item() == 1.25
+
+
 def test_black_da_method_is_out_of_place() -> None:
     model = small_model().train()
     feats = model.forward_features(*inputs(n=5, s=2))

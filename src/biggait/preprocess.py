@@ -70,11 +70,13 @@ def prepare_crops(crops: Iterable[np.ndarray], frame_size: tuple[int, int]) -> t
     return np.stack(frames), np.asarray(ratios, np.float32)
 
 
-def normalize_frames(frames: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 [n, s, 3, H, W] -> float32 `(x/255 - mean) / std`; frames past `lengths` (padding) stay exactly 0."""
-    mean = torch.tensor(IMAGENET_MEAN, device=frames.device).view(1, 1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=frames.device).view(1, 1, 3, 1, 1)
-    out = (frames.float() / 255.0 - mean) / std
+def normalize_frames(
+    frames: torch.Tensor, lengths: torch.Tensor | None = None, *, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """uint8 [n, s, 3, H, W] -> `(x/255 - mean) / std` in `dtype`; frames past `lengths` (padding) stay exactly 0."""
+    mean = torch.tensor(IMAGENET_MEAN, device=frames.device, dtype=dtype).view(1, 1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=frames.device, dtype=dtype).view(1, 1, 3, 1, 1)
+    out = (frames.to(dtype) / 255.0 - mean) / std
     if lengths is not None:
         valid = torch.arange(frames.shape[1], device=frames.device)[None] < lengths.to(frames.device)[:, None]
         out = out * valid[:, :, None, None, None]

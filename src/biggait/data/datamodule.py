@@ -185,5 +185,15 @@ class GaitDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
         frames = batch["frames"]
         if frames.dtype == torch.uint8:
-            batch["frames"] = normalize_frames(frames, batch.get("lengths"))
+            batch["frames"] = normalize_frames(frames, batch.get("lengths"), dtype=self._input_dtype())
         return batch
+
+    def _input_dtype(self) -> torch.dtype:
+        """The float dtype the trainer's precision gives inputs (float64 under `64-true`, float32 elsewhere).
+
+        Lightning casts a batch's float tensors (`precision_plugin.convert_input`) *before* this hook, when the
+        frames are still uint8, so without this `trainer.precision=64-true` ran a float64 model on float32 frames.
+        """
+        if self.trainer is None:
+            return torch.float32
+        return self.trainer.precision_plugin.convert_input(torch.zeros((), dtype=torch.float32)).dtype

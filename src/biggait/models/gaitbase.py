@@ -99,12 +99,17 @@ def temporal_max(x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.
 
 
 def horizontal_pooling(x: torch.Tensor, bins: int = 16) -> torch.Tensor:
-    """[n, c, h, w] -> [n, c, bins]: mean + max over a view of the flattened h*w (official HPP)."""
+    """[n, c, h, w] -> [n, c, bins]: mean + max over a view of the flattened h*w (official HPP).
+
+    The max is `max(-1).values`, not `amax`: among tied maxima the official pooling (OpenGait
+    `opengait/modeling/modules.py`, `HorizontalPoolingPyramid`, `max(-1)[0]`) sends the whole gradient to one
+    index, where `amax` splits it evenly (docs/fidelity.md).
+    """
     n, c = x.shape[:2]
     if (x.shape[2] * x.shape[3]) % bins:
         raise ValueError(f"feature map {tuple(x.shape[2:])} cannot be split into {bins} parts")
     z = x.reshape(n, c, bins, -1)
-    return z.mean(-1) + z.amax(-1)
+    return z.mean(-1) + z.max(-1).values
 
 
 class SeparateFCs(nn.Module):
