@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # Look inside BigGait
+# # Look inside BigGait (and BiggerGait)
 #
 # BigGait turns frozen DINOv2 features into a gait representation with three small branches
 # (paper Sec. 3; OpenGait `BigGait.py`): the **mask branch** finds the body without supervision, the **denoising branch** splits it
@@ -28,7 +28,8 @@
 # learns; pass the `.ckpt` that `make train` writes (`outputs/.../checkpoints/last.ckpt`) for real maps.
 
 # %% tags=["parameters"]
-CHECKPOINT = None  # path to a training .ckpt, or None for the tiny random model
+CHECKPOINT = None  # path to a training .ckpt (BigGait or BiggerGait), or None for the tiny random model
+ARCHITECTURE = "biggait"  # the tiny random model's, without a checkpoint: "biggait" or "biggergait"
 SHARDS = "data/synthetic"  # shard root holding <SPLIT>/manifest.json (relative to the repository root)
 SPLIT = "test"
 PROTOCOL = "ccpg"  # evaluation protocol of the dataset (the synthetic set follows CCPG)
@@ -44,7 +45,8 @@ import torch
 from IPython.display import Image, display
 
 from biggait import load_model
-from biggait.viz import comparison_panel, figure_png, sequence_panel
+from biggait.models import BiggerGait
+from biggait.viz import comparison_panel, figure_png, group_panel, sequence_panel
 from biggait.viz.demo import comparison_sequences, make_demo_shards, rank1_heatmaps, tiny_random_model
 
 
@@ -77,8 +79,10 @@ if CHECKPOINT:
     model = load_model(CHECKPOINT)
     print(f"Loaded {CHECKPOINT}")
 else:
-    model = tiny_random_model(seed=SEED)
-    print("No checkpoint given: using the tiny RANDOM BigGait (untrained, nothing is trained here).")
+    model = tiny_random_model(seed=SEED, architecture=ARCHITECTURE)
+    print(
+        f"No checkpoint given: using the tiny RANDOM {type(model).__name__} (untrained, nothing is trained here)."
+    )
 
 seqs = comparison_sequences(
     model, shards, split=SPLIT, max_frames=MAX_FRAMES
@@ -99,10 +103,20 @@ print("sequences:", [s.label for s in seqs])
 #   *consistent*: the same colour on the same body region in every frame and for every person.
 # * **denoising / appearance PCA**: the two branch outputs; appearance may change with clothes, denoising
 #   should not.
+#
+# A **BiggerGait** (NeurIPS 2025; OpenGait `BiggerGait_DINOv2.py`) has no denoising or appearance branch: every
+# backbone layer is normalised jointly, grouped, and each group goes through its own HumanSpace conv. Its panel
+# shows the frozen mask branch's p(foreground) and foreground (the same overlay and IoU), then **one row per
+# layer group**: the PCA colours of that group's masked HumanSpace maps (one basis per group over all frames),
+# shallow layers at the top, so you can compare what each depth carries.
 
 # %% tags=["figure"]
-show(sequence_panel(seqs[0].frames, seqs[0].features, seqs[0].silhouettes, ratios=seqs[0].ratios,
-                    max_frames=MAX_FRAMES, title=seqs[0].label))  # fmt: skip
+if isinstance(model, BiggerGait):
+    show(group_panel(seqs[:1], num_groups=model.num_groups, frames_per_sequence=MAX_FRAMES,
+                     title=seqs[0].label))  # fmt: skip
+else:
+    show(sequence_panel(seqs[0].frames, seqs[0].features, seqs[0].silhouettes, ratios=seqs[0].ratios,
+                        max_frames=MAX_FRAMES, title=seqs[0].label))  # fmt: skip
 
 # %% [markdown]
 # ## Same person in two outfits vs another person
@@ -112,7 +126,10 @@ show(sequence_panel(seqs[0].frames, seqs[0].features, seqs[0].silhouettes, ratio
 # the third carry identity independent of clothing, which is what a gait representation should do.
 
 # %% tags=["figure"]
-show(comparison_panel(seqs, frames_per_sequence=2))
+if isinstance(model, BiggerGait):  # the per-group PCA colours are shared across the three sequences
+    show(group_panel(seqs, num_groups=model.num_groups, frames_per_sequence=2))
+else:
+    show(comparison_panel(seqs, frames_per_sequence=2))
 
 # %% [markdown]
 # ## Rank-1 per view pair
