@@ -30,7 +30,7 @@ endif
 export WANDB_SILENT := true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help venv data lvm check-recipe train eval embed identify vtest demo bench-index test test-fast lint format bench-data bench-model baselines notebook clean
+.PHONY: help venv data lvm check-recipe mask-branch train eval embed identify vtest demo bench-index test test-fast lint format bench-data bench-model baselines notebook clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -70,8 +70,24 @@ check-recipe:
 	$(check-dataset)
 	@test "$(RECIPE)" = biggait -a "$(DATASET)" = synthetic || test -f $(RECIPE_FILE) || { echo "no recipe for MODEL=$(RECIPE) DATASET=$(DATASET) ($(RECIPE_FILE) does not exist): MODEL is biggait, biggergait or biggergait_group (BiggerGait's official recipes are for ccpg)"; exit 2; }
 
-train: $(STAMP) check-recipe ## train (and evaluate): make train DATASET=synthetic [MODEL=biggergait] ARGS="trainer.max_steps=100"
-	$(PY) -m biggait.train $(EXPERIMENT) $(ARGS)
+# BiggerGait freezes a mask branch that BigGait pretrained on the same backbone (docs/4_model.md). On the synthetic
+# world make builds it on first use: BigGait's synthetic recipe (seed 0) up to the step where that recipe freezes its
+# mask branch (callbacks.mask_branch_schedule.freeze_at_step), without the test; the branch's weights are then those
+# of the full `make train` run at any later step. Copied out only once the run has finished, so an interrupted run
+# never leaves a half-trained file that make would take as built.
+MASK_BRANCH_RUN       := outputs/mask_branch/biggait_synthetic_seed0
+MASK_BRANCH_SYNTHETIC := outputs/mask_branch/biggait_synthetic_seed0.ckpt
+$(MASK_BRANCH_SYNTHETIC): | $(STAMP)
+	rm -rf $(MASK_BRANCH_RUN)
+	$(PY) -m biggait.train experiment=synthetic seed=0 test_after_fit=false \
+	  'trainer.max_steps=$${callbacks.mask_branch_schedule.freeze_at_step}' hydra.run.dir=$(MASK_BRANCH_RUN)
+	cp $(MASK_BRANCH_RUN)/checkpoints/last.ckpt $@.tmp && mv $@.tmp $@
+SYNTHETIC_MASK_BRANCH = $(if $(filter synthetic,$(DATASET)),$(if $(filter biggergait%,$(RECIPE)),$(MASK_BRANCH_SYNTHETIC)))
+
+mask-branch: $(MASK_BRANCH_SYNTHETIC) ## the synthetic BigGait run whose mask branch make train MODEL=biggergait freezes (built on first use)
+
+train: $(STAMP) check-recipe $(SYNTHETIC_MASK_BRANCH) ## train (and evaluate): make train DATASET=synthetic [MODEL=biggergait] ARGS="trainer.max_steps=100"
+	$(PY) -m biggait.train $(EXPERIMENT) $(if $(SYNTHETIC_MASK_BRANCH),model.net.mask_branch=$(SYNTHETIC_MASK_BRANCH)) $(ARGS)
 
 eval: $(STAMP) check-recipe ## evaluate a checkpoint: make eval CKPT=path.ckpt DATASET=synthetic [MODEL=biggergait]
 	@test -n "$(CKPT)" || { echo "make eval needs CKPT=<path to a .ckpt> (ours, or converted with python -m biggait.compat.opengait)"; exit 2; }

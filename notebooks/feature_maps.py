@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # Look inside BigGait
+# # Look inside BigGait (and BiggerGait)
 #
 # BigGait turns frozen DINOv2 features into a gait representation with three small branches
 # (paper Sec. 3; OpenGait `BigGait.py`): the **mask branch** finds the body without supervision, the **denoising branch** splits it
@@ -31,7 +31,8 @@
 # FIGURES=folder` (scripts/run_notebook.py sets the parameters below and keeps the executed notebook there too).
 
 # %% tags=["parameters"]
-CHECKPOINT = None  # path to a training .ckpt, or None for the tiny random model
+CHECKPOINT = None  # path to a training .ckpt (BigGait or BiggerGait), or None for the tiny random model
+ARCHITECTURE = "biggait"  # the tiny random model's, without a checkpoint: "biggait" or "biggergait"
 SHARDS = "data/synthetic"  # shard root holding <SPLIT>/manifest.json (relative to the repository root)
 SPLIT = "test"
 PROTOCOL = "ccpg"  # evaluation protocol of the dataset (the synthetic set follows CCPG)
@@ -52,7 +53,8 @@ from IPython.display import Image, display
 
 from biggait import load_model
 from biggait.io import atomic_write_bytes
-from biggait.viz import comparison_panel, figure_png, sequence_panel
+from biggait.models import BiggerGait
+from biggait.viz import comparison_panel, figure_png, group_panel, sequence_panel
 from biggait.viz.demo import (
     comparison_sequences,
     make_demo_shards,
@@ -95,8 +97,10 @@ if CHECKPOINT:
     model = load_model(CHECKPOINT)
     print(f"Loaded {CHECKPOINT}")
 else:
-    model = tiny_random_model(seed=SEED)
-    print("No checkpoint given: using the tiny RANDOM BigGait (untrained, nothing is trained here).")
+    model = tiny_random_model(seed=SEED, architecture=ARCHITECTURE)
+    print(
+        f"No checkpoint given: using the tiny RANDOM {type(model).__name__} (untrained, nothing is trained here)."
+    )
 
 seqs = comparison_sequences(
     model, shards, split=SPLIT, max_frames=MAX_FRAMES
@@ -119,10 +123,20 @@ print("first panel:", first.label)
 #   *consistent*: the same colour on the same body region in every frame and for every person.
 # * **denoising / appearance PCA**: the two branch outputs; appearance may change with clothes, denoising
 #   should not.
+#
+# A **BiggerGait** (NeurIPS 2025; OpenGait `BiggerGait_DINOv2.py`) has no denoising or appearance branch: every
+# backbone layer is normalised jointly, grouped, and each group goes through its own HumanSpace conv. Its panel
+# shows the frozen mask branch's p(foreground) and foreground (the same overlay and IoU), then **one row per
+# layer group**: the PCA colours of that group's masked HumanSpace maps (one basis per group over all frames),
+# shallow layers at the top, so you can compare what each depth carries.
 
 # %% tags=["figure"]
-show(sequence_panel(first.frames, first.features, first.silhouettes, ratios=first.ratios,
-                    max_frames=MAX_FRAMES, title=first.label), "sequence")  # fmt: skip
+if isinstance(model, BiggerGait):
+    show(group_panel([first], num_groups=model.num_groups, frames_per_sequence=MAX_FRAMES,
+                     title=first.label), "sequence")  # fmt: skip
+else:
+    show(sequence_panel(first.frames, first.features, first.silhouettes, ratios=first.ratios,
+                        max_frames=MAX_FRAMES, title=first.label), "sequence")  # fmt: skip
 
 # %% [markdown]
 # ## Same person in two outfits vs another person
@@ -132,7 +146,10 @@ show(sequence_panel(first.frames, first.features, first.silhouettes, ratios=firs
 # the third carry identity independent of clothing, which is what a gait representation should do.
 
 # %% tags=["figure"]
-show(comparison_panel(seqs, frames_per_sequence=2), "comparison")
+if isinstance(model, BiggerGait):  # the per-group PCA colours are shared across the three sequences
+    show(group_panel(seqs, num_groups=model.num_groups, frames_per_sequence=2), "comparison")
+else:
+    show(comparison_panel(seqs, frames_per_sequence=2), "comparison")
 
 # %% [markdown]
 # ## Rank-1 per view pair

@@ -89,7 +89,13 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     # Checked first (one error line for a bad file, before Lightning reads it). The protocol follows the
     # evaluation data, not the training data (cross-dataset tables); the backbone's `pretrained` file is not
     # read (the checkpoint holds every weight).
-    module = load_module(ckpt, protocol=cfg.data.protocol, net_options=net_options, **module_options)
+    module = load_module(
+        ckpt,
+        protocol=cfg.data.protocol,
+        net_options=net_options,
+        expected_architecture=cfg.model.get("architecture", "biggait"),  # the run-time options' model
+        **module_options,
+    )
     # config.yaml records the model that runs: the checkpoint's options + the run-time ones
     with open_dict(cfg):
         cfg.model = OmegaConf.create({"checkpoint": str(ckpt), **dict(module.hparams)})

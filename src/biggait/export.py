@@ -6,7 +6,8 @@ The exported graph takes what `BigGait.forward` takes: `frames` float32 [n, s, 3
 (`biggait.preprocess.normalize_frames`), and `ratios` float32 [n, s] (width / height of each original
 person crop); it returns `embeddings` float32 [n, E, parts]. The numbers of sequences n and of frames s are
 dynamic; the frame size H x W is fixed at export time. The GRE runs in its dense, static-shape form
-(`BigGait.static_shapes`), equal to the gather/scatter form in eval mode.
+(`BigGait.static_shapes`), equal to the gather/scatter form in eval mode. A `BiggerGait` exports the same way
+(same inputs, its `ratios` unused: it stretches every frame; embeddings [n, E, groups x parts]).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torch import nn
 from biggait.checkpoint import load_model
 from biggait.errors import BiggaitError, ConfigError, exit_on_error
 from biggait.io import atomic_write_bytes, check_writable
-from biggait.models import BigGait
+from biggait.models import BigGait, BiggerGait
 
 __all__ = [
     "EmbeddingModel",
@@ -49,11 +50,11 @@ class ExportError(BiggaitError, ValueError):
 
 
 class EmbeddingModel(nn.Module):
-    """The inference graph of a `BigGait`: frames [n, s, 3, H, W] + ratios [n, s] -> embeddings [n, E, p]."""
+    """The inference graph of a `BigGait` or `BiggerGait`: frames [n, s, 3, H, W] + ratios [n, s] -> embeddings [n, E, p]."""
 
-    def __init__(self, model: BigGait) -> None:
+    def __init__(self, model: BigGait | BiggerGait) -> None:
         super().__init__()
-        if not model.static_shapes:
+        if not getattr(model, "static_shapes", True):  # BiggerGait has no gather/scatter path
             raise ConfigError(
                 "export needs the dense GRE path: build the model with static_shapes=True (the default)"
             )
@@ -79,7 +80,7 @@ def _dynamic_shapes() -> dict[str, dict[int, torch.export.Dim]]:
     return {"frames": {0: n, 1: s}, "ratios": {0: n, 1: s}}
 
 
-def _frame_size(model: BigGait, frame_size: Sequence[int] | None) -> tuple[int, int]:
+def _frame_size(model: BigGait | BiggerGait, frame_size: Sequence[int] | None) -> tuple[int, int]:
     size = frame_size if frame_size is not None else model.frame_size
     if len(size) != 2 or min(size) < 1:
         raise ConfigError(f"frame size must be two positive integers H W, got {list(size)}")
@@ -87,7 +88,7 @@ def _frame_size(model: BigGait, frame_size: Sequence[int] | None) -> tuple[int, 
 
 
 def export_program(
-    model: BigGait, *, frame_size: Sequence[int] | None = None
+    model: BigGait | BiggerGait, *, frame_size: Sequence[int] | None = None
 ) -> torch.export.ExportedProgram:
     """`torch.export` of `EmbeddingModel(model)` with dynamic n and s, static frame size."""
     wrapper = EmbeddingModel(model)
@@ -97,7 +98,7 @@ def export_program(
 
 
 def export_torch(
-    model: BigGait,
+    model: BigGait | BiggerGait,
     out: str | os.PathLike,
     *,
     frame_size: Sequence[int] | None = None,
@@ -118,7 +119,7 @@ def _needs_export_extras(exc: ImportError) -> ExportError:
 
 
 def export_onnx(
-    model: BigGait,
+    model: BigGait | BiggerGait,
     out: str | os.PathLike,
     *,
     frame_size: Sequence[int] | None = None,
@@ -157,7 +158,7 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def check_exported(
-    model: BigGait,
+    model: BigGait | BiggerGait,
     *,
     onnx_path: str | os.PathLike | None = None,
     torch_path: str | os.PathLike | None = None,

@@ -76,13 +76,20 @@ def architecture_of(blob: Mapping[str, Any]) -> str | None:
     return None
 
 
-def require_architecture(blob: Mapping[str, Any], expected: str, what: str) -> None:
-    """One error line when `blob` is a checkpoint of another architecture than the `expected` one."""
+def require_architecture(
+    blob: Mapping[str, Any], expected: str, what: str, *, fix: str | None = None
+) -> None:
+    """One error line when `blob` is a checkpoint of another architecture than the `expected` one; `fix` (may
+    name `{found}`, the file's architecture) replaces the default advice."""
     found = architecture_of(blob)
     if found is not None and found != expected:
+        advice = (
+            fix.format(found=found)
+            if fix is not None
+            else f"load it with biggait.load_model (which reads both), or pass a {ARCHITECTURES[expected]} checkpoint"
+        )
         raise ArchitectureError(
-            f"{what} holds a {ARCHITECTURES[found]} model, but this takes a {ARCHITECTURES[expected]} one "
-            f"({ARCHITECTURES[found]} is not supported here): pass a {ARCHITECTURES[expected]} checkpoint"
+            f"{what} is a {ARCHITECTURES[found]} checkpoint, but this needs a {ARCHITECTURES[expected]} one: {advice}"
         )
 
 

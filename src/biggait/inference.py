@@ -1,9 +1,10 @@
-"""Embedding: sequences of frames -> one BigGait embedding each, batched across sequences, chunked along long
-ones, on the GPU when there is one.
+"""Embedding: sequences of frames -> one BigGait or BiggerGait embedding each, batched across sequences, chunked
+along long ones, on the GPU when there is one.
 
-BigGait is frame-by-frame up to the GaitBase temporal max (in eval mode every BatchNorm uses its running
+Both models are frame-by-frame up to the GaitBase temporal max (in eval mode every BatchNorm uses its running
 statistics), so frames of many sequences share one forward pass and a long sequence is the running maximum
-of its chunks: the result equals one forward pass over the whole sequence.
+of its chunks (of each head input's maps: one for BigGait, one per layer group for BiggerGait): the result
+equals one forward pass over the whole sequence.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from biggait.errors import ConfigError
-from biggait.models import BigGait
+from biggait.models import BigGait, BiggerGait
 from biggait.precision import autocast_dtype, describe_precision_on
 from biggait.preprocess import normalize_frames
 
@@ -58,7 +59,7 @@ class SequencePooler:
 
     def __init__(
         self,
-        model: BigGait,
+        model: BigGait | BiggerGait,
         *,
         batch_frames: int = 256,
         device: torch.device | None = None,
@@ -81,7 +82,7 @@ class SequencePooler:
         self._queued = 0
         self._remaining: dict[int, int] = {}  # frames of a sequence still queued
         self._open: set[int] = set()  # sequences that may still get frames
-        self._pooled: dict[int, torch.Tensor] = {}
+        self._pooled: dict[int, list[torch.Tensor]] = {}
 
     def add(
         self, index: int, frames: np.ndarray | torch.Tensor, ratios: np.ndarray | torch.Tensor
@@ -127,7 +128,7 @@ class SequencePooler:
 
     def _embed(self, index: int) -> torch.Tensor:
         with torch.no_grad():
-            return self.model.head.embed(self._pooled.pop(index)[None])[0].float()
+            return self.model.embed([m[None] for m in self._pooled.pop(index)])[0].float()
 
     @contextmanager
     def _eval_precision(self) -> Iterator[None]:
@@ -168,13 +169,13 @@ class SequencePooler:
         with torch.no_grad(), autocast, self._eval_precision():
             features = self.model.forward_features(x, r)
             with self.model.trainable_autocast(self.device):  # fp32 under eval_precision="fp32"
-                maps = self.model.head.frame_maps(features["denoising"], features["appearance"])[0].float()
+                maps = [m[0].float() for m in self.model.frame_maps(features)]
         done, start = [], 0
         for index, take in owners:
-            chunk_max = maps[start : start + take].amax(0)
+            chunk_max = [m[start : start + take].amax(0) for m in maps]
             start += take
             prev = self._pooled.get(index)
-            self._pooled[index] = chunk_max if prev is None else torch.maximum(prev, chunk_max)
+            self._pooled[index] = chunk_max if prev is None else list(map(torch.maximum, prev, chunk_max))
             self._remaining[index] -= take
             if self._remaining[index] == 0 and index not in self._open:
                 del self._remaining[index]
@@ -183,7 +184,7 @@ class SequencePooler:
 
 
 def embed_sequences(
-    model: BigGait,
+    model: BigGait | BiggerGait,
     sequences: Iterable[tuple[np.ndarray, np.ndarray]],
     *,
     batch_frames: int = 256,
@@ -221,7 +222,7 @@ def embed_sequences(
 
 
 def embed_padded(
-    model: BigGait,
+    model: BigGait | BiggerGait,
     frames: torch.Tensor,
     ratios: torch.Tensor,
     lengths: torch.Tensor | None = None,

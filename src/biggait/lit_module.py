@@ -17,14 +17,19 @@ from biggait.checkpoint import lightning_config, validate_checkpoint
 from biggait.errors import ConfigError
 from biggait.evaluation.foreground import foreground_iou
 from biggait.evaluation.metric import GaitRetrievalMetric
-from biggait.formats import ARCHITECTURES, lightning_architecture, upgrade_checkpoint
+from biggait.formats import ARCHITECTURES, lightning_architecture, require_architecture, upgrade_checkpoint
 from biggait.inference import embed_padded
 from biggait.losses import cross_entropy_loss, triplet_loss
 from biggait.models import BigGait, BiggerGait, weights_from_checkpoint
 
-__all__ = ["BigGaitModule", "gather_for_triplet", "load_module"]
+__all__ = ["CONFIG_OF_ITS_MODEL", "BigGaitModule", "gather_for_triplet", "load_module"]
 
 _NETS: dict[str, type[BigGait] | type[BiggerGait]] = {"biggait": BigGait, "biggergait": BiggerGait}
+# The advice when a checkpoint meets the config of the other architecture (biggait.formats.require_architecture)
+CONFIG_OF_ITS_MODEL = (
+    "pass the config of its model (make train / make eval MODEL={found}; Hydra: model={found}_tiny on the "
+    "synthetic world, experiment={found}_<dataset> for a paper recipe)"
+)
 
 
 def gather_for_triplet(
@@ -331,11 +336,18 @@ class BigGaitModule(LightningModule):
 
 
 def load_module(
-    path: str | Path, *, net_options: dict[str, Any] | None = None, **overrides: Any
+    path: str | Path,
+    *,
+    net_options: dict[str, Any] | None = None,
+    expected_architecture: str | None = None,
+    **overrides: Any,
 ) -> BigGaitModule:
     """A `BigGaitModule` restored from a validated Lightning checkpoint without reading `pretrained`
-    (`overrides` go to the module, e.g. `protocol=`; `net_options` replace options of its net)."""
+    (`overrides` go to the module, e.g. `protocol=`; `net_options` replace options of its net, so they must be
+    options of `expected_architecture`'s net: another architecture's checkpoint is one error line)."""
     blob = validate_checkpoint(path)
+    if expected_architecture is not None:
+        require_architecture(blob, expected_architecture, f"checkpoint {path}", fix=CONFIG_OF_ITS_MODEL)
     architecture = lightning_architecture(blob)
     # the run-time options the checkpoint's net has (an eval config's model group may be the other architecture's)
     accepted = inspect.signature(_NETS[architecture].__init__).parameters

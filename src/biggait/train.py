@@ -19,7 +19,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from biggait.checkpoint import validate_checkpoint
 from biggait.data.roots import DataRoot
 from biggait.errors import ConfigError, exit_on_error
+from biggait.formats import require_architecture
 from biggait.io import atomic_write_bytes
+from biggait.lit_module import CONFIG_OF_ITS_MODEL
 from biggait.models import weights_from_checkpoint
 from biggait.overrides import check_overrides
 from biggait.paths import conf_dir
@@ -175,7 +177,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     build_shards_if_missing(cfg)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None:
-        validate_checkpoint(ckpt_path)  # one error line for a bad file, before Lightning reads it
+        # one error line for a bad file or one of the other architecture, before Lightning reads it
+        expected = cfg.model.get("architecture", "biggait")
+        what = f"ckpt_path={ckpt_path}"
+        require_architecture(validate_checkpoint(ckpt_path), expected, what, fix=CONFIG_OF_ITS_MODEL)
     resolve_trainer_precision(cfg)
     datamodule = hydra.utils.instantiate(cfg.data)
     num_classes = datamodule.num_classes

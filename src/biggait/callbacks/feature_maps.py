@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_warn
 
 from biggait.errors import ConfigError
 from biggait.models import BiggerGait
@@ -16,6 +15,7 @@ from biggait.viz import (
     PanelSequence,
     comparison_indices,
     comparison_panel,
+    group_panel,
     panel_sequences,
     save_png,
     sequence_panel,
@@ -75,12 +75,6 @@ class FeatureMapLogger(Callback):
         # trainer.log_dir broadcasts, so it is resolved here on every rank, never inside a rank-0-only hook.
         root = self.output_dir or trainer.log_dir or trainer.default_root_dir
         self._dir = Path(root) if self.output_dir else Path(root) / "feature_maps"
-        if isinstance(pl_module.net, BiggerGait) and (self.every_n_steps or self.on_validation):
-            # the panels draw BigGait's GRE maps (mask, denoising, appearance); BiggerGait has per-group maps
-            rank_zero_warn(
-                "FeatureMapLogger draws BigGait's GRE maps only: no panels for this BiggerGait run"
-            )
-            self.every_n_steps, self.on_validation = 0, False
 
     # -- choosing the fixed batch ------------------------------------------------------------
     def on_validation_batch_end(
@@ -155,17 +149,9 @@ class FeatureMapLogger(Callback):
             return []
         self._last = (step, self._from_validation)
         out_dir = (self._dir or Path(trainer.default_root_dir) / "feature_maps") / f"step_{step:06d}"
-        paths: list[tuple[str, Path]] = []
         seqs = self.sequences(pl_module)
-        for i, seq in enumerate(seqs):
-            fig = sequence_panel(
-                seq.frames, seq.features, seq.silhouettes, ratios=seq.ratios, max_frames=self.max_frames,
-                title=f"{seq.label} (step {step})",
-            )  # fmt: skip
-            paths.append((seq.label, save_png(fig, out_dir / f"sequence_{i}.png")))
-        if len(seqs) >= 2:
-            fig = comparison_panel(seqs, title=f"Same person, two outfits vs another person (step {step})")
-            paths.append(("comparison", save_png(fig, out_dir / "comparison.png")))
+        render = self._group_panels if isinstance(pl_module.net, BiggerGait) else self._gre_panels
+        paths = render(seqs, pl_module, out_dir, step)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 # one key per panel (a "feature_maps" section): panels differ in size, and W&B draws a list of
@@ -177,3 +163,36 @@ class FeatureMapLogger(Callback):
                         key=f"feature_maps/{name}", images=[str(path)], caption=[caption], step=step
                     )
         return [p for _, p in paths]
+
+    def _gre_panels(
+        self, seqs: list[PanelSequence], pl_module: LightningModule, out_dir: Path, step: int
+    ) -> list[tuple[str, Path]]:
+        """BigGait: one sequence panel each (GRE maps), then the comparison panel."""
+        paths: list[tuple[str, Path]] = []
+        for i, seq in enumerate(seqs):
+            fig = sequence_panel(
+                seq.frames, seq.features, seq.silhouettes, ratios=seq.ratios, max_frames=self.max_frames,
+                title=f"{seq.label} (step {step})",
+            )  # fmt: skip
+            paths.append((seq.label, save_png(fig, out_dir / f"sequence_{i}.png")))
+        if len(seqs) >= 2:
+            fig = comparison_panel(seqs, title=f"Same person, two outfits vs another person (step {step})")
+            paths.append(("comparison", save_png(fig, out_dir / "comparison.png")))
+        return paths
+
+    def _group_panels(
+        self, seqs: list[PanelSequence], pl_module: LightningModule, out_dir: Path, step: int
+    ) -> list[tuple[str, Path]]:
+        """BiggerGait: its maps (mask branch, foreground, one row per layer group) per sequence, then all side by side."""
+        groups = pl_module.net.num_groups
+        paths: list[tuple[str, Path]] = []
+        for i, seq in enumerate(seqs):
+            fig = group_panel([seq], num_groups=groups, frames_per_sequence=self.max_frames,
+                              title=f"{seq.label} (step {step})")  # fmt: skip
+            paths.append((seq.label, save_png(fig, out_dir / f"sequence_{i}.png")))
+        if len(seqs) >= 2:
+            fig = group_panel(
+                seqs, num_groups=groups, frames_per_sequence=2, title=f"all sequences (step {step})"
+            )
+            paths.append(("comparison", save_png(fig, out_dir / "comparison.png")))
+        return paths

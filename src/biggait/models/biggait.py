@@ -397,6 +397,16 @@ class BigGait(nn.Module):
         )
         return {**features, "denoising": denoising, "appearance": appearance}
 
+    def frame_maps(self, features: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The head's per-frame feature maps [[n, s, C', h', w']] (before the temporal max): the same call as
+        `BiggerGait.frame_maps`, one map here, one per layer group there (biggait.inference pools either)."""
+        return [self.head.frame_maps(features["denoising"], features["appearance"])]
+
+    def embed(self, pooled: list[torch.Tensor]) -> torch.Tensor:
+        """[temporally pooled maps [n, C', h', w']] -> embeddings [n, E, p] (the same call as `BiggerGait.embed`)."""
+        (maps,) = pooled
+        return self.head.embed(maps)
+
     def forward_head(
         self, features: dict[str, torch.Tensor], lengths: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:

@@ -1,6 +1,7 @@
-"""Look inside BigGait: PCA / part colourings of the feature maps, foreground IoU and figure panels."""
+"""Look inside BigGait and BiggerGait: PCA / part colourings of the feature maps, foreground IoU and figure panels."""
 
 from biggait.evaluation.foreground import foreground_iou, silhouettes_to_map
+from biggait.viz.groups import group_maps, group_panel
 from biggait.viz.io import figure_png, read_labels, read_sequences, records_to_batch, save_png
 from biggait.viz.maps import (
     PART_PALETTE,
@@ -36,6 +37,8 @@ __all__ = [
     "fit_pca",
     "foreground_iou",
     "frame_indices",
+    "group_maps",
+    "group_panel",
     "panel_sequences",
     "part_colors",
     "pca_rgb",

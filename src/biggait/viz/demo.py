@@ -24,15 +24,30 @@ __all__ = [
 
 # The CPU preset of conf/model/biggait_tiny.yaml; num_classes only sizes the classifier, unused here.
 TINY_MODEL = {"backbone": "tiny", "num_classes": 8, "image_size": (224, 112), "map_size": (32, 16)}
+# conf/model/biggergait_tiny.yaml's BiggerGait options beyond those (4 groups of 1 layer, 2 shared heads)
+TINY_BIGGERGAIT = {
+    "gait_heads": 2,
+    "humanspace_dim": 8,
+    "channels": (16, 32, 64, 128),
+    "embed_dim": 64,
+    "parts": 16,
+}
 
 
-def tiny_random_model(*, seed: int = 0) -> torch.nn.Module:
-    """The tiny CPU BigGait with seeded random weights, in eval mode (nothing is trained)."""
-    from biggait.models import BigGait
+def tiny_random_model(*, seed: int = 0, architecture: str = "biggait") -> torch.nn.Module:
+    """The tiny CPU BigGait (or BiggerGait: conf/model/biggergait_tiny.yaml's groups and heads, its mask branch
+    random too) with seeded random weights, in eval mode (nothing is trained)."""
+    from biggait.models import BigGait, BiggerGait
 
+    if architecture not in ("biggait", "biggergait"):
+        raise ValueError(f"architecture must be 'biggait' or 'biggergait', got {architecture!r}")
     torch.manual_seed(seed)
     with warnings.catch_warnings():  # callers say "random" themselves; the no-pretrained warning is expected
         warnings.filterwarnings("ignore", message=".*NO pretrained weights.*")
+        if architecture == "biggergait":
+            return BiggerGait(
+                **TINY_MODEL, pretrained="random", mask_branch="random", **TINY_BIGGERGAIT
+            ).eval()
         return BigGait(**TINY_MODEL).eval()
 
 

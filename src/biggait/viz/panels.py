@@ -21,6 +21,7 @@ from biggait.viz.maps import (
 )
 
 __all__ = [
+    "BIGGERGAIT_MAP_KEYS",
     "MAP_KEYS",
     "PanelSequence",
     "comparison_panel",
@@ -57,12 +58,17 @@ class PanelSequence:
     ratios: torch.Tensor | np.ndarray | None = None
 
 
+# The per-frame maps of `BiggerGait.forward_features` (biggait.viz.groups draws them).
+BIGGERGAIT_MAP_KEYS = ("mask_probs", "foreground", "humanspace")
+
+
 def select_sequence(
     features: Mapping[str, torch.Tensor], index: int, *, length: int | None = None
 ) -> dict[str, torch.Tensor]:
-    """Sequence `index` of a batched `forward_features` dict ([n, s, C, h, w] maps) -> [T, C, h, w] on the CPU."""
+    """Sequence `index` of a batched `forward_features` dict ([n, s, C, h, w] maps) -> [T, C, h, w] on the CPU:
+    BigGait's `MAP_KEYS`, or BiggerGait's maps when the dict is a BiggerGait's (it has "humanspace")."""
     out = {}
-    for key in MAP_KEYS:
+    for key in BIGGERGAIT_MAP_KEYS if "humanspace" in features else MAP_KEYS:
         if key not in features:
             raise VizInputError(f"features lack {key!r}: pass the dict returned by BigGait.forward_features")
         value = features[key]
