@@ -13,9 +13,7 @@ import torch
 from biggait.checkpoint import CheckpointError, load_model
 from biggait.compat.biggergait import BiggerGaitCheckpointError, official_biggergait_state
 from biggait.compat.opengait import export_lightning_checkpoint, export_opengait_state_dict, main
-from biggait.errors import ConfigError
 from biggait.formats import ArchitectureError, architecture_of
-from biggait.inference import embed_padded
 from biggait.lit_module import load_module
 from biggait.models import BigGait, BiggerGait
 
@@ -159,22 +157,20 @@ def test_architecture_mix_ups_give_one_error_line(tmp_path: Path) -> None:
     biggergait = OFFICIAL / "checkpoint.pt"
     biggait = FIXTURES / "official_tiny" / "checkpoint.pt"
     with pytest.raises(
-        ArchitectureError, match="holds a BiggerGait model, but this takes a BigGait one"
+        ArchitectureError, match="is a BiggerGait checkpoint, but this needs a BigGait one"
     ) as err:
         load_model(biggergait, architecture="biggait")
     assert "\n" not in str(err.value)
-    with pytest.raises(ArchitectureError, match="holds a BigGait model, but this takes a BiggerGait one"):
+    with pytest.raises(ArchitectureError, match="is a BigGait checkpoint, but this needs a BiggerGait one"):
         load_model(biggait, architecture="biggergait")
     with pytest.raises(BiggerGaitCheckpointError, match="not an OpenGait BiggerGait state dict"):
         official_biggergait_state(torch.load(biggait, weights_only=True)["model"])
-    with pytest.raises(ConfigError, match="embedding takes a BigGait; a BiggerGait is not supported"):
-        embed_padded(load_model(biggergait, **SMALL), torch.randn(1, 2, 3, 64, 32), torch.ones(1, 2))
     assert isinstance(load_model(biggait, padding_resize_crop="center"), BigGait)
 
 
 def test_converted_checkpoint_evaluates(tiny_shards: Path, tmp_path: Path) -> None:
-    """`make eval CKPT=<converted BiggerGait>` on the synthetic default (whose model group is BigGait's: only
-    the run-time options BiggerGait has apply)."""
+    """`make eval CKPT=<converted BiggerGait> MODEL=biggergait` on the synthetic world (a BigGait model group
+    instead is one error line: tests/test_biggergait_use.py)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
@@ -188,6 +184,7 @@ def test_converted_checkpoint_evaluates(tiny_shards: Path, tmp_path: Path) -> No
             config_name="eval",
             overrides=[
                 "experiment=synthetic",
+                "model=biggergait_tiny",
                 "data.eval_batch_size=4",
                 "data.num_workers=0",
                 f"ckpt_path={ckpt}",

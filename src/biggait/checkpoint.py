@@ -152,7 +152,9 @@ def _model_config(
     )
 
 
-def _construct(arch: str, cfg: dict[str, Any], path: Path, *, device: str | None = None) -> BigGait | BiggerGait:
+def _construct(
+    arch: str, cfg: dict[str, Any], path: Path, *, device: str | None = None
+) -> BigGait | BiggerGait:
     cls = MODEL_CLASSES[arch]
     with weights_from_checkpoint(), torch.device(device) if device else nullcontext():
         try:
@@ -163,7 +165,9 @@ def _construct(arch: str, cfg: dict[str, Any], path: Path, *, device: str | None
             ) from None
 
 
-def model_skeleton(cfg: dict[str, Any], path: str | Path, *, architecture: str = "biggait") -> BigGait | BiggerGait:
+def model_skeleton(
+    cfg: dict[str, Any], path: str | Path, *, architecture: str = "biggait"
+) -> BigGait | BiggerGait:
     """The model that options read from a file describe, on the meta device (no memory), after the options'
     bounds (`biggait.models.bounds`): a 2 KB file claiming a huge model is one `CheckpointError`."""
     try:

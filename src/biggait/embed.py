@@ -255,7 +255,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m biggait.em
             )
         check_embed_options(args.batch_frames, args.max_frames)
         device = resolve_device(args.device)  # --device cuda without a GPU: one line, before any work
-        model = load_model(args.model, architecture="biggait")  # BiggerGait: issue 21 follow-up
+        model = load_model(args.model)
         if args.precision == "auto":
             choice = describe_precision_on("auto", device)
             print(f"precision auto -> {choice}", file=sys.stderr)

@@ -14,8 +14,10 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from biggait.checkpoint import read_checkpoint
 from biggait.errors import BiggaitError, ConfigError, exit_on_error
-from biggait.lit_module import load_module
+from biggait.formats import require_architecture
+from biggait.lit_module import CONFIG_OF_ITS_MODEL, load_module
 from biggait.overrides import check_overrides
 from biggait.paths import conf_dir
 from biggait.train import (
@@ -74,6 +76,9 @@ def check_inputs(cfg: DictConfig):
             f"ckpt_path={ckpt!r} is not a file: pass a Lightning checkpoint (outputs/.../checkpoints/last.ckpt, "
             "or one converted with `python -m biggait.compat.opengait IN OUT`)"
         )
+    # a checkpoint of the other architecture is named before the data is looked for
+    expected = cfg.get("model", {}).get("architecture", "biggait")
+    require_architecture(read_checkpoint(ckpt), expected, f"checkpoint {ckpt}", fix=CONFIG_OF_ITS_MODEL)
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.manifest("test")
     return datamodule

@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m biggait.ex
             if out is not None:
                 check_writable(out, flag)
         overrides = {} if args.frame_size is None else {"frame_size": tuple(args.frame_size)}
-        model = load_model(args.model, architecture="biggait", **overrides)  # BiggerGait: issue 21 follow-up
+        model = load_model(args.model, **overrides)
         size = _frame_size(model, None)
         errors: dict[str, float] = {}
 

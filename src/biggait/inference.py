@@ -65,10 +65,6 @@ class SequencePooler:
         device: torch.device | None = None,
         precision: str = "32",
     ) -> None:
-        if not isinstance(model, BigGait):  # BiggerGait: issue 21 follow-up
-            raise ConfigError(
-                f"embedding takes a BigGait; a {type(model).__name__} is not supported here yet"
-            )
         if batch_frames < 1:
             raise ConfigError(f"batch_frames must be >= 1, got {batch_frames}")
         if precision not in PRECISIONS:
