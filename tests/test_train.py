@@ -186,7 +186,8 @@ def test_wandb_offline_run_directory(tiny_shards: Path, tmp_path: Path, monkeypa
     images = {
         p.parent.name + "/" + p.name.split("_")[0] for p in (runs[0] / "files" / "media").rglob("*.png")
     }
-    assert "images/feature" in images and "val/rank1" in images, images
+    # one W&B key per panel (feature_maps/sequence_<i>, feature_maps/comparison, <stage>/rank1_heatmaps/<cond>)
+    assert {"feature_maps/sequence", "feature_maps/comparison", "rank1_heatmaps/CL"} <= images, images
 
 
 def test_missing_dataset_is_one_clear_error(tmp_path: Path) -> None:
@@ -280,6 +281,7 @@ def test_processes_of_a_launch_write_their_own_run_log(tmp_path: Path) -> None:
     """The Hydra entry points name the run log after the process (a rank > 0 of torchrun here), so the
     processes of a launch sharing a run directory do not interleave their lines in one file."""
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SLURM_")}
+    (tmp_path / "notes.txt").write_text("not the run's: the failed evaluation keeps this folder")
     run = subprocess.run(
         [sys.executable, "-m", "biggait.eval", "ckpt_path=nowhere.ckpt", f"hydra.run.dir={tmp_path}"],
         capture_output=True,
@@ -289,7 +291,7 @@ def test_processes_of_a_launch_write_their_own_run_log(tmp_path: Path) -> None:
     )
     assert run.returncode == 2, run.stderr[-2000:]
     assert [p.name for p in tmp_path.glob("*.log")] == ["eval_rank3.log"]
-    assert f"run directory: {tmp_path}" in (tmp_path / "eval_rank3.log").read_text()
+    assert (tmp_path / "notes.txt").exists()
 
 
 def cli_train(tiny_shards: Path) -> list[str]:

@@ -111,7 +111,11 @@ def test_feature_map_logger_draws_the_groups_of_a_biggergait_run_to_wandb(tmp_pa
         "sequence_1.png",
         "sequence_2.png",
     ]
-    logged = list(next((tmp_path / "wandb").glob("offline-run-*")).rglob("feature_maps_*.png"))
+    logged = list(
+        (
+            next((tmp_path / "wandb").glob("offline-run-*")) / "files" / "media" / "images" / "feature_maps"
+        ).rglob("*.png")
+    )
     assert len(logged) == 4
     assert module.modes_seen == [(True, False)] * 2  # the panels left the model training, its backbone frozen
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +35,9 @@ __all__ = ["RUNTIME_MODULE_OPTIONS", "RUNTIME_NET_OPTIONS", "check_inputs", "eva
 # The checkpoint fixes the model; these options say how it runs and come from the evaluation's own config.
 RUNTIME_NET_OPTIONS = ("backbone_precision", "eval_precision", "static_shapes")
 RUNTIME_MODULE_OPTIONS = ("compile_backbone", "compile_head")
+
+
+_STARTED = time.time()  # files of this run are no older (`_own_run_directory`)
 
 
 def _refuse_ignored_model_overrides() -> None:
@@ -122,8 +126,8 @@ def _no_run_directory_left_by_a_failure() -> Iterator[None]:
     except (BiggaitError, SystemExit) as exc:
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             raise
-        run_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
-        if run_dir is not None and run_dir.is_dir() and not (run_dir / "evaluation").exists():
+        run_dir = _own_run_directory()
+        if run_dir is not None:
             logging.shutdown()  # the run's log file is closed before its folder goes
             shutil.rmtree(run_dir, ignore_errors=True)
             for parent in list(run_dir.parents)[:3]:  # outputs/eval/<run>/ when nothing else is in them
@@ -132,6 +136,22 @@ def _no_run_directory_left_by_a_failure() -> Iterator[None]:
                 except OSError:
                     break
         raise
+
+
+def _own_run_directory() -> Path | None:
+    """The run directory of this evaluation when it holds nothing but what this run wrote before failing (Hydra's
+    `.hydra/` and logs written since the process started); None otherwise: a folder with anything else in it
+    (a `hydra.run.dir=` of the user's, an earlier run's results) is never removed."""
+    if not HydraConfig.initialized():
+        return None
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if not run_dir.is_dir():
+        return None
+    own = all(
+        p.name == ".hydra" or (p.is_file() and p.suffix == ".log" and p.stat().st_mtime >= _STARTED)
+        for p in run_dir.iterdir()
+    )
+    return run_dir if own else None
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="eval")
