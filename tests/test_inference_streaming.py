@@ -191,7 +191,12 @@ def test_ctrl_c_is_one_error_line_and_writes_nothing(model: BigGait, tmp_path: P
         "2",
     ]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "biggait.embed", *args], stderr=subprocess.PIPE, text=True, cwd=ROOT
+        [sys.executable, "-m", "biggait.embed", *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        # a suite started in the background (`cmd &` without job control) ignores SIGINT, and so would the child
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     line = proc.stderr.readline()  # "precision auto -> ...": the model is loaded, embedding starts
     assert line.startswith("precision auto"), line
