@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,29 +18,18 @@ import numpy as np
 import torch
 
 from biggait.errors import ConfigError
-from biggait.evaluation.distance import part_euclidean
 from biggait.gallery import (
     Gallery,
     GalleryError,
-    iter_gallery_embeddings,
-    read_gallery_model,
     read_gallery_strings,
 )
+from biggait.ranking import distance_chunks
 from biggait.recognise import main as recognise_main
 
 __all__ = ["check_ranking_options", "format_table", "identify", "main"]
 
 # distance-matrix elements per gallery chunk ([probes, rows] float32): 64 MiB
 _BUDGET = 1 << 24
-_CHUNK_BYTES = 64 << 20  # gallery embeddings read per chunk
-
-
-def _chunks(gallery: Gallery | str | Path, rows: int) -> Iterator[tuple[int, np.ndarray]]:
-    if isinstance(gallery, Gallery):
-        for start in range(0, len(gallery), rows):
-            yield start, gallery.embeddings[start : start + rows]
-    else:
-        yield from iter_gallery_embeddings(gallery, rows=rows)
 
 
 def check_ranking_options(top_k: int, threshold: float | None) -> None:
@@ -69,26 +58,12 @@ def identify(
     evaluation's (`biggait.evaluation.distance.part_euclidean`, OpenGait's per-part Euclidean mean).
     """
     check_ranking_options(top_k, threshold)
-    model = gallery.model if isinstance(gallery, Gallery) else read_gallery_model(gallery)
-    if model != probes.model:
-        raise GalleryError(
-            f"the gallery was embedded by model {model[:12]} and the probes by model {probes.model[:12]}: "
-            "embeddings of different models cannot be compared; embed both with one model"
-        )
-    q = torch.from_numpy(probes.embeddings)
-    row_bytes = 4 * int(np.prod(probes.embeddings.shape[1:]))
-    rows = max(1, min(_CHUNK_BYTES // row_bytes, budget // max(1, len(probes))))
     best_d = torch.empty(len(probes), 0)
     best_i = torch.empty(len(probes), 0, dtype=torch.int64)
     n_gallery = 0
-    for start, chunk in _chunks(gallery, rows):
-        n_gallery = start + chunk.shape[0]
-        if tuple(chunk.shape[1:]) != tuple(q.shape[1:]):
-            raise GalleryError(
-                f"gallery embeddings {tuple(chunk.shape[1:])} and probes {tuple(q.shape[1:])} differ"
-            )
-        d = part_euclidean(q, torch.as_tensor(chunk))
-        idx = torch.arange(start, start + chunk.shape[0]).expand(len(probes), -1)
+    for start, d in distance_chunks(gallery, probes, budget):
+        n_gallery = start + d.shape[1]
+        idx = torch.arange(start, n_gallery).expand(len(probes), -1)
         d, idx = torch.cat([best_d, d], 1), torch.cat([best_i, idx], 1)
         k = min(top_k, d.shape[1])
         best_d, order = d.topk(k, dim=1, largest=False, sorted=True)

@@ -55,10 +55,11 @@ def gallery_strings(gallery: Gallery | str | Path) -> tuple[np.ndarray, np.ndarr
     return fields["labels"], fields["identities"]
 
 
-def _chunks(
+def distance_chunks(
     gallery: Gallery | str | Path, probes: Gallery, budget: int
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """(first row, [P, r] distances) over the gallery in chunks of at most `budget` distances."""
+    """(first row, [P, r] part-wise distances) over the gallery in chunks of at most `budget` distances, after
+    checking that one model embedded both; the gallery file is read chunk by chunk, never whole."""
     model = gallery.model if isinstance(gallery, Gallery) else read_gallery_model(gallery)
     if model != probes.model:
         raise GalleryError(
@@ -114,7 +115,7 @@ def rank_identities(
         torch.empty(p, 0, dtype=torch.int64),
     )
     seen = 0
-    for start, d in _chunks(gallery, probes, budget):
+    for start, d in distance_chunks(gallery, probes, budget):
         stop = start + d.shape[1]
         if stop > len(codes):
             raise GalleryError(f"gallery {gallery}: more embeddings than the {len(codes)} labels")
@@ -157,7 +158,7 @@ def _positives(
     entries of every probe."""
     pairs_p, pairs_d = [], []
     top_d, top_c = torch.empty(len(probes), 0), torch.empty(len(probes), 0, dtype=torch.int64)
-    for start, d in _chunks(gallery, probes, budget):
+    for start, d in distance_chunks(gallery, probes, budget):
         c = g_codes[start : start + d.shape[1]]
         pos = p_codes[:, None] == c[None]
         pi, gi = pos.nonzero(as_tuple=True)
@@ -195,7 +196,7 @@ def score(
     padded = torch.full((len(probes), width), _INF)
     padded[pairs_p, slot] = pairs_d
     below = torch.zeros(len(probes), width, dtype=torch.int64)  # entries of other identities nearer
-    for start, d in _chunks(gallery, probes, budget):
+    for start, d in distance_chunks(gallery, probes, budget):
         c = g_codes_t[start : start + d.shape[1]]
         negatives = d.masked_fill(p_codes[:, None] == c[None], _INF).sort(dim=1).values.contiguous()
         below += torch.searchsorted(negatives, padded.contiguous())
