@@ -195,3 +195,25 @@ def test_frames_are_stretched_whatever_their_ratio() -> None:
         a = model(frames, torch.full((1, 2), 1.0))["embeddings"]
         b = model(frames, torch.full((1, 2), 0.3))["embeddings"]
     assert torch.equal(a, b)
+
+
+def test_mask_foreground_rule_picks_the_person_whatever_the_channel() -> None:
+    """OpenGait's BiggerGait takes channel 1 as the foreground (true of MaskBranch_vits14.pt); a branch from
+    another BigGait run may carry the person on channel 0 (BigGait decides per frame), and then channel 1 is the
+    background. mask_foreground="border" applies BigGait's per-frame rule: the person either way."""
+    person = torch.zeros(2, 1, 8, 4)
+    person[:, :, 2:6, 1:3] = 1.0
+    on_c1 = torch.cat([1 - person, person], 1) * 0.9 + 0.05  # [B, 2, h, w], channel 1 = the person
+    on_c0 = on_c1.flip(1)
+    official, border = tiny().eval(), tiny(mask_foreground="border").eval()
+    expected = official.foreground(on_c1)
+    assert 0 < expected.mean() < 0.5  # the person, not the background
+    assert torch.equal(border.foreground(on_c1), expected) and torch.equal(border.foreground(on_c0), expected)
+    assert torch.equal(official.foreground(on_c0), 1 - expected)  # the official rule keeps the background
+    assert load_model_config_round_trip(border)["mask_foreground"] == "border"
+    with pytest.raises(ConfigError, match="mask_foreground must be"):
+        tiny(mask_foreground="channel0")
+
+
+def load_model_config_round_trip(model: BiggerGait) -> dict:
+    return BiggerGait(**model.config).config

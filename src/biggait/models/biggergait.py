@@ -15,7 +15,7 @@ from biggait.errors import ConfigError
 from biggait.models.backbone import DinoV2Backbone, PosEmbedInterpolation, backbone_autocast
 from biggait.models.biggait import _official_init
 from biggait.models.gaitbase import GaitBaseSingle, temporal_max
-from biggait.models.gre import DistillationBranch, upsample_maps
+from biggait.models.gre import DistillationBranch, channel1_is_foreground, upsample_maps
 from biggait.models.mask_branch import load_mask_branch_state
 
 __all__ = ["BiggerGait", "HumanSpaceConv", "head_of_group"]
@@ -63,6 +63,10 @@ def _recorded_config(arguments: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(
             f"mask_statistics must be 'official' or 'frozen', got {config['mask_statistics']!r}"
         )
+    if config["mask_foreground"] not in ("channel1", "border"):
+        raise ConfigError(
+            f"mask_foreground must be 'channel1' or 'border', got {config['mask_foreground']!r}"
+        )
     if config["eval_precision"] not in (None, "fp32"):
         raise ConfigError(f"eval_precision must be null or 'fp32', got {config['eval_precision']!r}")
     return config
@@ -91,6 +95,7 @@ class BiggerGait(nn.Module):
         embed_dim: int = 256,
         parts: int = 32,
         mask_statistics: Literal["official", "frozen"] = "official",
+        mask_foreground: Literal["channel1", "border"] = "channel1",
         pos_embed_interpolation: PosEmbedInterpolation = "hf",
         frame_size: tuple[int, int] = (256, 128),
         backbone_precision: Literal["bf16", "fp16", "fp32"] | None = None,
@@ -105,6 +110,9 @@ class BiggerGait(nn.Module):
         # "official": OpenGait's `model.train()` puts the frozen mask branch back in training mode, so its
         # BatchNorm normalises with batch statistics and updates its running ones (docs/fidelity.md)
         self.mask_statistics = mask_statistics
+        # "channel1": OpenGait takes channel 1 as the foreground, true of MaskBranch_vits14.pt but not of every
+        # BigGait run's branch (BigGait decides per frame); "border": BigGait's per-frame rule (docs/fidelity.md)
+        self.mask_foreground = mask_foreground
         self.backbone = DinoV2Backbone(
             preset=backbone,
             embed_dim=backbone_width,
@@ -205,8 +213,13 @@ class BiggerGait(nn.Module):
         return probs.view(b, h, w, 2).permute(0, 3, 1, 2)
 
     def foreground(self, mask_probs: torch.Tensor) -> torch.Tensor:
-        """[B, 2, h, w] -> the map-size foreground {0, 1} [B, 1, *map_size]: channel 1 > 0.5, resized, > 0.5."""
-        patch = (mask_probs[:, 1:2] > 0.5).to(mask_probs.dtype)
+        """[B, 2, h, w] -> the map-size foreground {0, 1} [B, 1, *map_size]: the foreground channel > 0.5, resized,
+        > 0.5; that channel is 1 (official) or, with `mask_foreground="border"`, the one BigGait's rule picks."""
+        probs = mask_probs[:, 1:2]
+        if self.mask_foreground == "border":  # the rule reads the map-size probabilities, as BigGait's does
+            use_c1 = channel1_is_foreground(upsample_maps(mask_probs, self.map_size))
+            probs = torch.where(use_c1[:, None, None, None], probs, mask_probs[:, 0:1])
+        patch = (probs > 0.5).to(mask_probs.dtype)
         return (upsample_maps(patch, self.map_size) > 0.5).to(mask_probs.dtype)
 
     def forward_features(

@@ -17,6 +17,7 @@ __all__ = [
     "black_da",
     "diversity_loss",
     "scatter_pixels",
+    "channel1_is_foreground",
     "select_foreground",
     "shape_connect_loss",
     "sobel_connect_loss",
@@ -158,13 +159,19 @@ def gather_pixels(maps: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
     return maps.permute(0, 2, 3, 1)[selected[:, 0]]
 
 
-def select_foreground(mask_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, 2, h, w] mask probabilities (0 at padding) -> (foreground_prob p, selected pixels), OpenGait `BigGait__Dinov2_Gaitbase.get_body`, `get_edge`."""
+def channel1_is_foreground(mask_probs: torch.Tensor) -> torch.Tensor:
+    """[B, 2, h, w] mask probabilities -> [B] bool: BigGait's per-frame polarity rule, channel 0 is the background
+    when its rounded map covers more than half of the top and bottom border rows (OpenGait
+    `BigGait__Dinov2_Gaitbase.get_body`)."""
     w = mask_probs.shape[-1]
     c0 = torch.round(mask_probs[:, 0])  # half-to-even: 0.5 -> 0
     border = c0[:, :BORDER_ROWS].sum((1, 2)) + c0[:, -BORDER_ROWS:].sum((1, 2))
-    # channel 0 is background when it covers more than half of the border rows
-    use_c1 = border > BORDER_ROWS * w
+    return border > BORDER_ROWS * w
+
+
+def select_foreground(mask_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, 2, h, w] mask probabilities (0 at padding) -> (foreground_prob p, selected pixels), OpenGait `BigGait__Dinov2_Gaitbase.get_body`, `get_edge`."""
+    use_c1 = channel1_is_foreground(mask_probs)
     p = torch.where(use_c1[:, None, None], mask_probs[:, 1], mask_probs[:, 0])[:, None]
     binary = torch.round(p)
     # kornia dilation 3x3 then erosion 5x5 with geodesic borders: max-pool pads with -inf
