@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from biggait.errors import exit_on_error
-from biggait.gallery import load_gallery
-from biggait.gallery_cli import locked
+from biggait.gallery import GalleryRows, load_gallery
+from biggait.gallery_cli import identity_counts, update_meta
 from biggait.io import atomic_write_json
 from biggait.openset import attempts, calibrate, det_plot
 from biggait.ranking import rank_identities
@@ -32,15 +32,16 @@ _TARGETS = (0.001, 0.01, 0.05, 0.1)  # FAR targets of the printed table
 
 def write_calibration(gallery_path: str | Path, chosen: dict[str, Any], probes_path: str | Path) -> None:
     """Store `chosen` as the gallery's `meta["openset"]`, under the gallery's lock (enrolments are not lost)."""
-    with locked(gallery_path):
-        gallery = load_gallery(gallery_path)
-        gallery.meta["openset"] = {
+
+    def change(meta: dict[str, Any], rows: GalleryRows) -> None:
+        meta["openset"] = {
             **chosen,
             "calibrated_on": str(probes_path),
-            "identities_enrolled": len(set(gallery.identities)),
+            "identities_enrolled": len(identity_counts(rows)),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        gallery.save(gallery_path)
+
+    update_meta(gallery_path, change)
 
 
 def _report(table: list[dict[str, Any]], chosen: dict[str, Any]) -> str:

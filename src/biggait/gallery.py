@@ -3,28 +3,31 @@ them, as an `.npz` of plain arrays (no pickles: loaded with `allow_pickle=False`
 
 from __future__ import annotations
 
-import io
 import json
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from biggait.errors import BiggaitError
-from biggait.io import atomic_write_bytes
+from biggait.io import atomic_open
 
 __all__ = [
     "GALLERY_FORMAT",
     "Gallery",
     "GalleryError",
+    "GalleryRows",
+    "gallery_member_header",
     "iter_gallery_embeddings",
+    "iter_gallery_member",
     "load_gallery",
     "read_gallery_meta",
     "read_gallery_model",
     "read_gallery_strings",
+    "write_gallery",
 ]
 
 GALLERY_FORMAT = "biggait-gallery/1"
@@ -91,16 +94,8 @@ class Gallery:
 
     def save(self, path: str | Path) -> Path:
         """Write atomically as an uncompressed `.npz` of fixed-width unicode and float32 arrays."""
-        buf = io.BytesIO()
-        np.savez(
-            buf,
-            format=np.str_(GALLERY_FORMAT),
-            model=np.str_(self.model),
-            embeddings=np.ascontiguousarray(self.embeddings, np.float32),
-            meta=np.str_(json.dumps(self.meta)),
-            **{name: np.asarray(getattr(self, name), dtype=np.str_) for name in _STRINGS},
-        )
-        return atomic_write_bytes(path, buf.getvalue())
+        write_gallery(path, [GalleryRows(self)], model=self.model, meta=self.meta)
+        return Path(path)
 
 
 def _open(path: Path, what: str = "gallery") -> np.lib.npyio.NpzFile:
@@ -229,33 +224,173 @@ def load_gallery(path: str | Path, *, what: str = "gallery") -> Gallery:
         raise GalleryError(f"{what} {path}: {exc}") from None
 
 
-def iter_gallery_embeddings(path: str | Path, *, rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
-    """(first row, embeddings [r, E, p]) chunks of a gallery file read straight from its uncompressed member,
-    so a huge gallery never sits in memory whole."""
+def _member_header(f: IO[bytes], path: Path, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    version = np.lib.format.read_magic(f)
+    if version not in _HEADER_READERS:
+        raise GalleryError(f"gallery {path}: {name} has unsupported .npy version {version}")
+    shape, fortran, dtype = _HEADER_READERS[version](f)
+    if fortran:
+        raise GalleryError(f"gallery {path}: {name} must be stored in C order")
+    if name == "embeddings" and (dtype != np.float32 or len(shape) != 3):
+        raise GalleryError(f"gallery {path}: embeddings must be float32 [N, E, parts], got {dtype} {shape}")
+    if name == "embeddings" and 0 in shape[1:]:
+        raise GalleryError(f"gallery {path}: embeddings of shape {shape} have an empty dimension")
+    if name in _STRINGS and (dtype.kind != "U" or len(shape) != 1):
+        raise GalleryError(f"gallery {path}: {name} must be a 1-D unicode array, got {dtype} {shape}")
+    return tuple(shape), dtype
+
+
+def gallery_member_header(path: str | Path, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of one array of a gallery file, read from its header (no data is read)."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open(f"{name}.npy") as f:
+            return _member_header(f, path, name)
+    except GalleryError:
+        raise
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise GalleryError(f"gallery {path}: {name} cannot be read ({type(exc).__name__}: {exc})") from None
+
+
+def iter_gallery_member(
+    path: str | Path, name: str, *, rows: int = 65536
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, rows [r, ...]) chunks of one array of a gallery file (`embeddings`, `labels`, `identities` or
+    `sources`), read straight from its uncompressed member, so a huge gallery never sits in memory whole."""
     path = Path(path)
     try:
         zf = zipfile.ZipFile(path)
-        info = zf.getinfo("embeddings.npy")
+        info = zf.getinfo(f"{name}.npy")
     except (OSError, KeyError, zipfile.BadZipFile) as exc:
-        raise GalleryError(
-            f"gallery {path}: embeddings cannot be read ({type(exc).__name__}: {exc})"
-        ) from None
+        raise GalleryError(f"gallery {path}: {name} cannot be read ({type(exc).__name__}: {exc})") from None
     with zf, zf.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        if version not in _HEADER_READERS:
-            raise GalleryError(f"gallery {path}: unsupported .npy version {version}")
-        shape, fortran, dtype = _HEADER_READERS[version](f)
-        if fortran or dtype != np.float32 or len(shape) != 3:
-            raise GalleryError(f"gallery {path}: embeddings must be C-order float32 [N, E, parts]")
-        if 0 in shape[1:]:
-            raise GalleryError(f"gallery {path}: embeddings of shape {shape} have an empty dimension")
-        row_bytes = int(np.prod(shape[1:])) * 4
+        try:
+            shape, dtype = _member_header(f, path, name)
+        except GalleryError:
+            raise
+        except (ValueError, EOFError) as exc:
+            raise GalleryError(f"gallery {path}: {name} header is broken ({exc})") from None
+        row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
         for start in range(0, shape[0], rows):
             n = min(rows, shape[0] - start)
             data = f.read(n * row_bytes)
             if len(data) != n * row_bytes:
-                raise GalleryError(f"gallery {path}: embeddings are truncated at row {start}")
-            chunk = np.frombuffer(bytearray(data), np.float32).reshape(n, *shape[1:])
-            if not np.isfinite(chunk).all():
+                raise GalleryError(f"gallery {path}: {name} is truncated at row {start}")
+            chunk = np.frombuffer(bytearray(data), dtype).reshape(n, *shape[1:])
+            if name == "embeddings" and not np.isfinite(chunk).all():
                 raise GalleryError(f"gallery {path}: embeddings contain NaN or inf")
             yield start, chunk
+
+
+def iter_gallery_embeddings(path: str | Path, *, rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, embeddings [r, E, p]) chunks of a gallery file, never the whole array."""
+    return iter_gallery_member(path, "embeddings", rows=rows)
+
+
+_EMBEDDING_CHUNK_BYTES = 4 << 20  # embeddings copied per chunk by the streaming writer
+
+
+class GalleryRows:
+    """Rows to write into a gallery file: those of a `Gallery` in memory, or of a gallery file (read in chunks),
+    optionally only the rows `keep(labels, identities) -> bool mask` accepts."""
+
+    def __init__(
+        self,
+        source: Gallery | str | Path,
+        *,
+        keep: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        self.source, self.keep = source, keep
+        if isinstance(source, Gallery):
+            self.name, self.model, self.row_shape = (
+                "the new footage",
+                source.model,
+                source.embeddings.shape[1:],
+            )
+            self._rows = len(source)
+            return
+        self.name = f"gallery {source}"
+        self.model = read_gallery_model(source)  # also checks every member's stored size
+        heads = {name: gallery_member_header(source, name) for name in ("embeddings", *_STRINGS)}
+        self.row_shape, self._widths = (
+            heads["embeddings"][0][1:],
+            {k: v[1].itemsize // 4 for k, v in heads.items()},
+        )
+        self._rows = heads["embeddings"][0][0]
+        if any(heads[k][0][0] != self._rows for k in _STRINGS):
+            raise GalleryError(
+                f"{self.name}: {self._rows} embeddings but "
+                + ", ".join(f"{heads[k][0][0]} {k}" for k in _STRINGS)
+            )
+
+    def width(self, name: str) -> int:
+        """Characters of the longest string of field `name` (the file's stored width)."""
+        if isinstance(self.source, Gallery):
+            return max((len(s) for s in getattr(self.source, name)), default=1)
+        return self._widths[name]
+
+    def chunk_rows(self) -> int:
+        return max(1, _EMBEDDING_CHUNK_BYTES // (4 * int(np.prod(self.row_shape))))
+
+    def _raw(self, name: str) -> Iterator[np.ndarray]:
+        rows = self.chunk_rows()
+        if isinstance(self.source, Gallery):
+            values = self.source.embeddings if name == "embeddings" else getattr(self.source, name)
+            for start in range(0, self._rows, rows):
+                chunk = values[start : start + rows]
+                yield chunk if name == "embeddings" else np.asarray(chunk, dtype=np.str_).reshape(-1)
+        else:
+            yield from (chunk for _, chunk in iter_gallery_member(self.source, name, rows=rows))
+
+    def masks(self) -> Iterator[np.ndarray]:
+        """The kept rows of every chunk, as boolean masks."""
+        for labels, identities in zip(self._raw("labels"), self._raw("identities")):
+            yield (
+                np.ones(len(labels), bool) if self.keep is None else np.asarray(self.keep(labels, identities))
+            )
+
+    def chunks(self, name: str) -> Iterator[np.ndarray]:
+        """The kept rows of field `name` (or `embeddings`), chunk by chunk."""
+        if self.keep is None:
+            yield from self._raw(name)
+            return
+        for chunk, mask in zip(self._raw(name), self.masks(), strict=True):
+            yield chunk[mask]
+
+    def __len__(self) -> int:
+        return self._rows if self.keep is None else sum(int(m.sum()) for m in self.masks())
+
+
+def _write_member(zf: zipfile.ZipFile, name: str, dtype: np.dtype, shape: tuple[int, ...],
+                  chunks: Iterator[np.ndarray]) -> None:  # fmt: skip
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    written = 0
+    with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for chunk in chunks:
+            chunk = np.ascontiguousarray(chunk, dtype)
+            f.write(memoryview(chunk.reshape(-1).view(np.uint8)))
+            written += chunk.shape[0] if chunk.ndim else 1
+    if written != (
+        shape[0] if shape else 1
+    ):  # a source changed under us: never write a file whose header lies
+        raise GalleryError(f"{name}: {written} rows written where {shape[0] if shape else 1} were counted")
+
+
+def write_gallery(path: str | Path, parts: Sequence[GalleryRows], *, model: str, meta: dict[str, Any]) -> int:
+    """Write the rows of `parts`, in order, as one gallery file, chunk by chunk (memory is set by the chunk
+    size, not by the galleries' size) and atomically; returns the number of rows."""
+    shapes = {tuple(p.row_shape) for p in parts}
+    if len(shapes) != 1:
+        raise GalleryError(f"embeddings of shapes {sorted(shapes)} cannot share one gallery")
+    n = sum(len(p) for p in parts)
+    # the zip is closed (its directory written) before atomic_open checks and renames the file
+    with atomic_open(path, verify=read_gallery_model) as f, zipfile.ZipFile(f, "w", allowZip64=True) as zf:
+        for key, value in (("format", GALLERY_FORMAT), ("model", model), ("meta", json.dumps(meta))):
+            _write_member(zf, key, np.dtype(f"<U{max(1, len(value))}"), (), iter([np.str_(value)]))
+        _write_member(zf, "embeddings", np.dtype("<f4"), (n, *shapes.pop()),
+                      (c for p in parts for c in p.chunks("embeddings")))  # fmt: skip
+        for name in _STRINGS:
+            dtype = np.dtype(f"<U{max([1, *(p.width(name) for p in parts)])}")
+            _write_member(zf, name, dtype, (n,), (c for p in parts for c in p.chunks(name)))
+    return n

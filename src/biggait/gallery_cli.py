@@ -5,9 +5,10 @@
     biggait gallery list GALLERY.npz [--json]
     biggait gallery merge OUT.npz GALLERY.npz [GALLERY.npz ...]
 
-Every change is a read-modify-write of the whole file under an exclusive lock (`fcntl.flock` on
-`.<name>.lock` next to it), written atomically: two processes enrolling at once both land, and a killed enrol
-leaves the previous gallery. The slow part of `enrol` (embedding) runs before the lock is taken. An identity
+Every change rewrites the file under an exclusive lock (`fcntl.flock` on `.<name>.lock` next to it), streaming
+the old rows chunk by chunk into a new file that replaces it atomically: memory is set by the chunk size (and
+the number of identities), not by the gallery's size; two processes enrolling at once both land, and a killed
+enrol leaves the previous gallery. The slow part of `enrol` (embedding) runs before the lock is taken. An identity
 may hold many templates (views, outfits); identify names the identity of the nearest template (biggait.ranking).
 """
 
@@ -17,7 +18,8 @@ import argparse
 import fcntl
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,10 +28,10 @@ from typing import Any
 import numpy as np
 
 from biggait.errors import ConfigError, exit_on_error
-from biggait.gallery import Gallery, GalleryError, load_gallery
+from biggait.gallery import Gallery, GalleryError, GalleryRows, read_gallery_meta, write_gallery
 from biggait.io import atomic_write_json
 
-__all__ = ["append", "locked", "main", "merge", "remove", "summary"]
+__all__ = ["append", "locked", "main", "merge", "identity_counts", "remove", "summary", "update_meta"]
 
 
 @contextmanager
@@ -49,23 +51,47 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _concat(base: Gallery, new: Gallery, *, names: tuple[str, str]) -> Gallery:
-    """`base` + `new` after checking they come from one model and share no template label."""
-    base.check_same_model(new, names=names)
-    clash = sorted(set(base.labels) & set(new.labels))
-    if clash:
+def _check_compatible(base: GalleryRows, other: GalleryRows) -> None:
+    """Embeddings of two different models (or shapes) are not comparable."""
+    if base.model != other.model:
         raise GalleryError(
-            f"{names[1]} has template {clash[0]!r} that {names[0]} already holds: remove it first "
-            "(biggait gallery remove --label) or enrol under another name"
+            f"{base.name} was embedded by model {base.model[:12]} and {other.name} by model "
+            f"{other.model[:12]}: embeddings of different models cannot be compared; embed both with one model"
         )
-    return Gallery(
-        np.concatenate([base.embeddings, new.embeddings]),
-        base.labels + new.labels,
-        base.identities + new.identities,
-        base.sources + new.sources,
-        base.model,
-        dict(base.meta),
-    )
+    if tuple(base.row_shape) != tuple(other.row_shape):
+        raise GalleryError(
+            f"{base.name} embeddings {tuple(base.row_shape)} and {other.name} {tuple(other.row_shape)} differ"
+        )
+
+
+def _label_hashes(labels: np.ndarray) -> np.ndarray:
+    """A 64-bit hash per fixed-width unicode label (equal strings hash equal whatever the array's width)."""
+    width = labels.dtype.itemsize // 4
+    codes = np.ascontiguousarray(labels).view(np.uint32).reshape(len(labels), width).astype(np.uint64)
+    z = (np.arange(1, width + 1, dtype=np.uint64)) * np.uint64(0x9E3779B97F4A7C15)  # splitmix64 weights
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return (codes * (z | np.uint64(1))).sum(axis=1, dtype=np.uint64)  # wraps modulo 2**64
+
+
+def _shared_label(parts: Sequence[GalleryRows]) -> tuple[str, GalleryRows, GalleryRows] | None:
+    """A template label that two of `parts` both hold, with the two; None if there is none. Holds 8 bytes per
+    template (a hash of its label), not the labels: equal hashes are confirmed on the strings."""
+    seen = np.empty(0, np.uint64)
+    for i, part in enumerate(parts):
+        hashes = [_label_hashes(c) for c in part.chunks("labels")]
+        mine = np.concatenate(hashes) if hashes else seen[:0]
+        if i and np.isin(mine, seen).any():
+            suspects = np.unique(
+                np.concatenate([c[np.isin(_label_hashes(c), seen)] for c in part.chunks("labels")])
+            )
+            for earlier in parts[:i]:
+                for chunk in earlier.chunks("labels"):
+                    hit = chunk[np.isin(chunk, suspects)]
+                    if len(hit):
+                        return str(hit[0]), earlier, part
+        seen = np.union1d(seen, mine)
+    return None
 
 
 def _stamp(meta: dict[str, Any], identities: Sequence[str], when: str) -> None:
@@ -75,73 +101,119 @@ def _stamp(meta: dict[str, Any], identities: Sequence[str], when: str) -> None:
         dates[name] = {"first": min(first, when), "last": max(dates.get(name, {}).get("last", when), when)}
 
 
-def append(path: str | Path, new: Gallery) -> Gallery:
-    """Add the templates of `new` to the gallery file `path` (created if absent), under its lock; returns it."""
+def _join(parts: Sequence[GalleryRows]) -> None:
+    """Refuse parts of different models or with a template label in common."""
+    for other in parts[1:]:
+        _check_compatible(parts[0], other)
+    shared = _shared_label(parts)
+    if shared:
+        label, first, second = shared
+        raise GalleryError(
+            f"{second.name} has template {label!r} that {first.name} already holds: remove it first "
+            "(biggait gallery remove --label) or enrol under another name"
+        )
+
+
+def append(path: str | Path, new: Gallery) -> dict[str, Any]:
+    """Add the templates of `new` to the gallery file `path` (created if absent), under its lock, streaming the
+    file's rows into the new one; returns the gallery's `summary`."""
     path = Path(path)
     with locked(path):
+        parts = [GalleryRows(new)]
+        meta: dict[str, Any] = {}
         if path.exists():
-            gallery = _concat(load_gallery(path), new, names=(f"gallery {path}", "the new footage"))
-        else:
-            gallery = Gallery(new.embeddings, new.labels, new.identities, new.sources, new.model, {})
-        _stamp(gallery.meta, new.identities, _now())
-        gallery.save(path)
-    return gallery
+            parts.insert(0, GalleryRows(path))
+            meta = read_gallery_meta(path)
+            _join(parts)
+        _stamp(meta, new.identities, _now())
+        write_gallery(path, parts, model=new.model, meta=meta)
+        return summary(path)
 
 
-def remove(path: str | Path, identities: Sequence[str] = (), labels: Sequence[str] = ()) -> Gallery:
+def _found(
+    rows: GalleryRows, identities: np.ndarray, labels: np.ndarray
+) -> tuple[set[str], set[str], set[str]]:
+    """(the named identities present, the named labels present, the identities that keep a template)."""
+    ids, labs, left = set(), set(), set()
+    for lab, idc in zip(rows.chunks("labels"), rows.chunks("identities"), strict=True):
+        drop = np.isin(idc, identities) | np.isin(lab, labels)
+        ids.update(np.intersect1d(idc, identities).tolist())
+        labs.update(np.intersect1d(lab, labels).tolist())
+        left.update(np.unique(idc[~drop]).tolist())
+    return ids, labs, left
+
+
+def remove(path: str | Path, identities: Sequence[str] = (), labels: Sequence[str] = ()) -> dict[str, Any]:
     """Drop every template of `identities` and the templates `labels`; naming an absent one is an error."""
     path = Path(path)
+    ids, labs = np.asarray(list(identities), dtype=np.str_), np.asarray(list(labels), dtype=np.str_)
     with locked(path):
-        gallery = load_gallery(path)
-        missing = sorted(set(identities) - set(gallery.identities)) + sorted(
-            set(labels) - set(gallery.labels)
-        )
+        rows = GalleryRows(path)
+        meta = read_gallery_meta(path)
+        found_ids, found_labs, left = _found(rows, ids, labs)
+        missing = sorted(set(identities) - found_ids) + sorted(set(labels) - found_labs)
         if missing:
             raise GalleryError(
                 f"gallery {path} holds no identity or template {missing[0]!r}; see `biggait gallery list`"
             )
-        drop = np.isin(gallery.identities, list(identities)) | np.isin(gallery.labels, list(labels))
-        kept = gallery.select(~drop)
-        kept.meta = dict(gallery.meta)
-        left = set(kept.identities)
-        kept.meta["enrolled"] = {k: v for k, v in gallery.meta.get("enrolled", {}).items() if k in left}
-        kept.save(path)
-    return kept
+        meta["enrolled"] = {k: v for k, v in meta.get("enrolled", {}).items() if k in left}
+        kept = GalleryRows(path, keep=lambda lab, idc: ~(np.isin(idc, ids) | np.isin(lab, labs)))
+        write_gallery(path, [kept], model=rows.model, meta=meta)
+        return summary(path)
 
 
-def merge(out: str | Path, inputs: Sequence[str | Path]) -> Gallery:
-    """One gallery of the templates of all `inputs` (one model, no shared label); enrolment dates are kept, a
-    calibration is not (it was measured on another gallery: run `biggait calibrate` again)."""
+def merge(out: str | Path, inputs: Sequence[str | Path]) -> dict[str, Any]:
+    """One gallery of the templates of all `inputs` (one model, no shared label), streamed; enrolment dates are
+    kept, a calibration is not (it was measured on another gallery: run `biggait calibrate` again)."""
     if not inputs:
         raise ConfigError("merge needs at least one input gallery")
     with locked(out):
-        merged = load_gallery(inputs[0])
-        merged.meta = {"enrolled": dict(merged.meta.get("enrolled", {}))}
-        for path in inputs[1:]:
-            other = load_gallery(path)
-            merged = _concat(
-                merged, other, names=(f"gallery {inputs[0]} (and those merged so far)", f"gallery {path}")
-            )
-            for name, dates in other.meta.get("enrolled", {}).items():
-                _stamp(merged.meta, [name], dates["first"])
-                _stamp(merged.meta, [name], dates["last"])
-        merged.save(out)
-    return merged
+        parts = [GalleryRows(path) for path in inputs]
+        _join(parts)
+        meta: dict[str, Any] = {"enrolled": {}}
+        for path in inputs:
+            for name, dates in read_gallery_meta(path).get("enrolled", {}).items():
+                _stamp(meta, [name], dates["first"])
+                _stamp(meta, [name], dates["last"])
+        write_gallery(out, parts, model=parts[0].model, meta=meta)
+        return summary(out)
 
 
-def summary(gallery: Gallery) -> dict[str, Any]:
-    """What `list` prints: model, sizes, calibration and, per identity, templates and enrolment dates."""
-    names, counts = np.unique(np.asarray(gallery.identities, dtype=np.str_), return_counts=True)
-    dates = gallery.meta.get("enrolled", {})
+def update_meta(path: str | Path, change: Callable[[dict[str, Any], GalleryRows], None]) -> None:
+    """Let `change(meta, rows)` edit the metadata of a gallery file, under its lock (the rows are streamed into
+    the new file; an enrolment running at the same time is not lost)."""
+    with locked(path):
+        rows = GalleryRows(path)
+        meta = read_gallery_meta(path)
+        change(meta, rows)
+        write_gallery(path, [rows], model=rows.model, meta=meta)
+
+
+def identity_counts(rows: GalleryRows) -> Counter[str]:
+    """Templates per identity, counted chunk by chunk."""
+    counts: Counter[str] = Counter()
+    for chunk in rows.chunks("identities"):
+        names, n = np.unique(chunk, return_counts=True)
+        counts.update(dict(zip(names.tolist(), n.tolist())))
+    return counts
+
+
+def summary(gallery: str | Path) -> dict[str, Any]:
+    """What `list` prints: model, sizes, calibration and, per identity, templates and enrolment dates; the
+    identities are counted chunk by chunk (memory grows with the number of people, not of templates)."""
+    rows = GalleryRows(gallery)
+    meta = read_gallery_meta(gallery)
+    counts = identity_counts(rows)
+    dates = meta.get("enrolled", {})
     return {
-        "model": gallery.model,
-        "templates": len(gallery),
+        "model": rows.model,
+        "templates": len(rows),
         "identities": [
-            {"identity": str(n), "templates": int(c), **dates.get(str(n), {"first": "-", "last": "-"})}
-            for n, c in zip(names, counts)
+            {"identity": n, "templates": c, **dates.get(n, {"first": "-", "last": "-"})}
+            for n, c in sorted(counts.items())
         ],
-        "embedding": list(gallery.embeddings.shape[1:]),
-        "openset": gallery.meta.get("openset"),
+        "embedding": list(rows.row_shape),
+        "openset": meta.get("openset"),
     }
 
 
@@ -174,10 +246,10 @@ def _enrol(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if args.identity is not None:  # templates of a named person are labelled under the name: `ann/walk1`
         new.labels = [f"{args.identity}/{label}" for label in new.labels]
-    gallery = append(args.gallery, new)
+    info = append(args.gallery, new)
     people = sorted(set(new.identities))
     print(f"enrolled {len(new)} templates of {', '.join(people[:5])}{' ...' if len(people) > 5 else ''} into "
-          f"{args.gallery}: now {len(gallery)} templates of {len(set(gallery.identities))} identities")  # fmt: skip
+          f"{args.gallery}: now {info['templates']} templates of {len(info['identities'])} identities")  # fmt: skip
     return 0
 
 
@@ -229,12 +301,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.identities and not args.label:
                 raise ConfigError("remove needs an IDENTITY or --label LABEL")
             kept = remove(args.gallery, args.identities, args.label)
-            print(f"{args.gallery}: {len(kept)} templates of {len(set(kept.identities))} identities left")
+            print(
+                f"{args.gallery}: {kept['templates']} templates of {len(kept['identities'])} identities left"
+            )
         elif args.action == "merge":
             merged = merge(args.out, args.inputs)
-            print(f"wrote {args.out}: {len(merged)} templates of {len(set(merged.identities))} identities")
+            print(
+                f"wrote {args.out}: {merged['templates']} templates of {len(merged['identities'])} identities"
+            )
         else:
-            info = summary(load_gallery(args.gallery))
+            info = summary(args.gallery)
             if args.json is not None:
                 atomic_write_json(args.json, info)
             _print_summary(info, args.gallery)
