@@ -1,4 +1,4 @@
-"""The `biggait` console script: `biggait embed|identify|gallery|calibrate|annotate|track|train|eval|data|import-opengait|export ...`.
+"""The `biggait` console script: `biggait embed|identify|gallery|index|calibrate|annotate|track|train|eval|data|import-opengait|export ...`.
 
 Each subcommand is the module of the same job (`python -m biggait.embed`, ...), with the same options.
 """
@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "name the people of every probe (top-k, open-set threshold/margin, --score)",
     ),
     "gallery": ("biggait.gallery_cli", "maintain a gallery: enrol | remove | list | merge"),
+    "index": ("biggait.index", "a gallery past memory: memory-mapped folder + FAISS index for identify"),
     "calibrate": ("biggait.calibrate", "pick the open-set threshold and margin for a target FAR"),
     "annotate": (
         "biggait.annotate",

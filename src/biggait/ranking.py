@@ -6,6 +6,12 @@ conditions they were enrolled under, and an identity with many varied templates 
 that show other conditions (a mean over templates would be). The gallery is read in chunks and only the running
 k nearest distinct identities are kept, so memory is bounded whatever the gallery's size; the result is exact
 (an identity among the k nearest has its nearest template in some chunk, where fewer than k identities beat it).
+
+A gallery is a `Gallery`, the path of a gallery `.npz`, or a memory-mapped gallery folder (`MappedGallery`,
+biggait.index): streamed exactly like a file, or, with `candidates`, searched approximately: its FAISS index
+proposes `candidates` rows per probe, which are re-ranked by the exact part-wise distance. When those rows hold
+fewer than k distinct identities, the search is widened (twice the candidates; twice the cells searched once
+the searched cells run out) until k are found or the whole gallery was searched: never silently fewer.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from biggait.gallery import (
     read_gallery_model,
     read_gallery_strings,
 )
+from biggait.index import MappedGallery, open_index
 
 __all__ = ["Ranking", "gallery_strings", "rank_identities", "score"]
 
@@ -55,22 +62,29 @@ def gallery_strings(gallery: Gallery | str | Path) -> tuple[np.ndarray, np.ndarr
     return fields["labels"], fields["identities"]
 
 
-def distance_chunks(
-    gallery: Gallery | str | Path, probes: Gallery, budget: int
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """(first row, [P, r] part-wise distances) over the gallery in chunks of at most `budget` distances, after
-    checking that one model embedded both; the gallery file is read chunk by chunk, never whole."""
-    model = gallery.model if isinstance(gallery, Gallery) else read_gallery_model(gallery)
+AnyGallery = Gallery | MappedGallery | str | Path
+
+
+def _check_model(gallery: AnyGallery, probes: Gallery) -> None:
+    model = gallery.model if isinstance(gallery, (Gallery, MappedGallery)) else read_gallery_model(gallery)
     if model != probes.model:
         raise GalleryError(
             f"the gallery was embedded by model {model[:12]} and the probes by model {probes.model[:12]}: "
             "embeddings of different models cannot be compared; embed both with one model"
         )
+
+
+def distance_chunks(gallery: AnyGallery, probes: Gallery, budget: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first row, [P, r] part-wise distances) over the gallery in chunks of at most `budget` distances, after
+    checking that one model embedded both; the gallery file or memory map is read chunk by chunk, never whole."""
+    _check_model(gallery, probes)
     q = torch.from_numpy(probes.embeddings)
     row_bytes = 4 * int(np.prod(probes.embeddings.shape[1:]))
     rows = max(1, min(_CHUNK_BYTES // row_bytes, budget // max(1, len(probes))))
     if isinstance(gallery, Gallery):
         source = ((s, gallery.embeddings[s : s + rows]) for s in range(0, len(gallery), rows))
+    elif isinstance(gallery, MappedGallery):
+        source = gallery.chunks(rows)
     else:
         source = iter_gallery_embeddings(gallery, rows=rows)
     for start, chunk in source:
@@ -79,6 +93,21 @@ def distance_chunks(
                 f"gallery embeddings {tuple(chunk.shape[1:])} and probes {tuple(q.shape[1:])} differ"
             )
         yield start, part_euclidean(q, torch.as_tensor(chunk))
+
+
+def _templates(gallery: AnyGallery) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(template labels, identity names, identity code of every row): a mapped folder's own arrays (memory
+    maps), else the gallery's strings."""
+    if isinstance(gallery, MappedGallery):
+        if gallery.labels is None:
+            raise GalleryError(
+                f"mapped gallery {gallery.folder} has no labels.npy (written before identify could read folders): "
+                "write it again with `biggait index GALLERY.npz FOLDER`"
+            )
+        return gallery.labels, np.asarray(gallery.names, np.str_), np.asarray(gallery.codes)
+    labels, identities = gallery_strings(gallery)
+    names, codes = np.unique(identities, return_inverse=True)
+    return labels, names, codes
 
 
 def _distinct_topk(
@@ -98,15 +127,10 @@ def _distinct_topk(
     return best, rows.gather(1, idx), codes.gather(1, idx)
 
 
-def rank_identities(
-    gallery: Gallery | str | Path, probes: Gallery, *, top_k: int = 5, budget: int = _BUDGET
-) -> Ranking:
-    """The `top_k` nearest distinct identities of every probe (nearest-template rule, the evaluation's
-    part-wise distance); `gallery` is a `Gallery` or the path of a gallery file, read in chunks."""
-    if top_k < 1:
-        raise ConfigError(f"--top-k must be >= 1, got {top_k}")
-    labels, identities = gallery_strings(gallery)
-    names, codes = np.unique(identities, return_inverse=True)
+def _exact_topk(
+    gallery: AnyGallery, probes: Gallery, codes: np.ndarray, top_k: int, budget: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The k nearest distinct identities of every probe over the whole gallery, streamed in chunks."""
     codes_t = torch.from_numpy(codes.astype(np.int64))
     p = len(probes)
     best_d, best_r, best_c = (
@@ -131,6 +155,74 @@ def rank_identities(
         raise GalleryError("the gallery is empty")
     if seen != len(codes):
         raise GalleryError(f"gallery {gallery}: {seen} embeddings but {len(codes)} labels")
+    return best_d, best_r, best_c
+
+
+def _rerank(
+    gallery: MappedGallery, probe: np.ndarray, rows: np.ndarray, top_k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One probe's candidate rows re-ranked by the exact part-wise distance: its k nearest distinct identities."""
+    rows = np.unique(rows[rows >= 0])
+    emb = np.asarray(gallery.embeddings[rows], np.float32)
+    if not np.isfinite(emb).all():
+        raise GalleryError(f"mapped gallery {gallery.folder}: embeddings contain NaN or inf; rebuild it")
+    d = part_euclidean(torch.from_numpy(probe[None]), torch.from_numpy(emb))
+    rows_t = torch.from_numpy(rows.astype(np.int64))[None]
+    codes = torch.from_numpy(np.asarray(gallery.codes[rows], np.int64))[None]
+    return _distinct_topk(d, rows_t, codes, top_k)
+
+
+def _approximate_topk(
+    gallery: MappedGallery, probes: Gallery, top_k: int, candidates: int, nprobe: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The k nearest distinct identities among the index's candidates, re-ranked exactly; a probe whose
+    candidates hold fewer is searched again wider (module docstring)."""
+    _check_model(gallery, probes)
+    if tuple(gallery.embeddings.shape[1:]) != tuple(probes.embeddings.shape[1:]):
+        raise GalleryError(f"gallery embeddings {gallery.embeddings.shape[1:]} and probes "
+                           f"{probes.embeddings.shape[1:]} differ")  # fmt: skip
+    index, want = open_index(gallery), min(top_k, len(gallery.names))
+    q = np.ascontiguousarray(probes.embeddings, np.float32)
+    flat, base = q.reshape(len(q), -1), min(nprobe, index.nlist)
+    index.nprobe = base
+    cand = index.search(flat, min(candidates, len(gallery)))[1]
+    out_d, (out_r, out_c) = (
+        torch.full((len(q), top_k), _INF),
+        torch.zeros((2, len(q), top_k), dtype=torch.int64),
+    )
+    for p in range(len(q)):
+        rows, c, n = cand[p], min(candidates, len(gallery)), base
+        found = _rerank(gallery, q[p], rows, top_k)
+        while int(torch.isfinite(found[0]).sum()) < want:
+            exhausted = int((rows >= 0).sum()) < c  # the searched cells hold fewer rows: search more cells
+            wider = (c, min(2 * n, index.nlist)) if exhausted else (min(2 * c, len(gallery)), n)
+            if wider == (c, n):
+                break  # the whole gallery was searched
+            (c, n), index.nprobe = wider, wider[1]
+            rows = index.search(flat[p : p + 1], c)[1][0]
+            found = _rerank(gallery, q[p], rows, top_k)
+        index.nprobe = base
+        k = found[0].shape[1]
+        out_d[p, :k], out_r[p, :k], out_c[p, :k] = found[0][0], found[1][0], found[2][0]
+    return out_d, out_r, out_c
+
+
+def rank_identities(
+    gallery: AnyGallery, probes: Gallery, *, top_k: int = 5, budget: int = _BUDGET,
+    candidates: int | None = None, nprobe: int = 16,
+) -> Ranking:  # fmt: skip
+    """The `top_k` nearest distinct identities of every probe (nearest-template rule, the evaluation's
+    part-wise distance); `gallery` is a `Gallery`, the path of a gallery file or a `MappedGallery`, read in
+    chunks; with `candidates` (a mapped gallery with its index) the FAISS candidates are re-ranked instead."""
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be >= 1, got {top_k}")
+    labels, names, codes = _templates(gallery)
+    if candidates is not None and isinstance(gallery, MappedGallery):
+        if candidates < 1 or nprobe < 1:
+            raise ConfigError(f"--candidates and --nprobe must be >= 1, got {candidates} and {nprobe}")
+        best_d, best_r, best_c = _approximate_topk(gallery, probes, top_k, candidates, nprobe)
+    else:
+        best_d, best_r, best_c = _exact_topk(gallery, probes, codes, top_k, budget)
     finite = torch.isfinite(best_d)
     return Ranking(
         probes=list(probes.labels),
@@ -147,7 +239,7 @@ def rank_identities(
 
 
 def _positives(
-    gallery: Gallery | str | Path,
+    gallery: AnyGallery,
     probes: Gallery,
     p_codes: torch.Tensor,
     g_codes: torch.Tensor,
@@ -171,14 +263,11 @@ def _positives(
     return torch.cat(pairs_p), torch.cat(pairs_d), top_c
 
 
-def score(
-    gallery: Gallery | str | Path, probes: Gallery, *, ranks: int = 5, budget: int = _BUDGET
-) -> dict[str, float]:
+def score(gallery: AnyGallery, probes: Gallery, *, ranks: int = 5, budget: int = _BUDGET) -> dict[str, float]:
     """Closed-set scores of the probes whose identity is enrolled, as the evaluator computes them over gallery
     *entries* (biggait.evaluation: rank-k = the probe's identity among its k nearest entries; mAP over every
     entry of that identity, OpenGait's `compute_ACC_mAP`), in percent; plus `probes` and `unknown` counts."""
-    _, g_ident = gallery_strings(gallery)
-    names, g_codes = np.unique(g_ident, return_inverse=True)
+    _, names, g_codes = _templates(gallery)  # a mapped gallery is scored exactly, streaming its memory map
     lookup = {str(n): i for i, n in enumerate(names)}
     p_codes = torch.tensor([lookup.get(i, -1) for i in probes.identities], dtype=torch.int64)
     g_codes_t = torch.from_numpy(g_codes.astype(np.int64))

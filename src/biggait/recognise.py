@@ -4,6 +4,11 @@ of the runner-up: biggait.openset), a summary, a per-track summary for windowed 
 with --score, the evaluator's rank-1 / rank-5 / mAP where the probes carry their identities.
 
     biggait identify GALLERY.npz PROBES.npz [--top-k K] [--threshold D] [--margin M] [--score] [--json OUT]
+    biggait identify FOLDER PROBES.npz [--candidates C] [--nprobe P] [--exact] ...
+
+The gallery may be a mapped gallery folder written by `biggait index` (docs/index.md): its FAISS index proposes
+candidates that are re-ranked by the exact part-wise distance (biggait.ranking), or, with --exact or without an
+index, its memory map is streamed exactly. --score always scores exactly, streaming the memory map.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from biggait.errors import ConfigError, exit_on_error
-from biggait.gallery import Gallery, load_gallery, read_gallery_meta, read_gallery_model
+from biggait.gallery import Gallery, GalleryError, load_gallery, read_gallery_meta, read_gallery_model
+from biggait.index import MappedGallery
 from biggait.io import atomic_write_json, check_writable
 from biggait.openset import UNKNOWN, attempts, decide, operating_point, validate_threshold
 from biggait.ranking import Ranking, rank_identities, score
@@ -26,31 +32,49 @@ __all__ = ["format_probes", "main", "recognise", "resolve_openset"]
 
 
 def resolve_openset(
-    gallery: Gallery | str | Path, threshold: float | None, margin: float | None, *, closed_set: bool = False
+    gallery: Gallery | MappedGallery | str | Path,
+    threshold: float | None,
+    margin: float | None,
+    *,
+    closed_set: bool = False,
 ) -> tuple[float | None, float | None, str]:
     """The threshold and margin to apply: the options, else the gallery's calibration (biggait calibrate), else
     none (closed set); and where they came from."""
     validate_threshold(threshold, margin)
     if closed_set or threshold is not None or margin is not None:
         return threshold, margin, "closed set" if closed_set else "options"
-    meta = gallery.meta if isinstance(gallery, Gallery) else read_gallery_meta(gallery)
+    if isinstance(gallery, Gallery):
+        meta = gallery.meta
+    else:
+        meta = gallery.gallery_meta if isinstance(gallery, MappedGallery) else read_gallery_meta(gallery)
     cal = meta.get("openset")
     if not cal:
         return None, None, "closed set (no calibration in the gallery: biggait calibrate)"
-    return float(cal["threshold"]), float(cal["margin"]), "the gallery's calibration"
+    try:
+        threshold, margin = float(cal["threshold"]), float(cal["margin"])
+        validate_threshold(threshold, margin)
+    except (TypeError, KeyError, ValueError):
+        raise GalleryError(
+            f"the calibration in gallery {getattr(gallery, 'folder', gallery)} is not a threshold and margin: "
+            "calibrate it again (biggait calibrate)"
+        ) from None
+    return threshold, margin, "the gallery's calibration"
 
 
 def recognise(
-    gallery: Gallery | str | Path,
+    gallery: Gallery | MappedGallery | str | Path,
     probes: Gallery,
     *,
     top_k: int = 5,
     threshold: float | None = None,
     margin: float | None = None,
+    candidates: int | None = None,
+    nprobe: int = 16,
 ) -> tuple[Ranking, list[dict[str, Any]]]:
     """The ranking (at least 3 identities deep, for the margin and the open-set metrics) and one record per
-    probe: {"probe", "probe_identity", "decision", "matches": [{"identity", "label", "distance"}, ...]}."""
-    ranking = rank_identities(gallery, probes, top_k=max(top_k, 3))
+    probe: {"probe", "probe_identity", "decision", "matches": [{"identity", "label", "distance"}, ...]};
+    `candidates` searches a mapped gallery's index (biggait.ranking)."""
+    ranking = rank_identities(gallery, probes, top_k=max(top_k, 3), candidates=candidates, nprobe=nprobe)
     decisions = decide(ranking, threshold=threshold, margin=margin)
     records = [
         {
@@ -116,7 +140,9 @@ def _summary(records: Sequence[dict[str, Any]], ranking: Ranking, openset: tuple
     )
 
 
-def _scores(gallery: Gallery | Path, probes: Gallery, ranking: Ranking, openset: tuple) -> str:
+def _scores(
+    gallery: Gallery | MappedGallery | Path, probes: Gallery, ranking: Ranking, openset: tuple
+) -> str:
     s = score(gallery, probes)
     known = [i for i, t in enumerate(ranking.probe_identities) if t in ranking.enrolled]
     top5 = 100 * sum(ranking.probe_identities[i] in ranking.identities[i][:5] for i in known) / len(known)
@@ -138,7 +164,11 @@ def _scores(gallery: Gallery | Path, probes: Gallery, ranking: Ranking, openset:
 def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.strip().splitlines()[0],
                                      epilog="See docs/inference.md.")  # fmt: skip
-    parser.add_argument("gallery", type=Path, help="gallery .npz (biggait gallery enrol, or biggait embed)")
+    parser.add_argument(
+        "gallery",
+        type=Path,
+        help="gallery .npz (biggait gallery enrol, or biggait embed), or a folder of biggait index",
+    )
     parser.add_argument("probes", type=Path, help="probes .npz written by `biggait embed` (same model)")
     parser.add_argument("--top-k", type=int, default=5, help="distinct people listed per probe (default 5)")
     parser.add_argument(
@@ -157,7 +187,26 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", type=Path, default=None, help="also write the per-probe records as JSON here"
     )
+    parser.add_argument("--candidates", type=int, default=100,
+                        help="folder with an index: rows FAISS proposes per probe, re-ranked exactly (default 100)")  # fmt: skip
+    parser.add_argument(
+        "--nprobe", type=int, default=16, help="folder with an index: cells searched (default 16)"
+    )
+    parser.add_argument("--exact", action="store_true", help="folder: stream the memory map, not the index")
     return parser
+
+
+def _open_gallery(args: argparse.Namespace) -> tuple[MappedGallery | Path, int | None]:
+    """The gallery (a mapped folder opened, or the checked path of a file) and the candidates to search, None
+    for the exact search; one error line for a broken gallery before any work."""
+    if args.candidates < 1 or args.nprobe < 1:
+        raise ConfigError(f"--candidates and --nprobe must be >= 1, got {args.candidates} and {args.nprobe}")
+    if not args.gallery.is_dir():
+        read_gallery_model(args.gallery)
+        return args.gallery, None
+    mapped = MappedGallery(args.gallery)  # without labels.npy: biggait.ranking names the fix
+    exact = args.exact or not (mapped.folder / "index.faiss").is_file()
+    return mapped, None if exact else args.candidates
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "biggait identify") -> int:
@@ -169,17 +218,16 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "biggait identify") -
         if args.json is not None:
             check_writable(args.json, "--json")  # before any work
         probes = load_gallery(args.probes, what="probes")
-        read_gallery_model(args.gallery)  # one error line for a broken file before any work
-        openset = resolve_openset(args.gallery, args.threshold, args.margin, closed_set=args.closed_set)
-        ranking, records = recognise(
-            args.gallery, probes, top_k=args.top_k, threshold=openset[0], margin=openset[1]
-        )
+        gallery, candidates = _open_gallery(args)
+        openset = resolve_openset(gallery, args.threshold, args.margin, closed_set=args.closed_set)
+        ranking, records = recognise(gallery, probes, top_k=args.top_k, threshold=openset[0], margin=openset[1],
+                                     candidates=candidates, nprobe=args.nprobe)  # fmt: skip
         windowed = any(split_window_label(r["probe"]) for r in records)
         tracks = track_summary(
             [r["probe"] for r in records], [r["decision"] for r in records],
             [r["matches"][0]["distance"] if r["matches"] else float("inf") for r in records],
         ) if windowed else []  # fmt: skip
-        scores = _scores(args.gallery, probes, ranking, openset) if args.score else None
+        scores = _scores(gallery, probes, ranking, openset) if args.score else None
         if args.json is not None:
             atomic_write_json(args.json, {"probes": records, "tracks": tracks} if windowed else records)
     if not args.quiet:
