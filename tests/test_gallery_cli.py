@@ -22,6 +22,7 @@ from biggait.compat.opengait import export_lightning_checkpoint
 from biggait.embed import main as embed_main
 from biggait.gallery import Gallery, GalleryError, load_gallery
 from biggait.gallery_cli import append, main, merge, remove, summary
+from biggait.index import MappedGallery
 from biggait.models import BigGait
 from test_checkpoint import TINY
 
@@ -220,10 +221,12 @@ import sys
 import numpy as np
 from biggait.gallery import Gallery
 from biggait.gallery_cli import append, main, merge, remove
+from biggait.index import from_gallery
 path, other, out = sys.argv[1:]
 append(path, Gallery(np.ones((2, 64, 16), np.float32), ["new/0", "new/1"], ["new"] * 2, ["s"] * 2, "e" * 64))
 remove(path, ["new"])
 merge(out, [path, other])
+from_gallery(out, out + ".mapped")
 sys.exit(main(["list", path]))
 """
 _PEAK = (
@@ -252,7 +255,8 @@ def _big(path: Path, n: int, who: str) -> Path:
 
 
 def test_gallery_edits_stream_the_file_in_bounded_memory(tmp_path: Path) -> None:
-    """enrol, remove, merge and list of a 120 MB gallery cost about what they cost on a 240 KB one: the rows
+    """enrol, remove, merge, list and indexing (the mapped folder of biggait.index) of a 120 MB gallery cost
+    about what they cost on a 240 KB one: the rows
     are streamed chunk by chunk (+20 MiB measured; the whole-file edits they replace held the gallery two or
     three times)."""
     small = _edit_peak(
@@ -263,3 +267,7 @@ def test_gallery_edits_stream_the_file_in_bounded_memory(tmp_path: Path) -> None
     assert big_file.stat().st_size > 120e6
     assert big - small < 60 * (1 << 20), f"peak RSS {big / 2**20:.0f} MiB vs {small / 2**20:.0f} MiB"
     assert len(load_gallery(tmp_path / "bm.npz")) == 60_000
+    mapped = MappedGallery(tmp_path / "bm.npz.mapped")
+    assert (
+        len(mapped) == 60_000 and mapped.labels[-1] == "b/29999" and mapped.names[mapped.codes[-1]] == "b499"
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -26,6 +26,7 @@ __all__ = [
     "load_gallery",
     "read_gallery_meta",
     "read_gallery_model",
+    "read_gallery_rows",
     "read_gallery_strings",
     "write_gallery",
 ]
@@ -280,6 +281,18 @@ def iter_gallery_member(
             if name == "embeddings" and not np.isfinite(chunk).all():
                 raise GalleryError(f"gallery {path}: embeddings contain NaN or inf")
             yield start, chunk
+
+
+def read_gallery_rows(path: str | Path, name: str, rows: Iterable[int]) -> dict[int, str]:
+    """The strings of field `name` at some rows of a gallery file, streamed (the field is never read whole)."""
+    wanted, out, start = np.array(sorted(set(rows)), np.int64), {}, 0
+    for _, chunk in iter_gallery_member(path, name):
+        here = wanted[(wanted >= start) & (wanted < start + len(chunk))]
+        out.update({int(r): str(chunk[r - start]) for r in here})
+        start += len(chunk)
+    if len(out) != len(wanted):
+        raise GalleryError(f"gallery {path}: {name} has {start} rows, row {int(wanted[-1])} was asked for")
+    return out
 
 
 def iter_gallery_embeddings(path: str | Path, *, rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:

@@ -14,15 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from biggait.errors import ConfigError
-from biggait.gallery import (
-    Gallery,
-    GalleryError,
-    read_gallery_strings,
-)
+from biggait.gallery import Gallery, GalleryError, GalleryRows, read_gallery_rows
 from biggait.ranking import distance_chunks
 from biggait.recognise import main as recognise_main
 
@@ -58,6 +53,8 @@ def identify(
     evaluation's (`biggait.evaluation.distance.part_euclidean`, OpenGait's per-part Euclidean mean).
     """
     check_ranking_options(top_k, threshold)
+    if not isinstance(gallery, Gallery):
+        GalleryRows(gallery)  # its fields agree in length (headers only)
     best_d = torch.empty(len(probes), 0)
     best_i = torch.empty(len(probes), 0, dtype=torch.int64)
     n_gallery = 0
@@ -70,14 +67,13 @@ def identify(
         best_i = idx.gather(1, order)
     if n_gallery == 0:
         raise GalleryError("the gallery is empty")
-    # labels are read after the ranking, as arrays: a million of them are not held as Python strings
+    # labels are read after the ranking, for its rows only: a million of them are never held
+    wanted = set(best_i.flatten().tolist())
     if isinstance(gallery, Gallery):
-        labels, identities = np.asarray(gallery.labels), np.asarray(gallery.identities)
+        labels = {i: gallery.labels[i] for i in wanted}
+        identities = {i: gallery.identities[i] for i in wanted}
     else:
-        fields = read_gallery_strings(gallery, "labels", "identities")
-        labels, identities = fields["labels"], fields["identities"]
-        if len(labels) != n_gallery or len(identities) != n_gallery:
-            raise GalleryError(f"gallery {gallery}: {n_gallery} embeddings but {len(labels)} labels")
+        labels, identities = (read_gallery_rows(gallery, name, wanted) for name in ("labels", "identities"))
     results = []
     for p, label in enumerate(probes.labels):
         matches = [

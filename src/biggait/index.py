@@ -34,13 +34,7 @@ import torch
 
 from biggait.errors import ConfigError, exit_on_error
 from biggait.evaluation.distance import part_euclidean
-from biggait.gallery import (
-    GalleryError,
-    iter_gallery_embeddings,
-    read_gallery_meta,
-    read_gallery_model,
-    read_gallery_strings,
-)
+from biggait.gallery import GalleryError, GalleryRows, read_gallery_meta
 from biggait.io import atomic_write_json
 
 __all__ = [
@@ -137,13 +131,13 @@ class MappedGallery:
 
 
 def write_mapped(
-    folder: str | Path, chunks: Iterator[tuple[np.ndarray, np.ndarray]], *, n: int, shape: Sequence[int],
-    model: str, names: Sequence[str], dtype: str = "float16", labels: np.ndarray | None = None,
+    folder: str | Path, chunks: Iterator[tuple[np.ndarray, ...]], *, n: int, shape: Sequence[int],
+    model: str, names: Sequence[str], dtype: str = "float16", label_width: int | None = None,
     gallery_meta: dict[str, Any] | None = None,
 ) -> MappedGallery:  # fmt: skip
-    """Write (embeddings [r, E, p], identity codes [r]) chunks, n rows in all, and the n template `labels`, as a
-    mapped gallery folder: built in a temporary folder beside it and renamed, so a killed build leaves no half
-    gallery."""
+    """Write (embeddings [r, E, p], identity codes [r][, template labels [r]]) chunks, n rows in all, as a mapped
+    gallery folder (labels as a `<U{label_width}` memory map when `label_width` is given): built in a temporary
+    folder beside it and renamed, so a killed build leaves no half gallery."""
     folder = Path(folder)
     if folder.exists():
         raise ConfigError(f"{folder} exists: remove it first or choose another folder")
@@ -151,18 +145,23 @@ def write_mapped(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        emb = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=dtype, shape=(n, *shape))
-        codes = np.lib.format.open_memmap(tmp / "identities.npy", mode="w+", dtype=np.int32, shape=(n,))
+        arrays = [
+            np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=dtype, shape=(n, *shape)),
+            np.lib.format.open_memmap(tmp / "identities.npy", mode="w+", dtype=np.int32, shape=(n,)),
+        ]
+        if label_width is not None:
+            arrays.append(np.lib.format.open_memmap(tmp / "labels.npy", mode="w+", dtype=f"<U{max(1, label_width)}",
+                                                    shape=(n,)))  # fmt: skip
         at = 0
-        for e, c in chunks:
-            emb[at : at + len(e)], codes[at : at + len(e)] = e, c
-            at += len(e)
+        for chunk in chunks:
+            for array, values in zip(arrays, chunk):
+                array[at : at + len(chunk[0])] = values
+            at += len(chunk[0])
         if at != n:
             raise ConfigError(f"mapped gallery: {at} rows written, {n} announced")
-        emb.flush(), codes.flush()
-        del emb, codes
-        if labels is not None:
-            np.save(tmp / "labels.npy", np.asarray(labels, np.str_), allow_pickle=False)
+        for array in arrays:
+            array.flush()
+        del arrays
         atomic_write_json(tmp / "names.json", list(names))
         meta = {"format": MAPPED_FORMAT, "model": model, "rows": n, "gallery": dict(gallery_meta or {})}
         atomic_write_json(tmp / "meta.json", meta)
@@ -173,16 +172,18 @@ def write_mapped(
 
 
 def from_gallery(gallery: str | Path, folder: str | Path, *, dtype: str = "float16") -> MappedGallery:
-    """A gallery `.npz` as a mapped gallery folder, its embeddings read and written in chunks (its labels and
-    identities are unicode arrays, read whole as `biggait identify` reads them), its meta carried along."""
-    strings = read_gallery_strings(gallery, "labels", "identities")
-    names, codes = np.unique(strings["identities"], return_inverse=True)
-    first = next(iter_gallery_embeddings(gallery, rows=1), (0, None))[1]
-    if first is None:
+    """A gallery `.npz` as a mapped gallery folder, read and written in chunks (memory grows with the number of
+    people, not of templates), its meta carried along."""
+    rows = GalleryRows(gallery)  # checks the fields' headers and counts
+    if len(rows) == 0:
         raise GalleryError(f"gallery {gallery} is empty: enrol someone first (biggait gallery enrol)")
-    chunks = ((e, codes[s : s + len(e)]) for s, e in iter_gallery_embeddings(gallery, rows=65536))
-    return write_mapped(folder, chunks, n=len(codes), shape=first.shape[1:], model=read_gallery_model(gallery),
-                        names=[str(x) for x in names], dtype=dtype, labels=strings["labels"],
+    names = np.unique(np.concatenate([np.unique(c) for c in rows.chunks("identities")]))
+    chunks = (
+        (e, np.searchsorted(names, i).astype(np.int32), lab)
+        for e, i, lab in zip(rows.chunks("embeddings"), rows.chunks("identities"), rows.chunks("labels"))
+    )
+    return write_mapped(folder, chunks, n=len(rows), shape=rows.row_shape, model=rows.model,
+                        names=[str(x) for x in names], dtype=dtype, label_width=rows.width("labels"),
                         gallery_meta=read_gallery_meta(gallery))  # fmt: skip
 
 
@@ -299,12 +300,10 @@ def _build(args: argparse.Namespace) -> MappedGallery:
     build leaves no folder without the index it was asked for)."""
     if args.folder.exists():
         raise ConfigError(f"{args.folder} exists: remove it first or choose another folder")
-    read_gallery_model(args.gallery)  # one error line for a broken file before any work
-    rows = len(read_gallery_strings(args.gallery, "identities")["identities"])
-    first = next(iter_gallery_embeddings(args.gallery, rows=1), (0, np.zeros((0, 0))))[1]
+    rows = GalleryRows(args.gallery)  # one error line for a broken file before any work (headers only)
     if not args.no_faiss:
         _faiss()
-        check_index_options(rows, int(np.prod(first.shape[1:])), nlist=args.nlist, m=args.m)
+        check_index_options(len(rows), int(np.prod(rows.row_shape)), nlist=args.nlist, m=args.m)
     building = args.folder.with_name(f".{args.folder.name}.building-{os.getpid()}")
     try:
         mapped = from_gallery(args.gallery, building, dtype=args.dtype)

@@ -28,13 +28,14 @@ from biggait.evaluation.distance import part_euclidean
 from biggait.gallery import (
     Gallery,
     GalleryError,
+    GalleryRows,
     iter_gallery_embeddings,
     read_gallery_model,
-    read_gallery_strings,
+    read_gallery_rows,
 )
 from biggait.index import MappedGallery, open_index
 
-__all__ = ["Ranking", "gallery_strings", "rank_identities", "score"]
+__all__ = ["Ranking", "rank_identities", "score"]
 
 _BUDGET = 1 << 24  # distance-matrix elements per gallery chunk ([probes, rows] float32): 64 MiB
 _CHUNK_BYTES = 64 << 20  # gallery embeddings read per chunk
@@ -54,12 +55,22 @@ class Ranking:
     enrolled: set[str]
 
 
-def gallery_strings(gallery: Gallery | str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, identities) of a gallery as unicode arrays (a million are not held as Python strings)."""
-    if isinstance(gallery, Gallery):
-        return np.asarray(gallery.labels, dtype=np.str_), np.asarray(gallery.identities, dtype=np.str_)
-    fields = read_gallery_strings(gallery, "labels", "identities")
-    return fields["labels"], fields["identities"]
+def _file_identities(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(identity names, int32 code of every row) of a gallery file, read chunk by chunk: 4 bytes per template
+    and the names of the people, never the templates' strings."""
+    rows = GalleryRows(path)
+    names = np.unique(
+        np.concatenate([np.unique(c) for c in rows.chunks("identities")] or [np.empty(0, np.str_)])
+    )
+    codes = [np.searchsorted(names, c).astype(np.int32) for c in rows.chunks("identities")]
+    return names, np.concatenate(codes) if codes else np.empty(0, np.int32)
+
+
+def _labels_at(gallery: AnyGallery, labels: np.ndarray | None, rows: set[int]) -> dict[int, str]:
+    """The template labels of some gallery rows: from `labels`, or streamed from the gallery file."""
+    if labels is not None:
+        return {r: str(labels[r]) for r in rows}
+    return read_gallery_rows(gallery, "labels", rows)
 
 
 AnyGallery = Gallery | MappedGallery | str | Path
@@ -95,9 +106,10 @@ def distance_chunks(gallery: AnyGallery, probes: Gallery, budget: int) -> Iterat
         yield start, part_euclidean(q, torch.as_tensor(chunk))
 
 
-def _templates(gallery: AnyGallery) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _templates(gallery: AnyGallery) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """(template labels, identity names, identity code of every row): a mapped folder's own arrays (memory
-    maps), else the gallery's strings."""
+    maps), a `Gallery`'s strings, or for a gallery file the codes alone (labels None: `_labels_at` streams the
+    few that a ranking names)."""
     if isinstance(gallery, MappedGallery):
         if gallery.labels is None:
             raise GalleryError(
@@ -105,9 +117,10 @@ def _templates(gallery: AnyGallery) -> tuple[np.ndarray, np.ndarray, np.ndarray]
                 "write it again with `biggait index GALLERY.npz FOLDER`"
             )
         return gallery.labels, np.asarray(gallery.names, np.str_), np.asarray(gallery.codes)
-    labels, identities = gallery_strings(gallery)
-    names, codes = np.unique(identities, return_inverse=True)
-    return labels, names, codes
+    if isinstance(gallery, Gallery):
+        names, codes = np.unique(np.asarray(gallery.identities, dtype=np.str_), return_inverse=True)
+        return np.asarray(gallery.labels, dtype=np.str_), names, codes
+    return None, *_file_identities(gallery)
 
 
 def _distinct_topk(
@@ -224,6 +237,7 @@ def rank_identities(
     else:
         best_d, best_r, best_c = _exact_topk(gallery, probes, codes, top_k, budget)
     finite = torch.isfinite(best_d)
+    labels = _labels_at(gallery, labels, set(best_r[finite].tolist()))
     return Ranking(
         probes=list(probes.labels),
         probe_identities=list(probes.identities),

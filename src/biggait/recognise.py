@@ -201,8 +201,8 @@ def _open_gallery(args: argparse.Namespace) -> tuple[MappedGallery | Path, int |
     for the exact search; one error line for a broken gallery before any work."""
     if args.candidates < 1 or args.nprobe < 1:
         raise ConfigError(f"--candidates and --nprobe must be >= 1, got {args.candidates} and {args.nprobe}")
-    if not args.gallery.is_dir():
-        read_gallery_model(args.gallery)
+    if not args.gallery.is_dir() or not (args.gallery / "meta.json").is_file():
+        read_gallery_model(args.gallery)  # a folder without meta.json: "is a directory, not a file"
         return args.gallery, None
     mapped = MappedGallery(args.gallery)  # without labels.npy: biggait.ranking names the fix
     exact = args.exact or not (mapped.folder / "index.faiss").is_file()
