@@ -20,7 +20,7 @@ from typing import Any
 
 from biggait.errors import exit_on_error
 from biggait.gallery import GalleryRows, load_gallery
-from biggait.gallery_cli import identity_counts, update_meta
+from biggait.gallery_cli import update_meta
 from biggait.io import atomic_write_json
 from biggait.openset import attempts, calibrate, det_plot
 from biggait.ranking import rank_identities
@@ -37,7 +37,7 @@ def write_calibration(gallery_path: str | Path, chosen: dict[str, Any], probes_p
         meta["openset"] = {
             **chosen,
             "calibrated_on": str(probes_path),
-            "identities_enrolled": len(identity_counts(rows)),
+            "identities_enrolled": len(rows.identity_counts()),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
 

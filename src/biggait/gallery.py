@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -372,6 +373,18 @@ class GalleryRows:
 
     def __len__(self) -> int:
         return self._rows if self.keep is None else sum(int(m.sum()) for m in self.masks())
+
+    def identity_counts(self) -> Counter[str]:
+        """Templates per identity of the kept rows, counted chunk by chunk (memory grows with the people)."""
+        counts: Counter[str] = Counter()
+        for chunk in self.chunks("identities"):
+            names, n = np.unique(chunk, return_counts=True)
+            counts.update(dict(zip(names.tolist(), n.tolist())))
+        return counts
+
+    def identity_names(self) -> np.ndarray:
+        """The distinct identities, sorted, as a unicode array (the codes of `np.searchsorted`)."""
+        return np.asarray(sorted(self.identity_counts()), dtype=np.str_)
 
 
 def _write_member(zf: zipfile.ZipFile, name: str, dtype: np.dtype, shape: tuple[int, ...],

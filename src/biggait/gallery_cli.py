@@ -18,7 +18,6 @@ import argparse
 import fcntl
 import os
 import sys
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -31,7 +30,7 @@ from biggait.errors import ConfigError, exit_on_error
 from biggait.gallery import Gallery, GalleryError, GalleryRows, read_gallery_meta, write_gallery
 from biggait.io import atomic_write_json
 
-__all__ = ["append", "locked", "main", "merge", "identity_counts", "remove", "summary", "update_meta"]
+__all__ = ["append", "locked", "main", "merge", "remove", "summary", "update_meta"]
 
 
 @contextmanager
@@ -189,21 +188,12 @@ def update_meta(path: str | Path, change: Callable[[dict[str, Any], GalleryRows]
         write_gallery(path, [rows], model=rows.model, meta=meta)
 
 
-def identity_counts(rows: GalleryRows) -> Counter[str]:
-    """Templates per identity, counted chunk by chunk."""
-    counts: Counter[str] = Counter()
-    for chunk in rows.chunks("identities"):
-        names, n = np.unique(chunk, return_counts=True)
-        counts.update(dict(zip(names.tolist(), n.tolist())))
-    return counts
-
-
 def summary(gallery: str | Path) -> dict[str, Any]:
     """What `list` prints: model, sizes, calibration and, per identity, templates and enrolment dates; the
     identities are counted chunk by chunk (memory grows with the number of people, not of templates)."""
     rows = GalleryRows(gallery)
     meta = read_gallery_meta(gallery)
-    counts = identity_counts(rows)
+    counts = rows.identity_counts()
     dates = meta.get("enrolled", {})
     return {
         "model": rows.model,

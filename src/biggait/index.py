@@ -177,7 +177,7 @@ def from_gallery(gallery: str | Path, folder: str | Path, *, dtype: str = "float
     rows = GalleryRows(gallery)  # checks the fields' headers and counts
     if len(rows) == 0:
         raise GalleryError(f"gallery {gallery} is empty: enrol someone first (biggait gallery enrol)")
-    names = np.unique(np.concatenate([np.unique(c) for c in rows.chunks("identities")]))
+    names = rows.identity_names()
     chunks = (
         (e, np.searchsorted(names, i).astype(np.int32), lab)
         for e, i, lab in zip(rows.chunks("embeddings"), rows.chunks("identities"), rows.chunks("labels"))

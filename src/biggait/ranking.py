@@ -59,9 +59,7 @@ def _file_identities(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(identity names, int32 code of every row) of a gallery file, read chunk by chunk: 4 bytes per template
     and the names of the people, never the templates' strings."""
     rows = GalleryRows(path)
-    names = np.unique(
-        np.concatenate([np.unique(c) for c in rows.chunks("identities")] or [np.empty(0, np.str_)])
-    )
+    names = rows.identity_names()
     codes = [np.searchsorted(names, c).astype(np.int32) for c in rows.chunks("identities")]
     return names, np.concatenate(codes) if codes else np.empty(0, np.int32)
 
