@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import shutil
 import sys
@@ -63,6 +64,14 @@ def _faiss() -> Any:
     return faiss
 
 
+def _random_access(array: np.ndarray | None) -> None:
+    """No read-ahead on a memory map read at scattered rows: each row fetched would otherwise map up to a few
+    MiB around it, and a few thousand candidates would make most of the file resident."""
+    mapping = getattr(array, "_mmap", None)
+    if mapping is not None and hasattr(mmap, "MADV_RANDOM"):
+        mapping.madvise(mmap.MADV_RANDOM)
+
+
 class MappedGallery:
     """A mapped gallery folder opened read-only: `embeddings` and `labels` are memory maps, never loaded whole."""
 
@@ -85,6 +94,8 @@ class MappedGallery:
             ) from None
         self._check()
         self.model = str(self.meta["model"])
+        for array in (self.embeddings, self.codes, self.labels):  # searches touch scattered rows
+            _random_access(array)
 
     def _check(self) -> None:
         """Every field's type and shape (a hostile folder is one GalleryError, not a traceback later)."""
@@ -123,11 +134,44 @@ class MappedGallery:
 
     def chunks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, float32 [r, E, p]) over the memory map."""
-        for start in range(0, len(self), rows):
-            chunk = np.array(self.embeddings[start : start + rows], np.float32)
-            if not np.isfinite(chunk).all():
-                raise GalleryError(f"mapped gallery {self.folder}: embeddings contain NaN or inf; rebuild it")
-            yield start, chunk
+        # read with plain file reads, not through the map: pages a scan faults in would stay mapped and the
+        # process's resident memory would grow with the gallery
+        emb = self.embeddings
+        per_row = int(np.prod(emb.shape[1:]))
+        with open(self.folder / "embeddings.npy", "rb") as f:
+            for start in range(0, len(self), rows):
+                n = min(rows, len(self) - start)
+                f.seek(emb.offset + start * per_row * emb.dtype.itemsize)
+                raw = np.fromfile(f, dtype=emb.dtype, count=n * per_row)
+                if raw.size != n * per_row:
+                    raise GalleryError(
+                        f"mapped gallery {self.folder}: embeddings.npy is truncated; rebuild it"
+                    )
+                yield start, self._finite(raw.reshape(n, *emb.shape[1:]).astype(np.float32))
+
+    def rows(self, indices: np.ndarray) -> np.ndarray:
+        """float32 [r, E, p] of the given rows, read with `os.pread` (scattered rows through the map would leave
+        far more than themselves resident)."""
+        emb = self.embeddings
+        row_bytes = int(np.prod(emb.shape[1:])) * emb.dtype.itemsize
+        indices = np.asarray(indices, np.int64)
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+            raise GalleryError(f"mapped gallery {self.folder}: row outside its {len(self)} rows")
+        fd = os.open(self.folder / "embeddings.npy", os.O_RDONLY)
+        try:
+            raw = b"".join(os.pread(fd, row_bytes, emb.offset + int(r) * row_bytes) for r in indices)
+        finally:
+            os.close(fd)
+        if len(raw) != len(indices) * row_bytes:
+            raise GalleryError(f"mapped gallery {self.folder}: embeddings.npy is truncated; rebuild it")
+        return self._finite(
+            np.frombuffer(raw, emb.dtype).reshape(len(indices), *emb.shape[1:]).astype(np.float32)
+        )
+
+    def _finite(self, chunk: np.ndarray) -> np.ndarray:
+        if not np.isfinite(chunk).all():
+            raise GalleryError(f"mapped gallery {self.folder}: embeddings contain NaN or inf; rebuild it")
+        return chunk
 
 
 def write_mapped(
@@ -145,23 +189,29 @@ def write_mapped(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        arrays = [
-            np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=dtype, shape=(n, *shape)),
-            np.lib.format.open_memmap(tmp / "identities.npy", mode="w+", dtype=np.int32, shape=(n,)),
-        ]
+        # sequential writes, not writable maps: dirty mapped pages would keep the whole output resident
+        specs = [("embeddings", np.dtype(dtype), (n, *shape)), ("identities", np.dtype(np.int32), (n,))]
         if label_width is not None:
-            arrays.append(np.lib.format.open_memmap(tmp / "labels.npy", mode="w+", dtype=f"<U{max(1, label_width)}",
-                                                    shape=(n,)))  # fmt: skip
-        at = 0
-        for chunk in chunks:
-            for array, values in zip(arrays, chunk):
-                array[at : at + len(chunk[0])] = values
-            at += len(chunk[0])
+            specs.append(("labels", np.dtype(f"<U{max(1, label_width)}"), (n,)))
+        files = [open(tmp / f"{name}.npy", "wb") for name, _, _ in specs]  # noqa: SIM115 (closed below)
+        try:
+            for f, (_, dt, full) in zip(files, specs):
+                header = {"descr": np.lib.format.dtype_to_descr(dt), "fortran_order": False, "shape": full}
+                np.lib.format.write_array_header_1_0(f, header)
+            at = 0
+            for chunk in chunks:
+                for f, (_, dt, full), values in zip(files, specs, chunk):
+                    f.write(
+                        np.ascontiguousarray(
+                            np.broadcast_to(values, (len(chunk[0]), *full[1:])), dt
+                        ).tobytes()
+                    )
+                at += len(chunk[0])
+        finally:
+            for f in files:
+                f.close()
         if at != n:
             raise ConfigError(f"mapped gallery: {at} rows written, {n} announced")
-        for array in arrays:
-            array.flush()
-        del arrays
         atomic_write_json(tmp / "names.json", list(names))
         meta = {"format": MAPPED_FORMAT, "model": model, "rows": n, "gallery": dict(gallery_meta or {})}
         atomic_write_json(tmp / "meta.json", meta)
@@ -226,7 +276,7 @@ def build_index(
         np.random.default_rng(seed).choice(n, size=min(n, max(train, 39 * nlist)), replace=False)
     )
     index = faiss.IndexIVFPQ(faiss.IndexFlatL2(dim), dim, nlist, m, 8)
-    index.train(np.asarray(gallery.embeddings[sample], np.float32).reshape(len(sample), dim))
+    index.train(gallery.rows(sample).reshape(len(sample), dim))
     for _, chunk in gallery.chunks(262144):
         index.add(chunk.reshape(len(chunk), dim))
     tmp = gallery.folder / f".index.faiss.tmp-{os.getpid()}"
@@ -269,9 +319,7 @@ def search(
     out_d, out_i = np.full((len(q), k), np.inf, np.float32), np.full((len(q), k), -1, np.int64)
     for p in range(len(q)):
         rows = np.unique(cand[p][cand[p] >= 0])
-        d = part_euclidean(
-            torch.from_numpy(q[p : p + 1]), torch.from_numpy(np.asarray(gallery.embeddings[rows], np.float32))
-        )[0]
+        d = part_euclidean(torch.from_numpy(q[p : p + 1]), torch.from_numpy(gallery.rows(rows)))[0]
         top = d.topk(min(k, len(rows)), largest=False)
         out_d[p, : len(top.indices)], out_i[p, : len(top.indices)] = (
             top.values.numpy(),

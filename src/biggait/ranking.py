@@ -174,9 +174,7 @@ def _rerank(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One probe's candidate rows re-ranked by the exact part-wise distance: its k nearest distinct identities."""
     rows = np.unique(rows[rows >= 0])
-    emb = np.asarray(gallery.embeddings[rows], np.float32)
-    if not np.isfinite(emb).all():
-        raise GalleryError(f"mapped gallery {gallery.folder}: embeddings contain NaN or inf; rebuild it")
+    emb = gallery.rows(rows)  # checked finite
     d = part_euclidean(torch.from_numpy(probe[None]), torch.from_numpy(emb))
     rows_t = torch.from_numpy(rows.astype(np.int64))[None]
     codes = torch.from_numpy(np.asarray(gallery.codes[rows], np.int64))[None]
