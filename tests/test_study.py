@@ -45,6 +45,10 @@ def test_summary_means_spreads_and_directions() -> None:
     assert len(table) == 2 + 3
     assert "| a | 2 |" in table[3] and "-20.0" in table[3] and "| lower | lower |" in table[3]
     assert "within noise" in table[4]  # +0.0 vs a spread of 2.8
+    assert "| b | 1 | 42.0 |" in table[4]  # one run: a value, no "± 0.0"
+    single = summarise([run("full", 0, 40), run("a", 0, 30)])
+    table = summary_markdown(single, arms[:2], reference="full").splitlines()
+    assert "| lower | no spread (1 seed each) |" in table[3]  # not "lower" from a spread of zero
 
 
 @pytest.mark.slow

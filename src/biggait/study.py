@@ -180,10 +180,10 @@ def summarise(results: Sequence[RunResult]) -> dict[str, dict[str, tuple[float, 
     return table
 
 
-def _cell(value: tuple[float, float] | None) -> str:
+def _cell(value: tuple[float, float] | None, runs: int = 2) -> str:
     if value is None or math.isnan(value[0]):
         return "-"
-    return f"{value[0]:.1f} ± {value[1]:.1f}"
+    return f"{value[0]:.1f}" if runs < 2 else f"{value[0]:.1f} ± {value[1]:.1f}"  # one run has no spread
 
 
 def _direction(delta: float, spread: float) -> str:
@@ -207,14 +207,17 @@ def summary_markdown(
     header += ["seen here", "s/run"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     base_mean, base_std = summary.get(reference, {}).get("mean", (float("nan"), 0.0))
+    base_runs = int(summary.get(reference, {}).get("runs", (0.0, 0.0))[0])
     for condition in conditions:
         row = summary.get(condition.name)
         if row is None:
             continue
-        delta = row["mean"][0] - base_mean
-        cells = [_cell(row.get(key)) for key, _ in columns]
+        delta, runs = row["mean"][0] - base_mean, int(row["runs"][0])
+        cells = [_cell(row.get(key), runs) for key, _ in columns]
         is_reference = condition.name == reference or math.isnan(delta)
         seen = "-" if is_reference else _direction(delta, max(base_std, row["mean"][1]))
+        if not is_reference and max(runs, base_runs) < 2:
+            seen = "no spread (1 seed each)"  # a single seed cannot tell an effect from noise
         seconds = row["seconds"][0]
         cells += ["-" if is_reference else f"{delta:+.1f}", condition.expected or "-", seen]
         cells.append("-" if math.isnan(seconds) else f"{seconds:.0f}")
