@@ -186,8 +186,11 @@ def _cell(value: tuple[float, float] | None, runs: int = 2) -> str:
     return f"{value[0]:.1f}" if runs < 2 else f"{value[0]:.1f} ± {value[1]:.1f}"  # one run has no spread
 
 
-def _direction(delta: float, spread: float) -> str:
-    """ "lower" / "higher", or "within noise" when the change is no larger than the seed spread."""
+def _direction(delta: float, spread: float, seeds: int) -> str:
+    """ "lower" / "higher", "within noise" when the change is no larger than the seed spread, or "no spread"
+    when neither side has a second seed (a single seed cannot tell an effect from noise)."""
+    if seeds < 2:
+        return "no spread (1 seed each)"
     if abs(delta) <= spread:
         return "within noise"
     return "lower" if delta < 0 else "higher"
@@ -215,9 +218,8 @@ def summary_markdown(
         delta, runs = row["mean"][0] - base_mean, int(row["runs"][0])
         cells = [_cell(row.get(key), runs) for key, _ in columns]
         is_reference = condition.name == reference or math.isnan(delta)
-        seen = "-" if is_reference else _direction(delta, max(base_std, row["mean"][1]))
-        if not is_reference and max(runs, base_runs) < 2:
-            seen = "no spread (1 seed each)"  # a single seed cannot tell an effect from noise
+        spread, seeds = max(base_std, row["mean"][1]), max(runs, base_runs)
+        seen = "-" if is_reference else _direction(delta, spread, seeds)
         seconds = row["seconds"][0]
         cells += ["-" if is_reference else f"{delta:+.1f}", condition.expected or "-", seen]
         cells.append("-" if math.isnan(seconds) else f"{seconds:.0f}")
