@@ -21,6 +21,9 @@ from biggait.label_free_lvm import (
 from biggait.models import BigGait
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "biggait" / "label_free_lvm.py"
+# `python -m biggait.label_free_lvm` at the smallest size that still trains: 1 batch of 4 frames, 2 test sequences
+TINY_RUN = ["--batch-size", "4", "--train-sequences", "2", "--frames", "2", "--empty-frames", "2"]
+TINY_RUN += ["--test-sequences", "2", "--image-size", "112", "56", "--accelerator", "cpu"]
 
 
 def test_pretraining_dataset_holds_images_only() -> None:
@@ -127,19 +130,7 @@ def test_pretraining_is_reproducible_from_its_seed(tmp_path: Path) -> None:
     from biggait.models.backbone import DinoV2Backbone
     from biggait.synthetic_lvm import render_foreground_set
 
-    argv = [
-        "--steps",
-        "3",
-        "--batch-size",
-        "4",
-        "--train-sequences",
-        "2",
-        "--frames",
-        "2",
-        "--empty-frames",
-        "2",
-    ]
-    argv += ["--test-sequences", "2", "--image-size", "112", "56", "--accelerator", "cpu"]
+    argv = ["--steps", "3", *TINY_RUN]
     weights = []
     for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
         assert main([*argv, "--out", str(tmp_path / f"{name}.pt"), "--seed", seed]) == 0
@@ -176,3 +167,43 @@ def test_shipped_label_free_file_is_label_free_and_its_recorded_iou_is_measured(
         image_size=tuple(info["image_size"]), grid=backbone.grid, seed=info["test_seed"],
     )  # fmt: skip
     assert abs(evaluate_backbone(backbone, test) - info["test_pca1_foreground_iou"]) < 5e-4
+
+
+def _first_step_losses(local_crops: int) -> dict[str, float]:
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    L.seed_everything(0, verbose=False)
+    module = SelfDistillation(image_size=(112, 56), seed=0, local_crops=local_crops, local_size=(56, 28))
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(
+        module,
+        DataLoader(
+            TensorDataset(torch.randn(4, 3, 112, 56, generator=torch.Generator().manual_seed(1))),
+            batch_size=4,
+        ),
+    )
+    return {k: v.item() for k, v in trainer.callback_metrics.items()}
+
+
+def test_multi_crop_adds_small_student_views_after_the_same_global_views(tmp_path: Path) -> None:
+    # --local-crops N (DINO multi-crop, opt-in): N small crops, drawn after the two global views so that the
+    # default (0) keeps drawing exactly what the shipped file was trained on, and they change what is learnt
+    images = torch.randn(3, 3, 112, 56)
+    plain = SelfDistillation(image_size=(112, 56), seed=0)._views(images)
+    multi = SelfDistillation(image_size=(112, 56), seed=0, local_crops=2, local_size=(56, 28))._views(images)
+    assert len(plain) == 2 and len(multi) == 4
+    assert all(torch.equal(a, b) for a, b in zip(plain, multi[:2]))
+    assert multi[2].shape == (3, 3, 56, 28) and not torch.equal(multi[2], multi[3])
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        SelfDistillation(image_size=(112, 56), local_crops=2, local_size=(50, 28))
+    # same seed, same global views and masks: the local crops change the DINO term and nothing else
+    plain, multi = _first_step_losses(0), _first_step_losses(2)
+    assert multi["train/ibot"] == plain["train/ibot"] and multi["train/dino"] != plain["train/dino"]
+    out = tmp_path / "local.pt"
+    assert main(["--steps", "1", *TINY_RUN, "--out", str(out), "--local-crops", "2"]) == 0
+    info = torch.load(out, weights_only=True)["info"]
+    assert info["local_crops"] == 2 and "2 local crops" in info["recipe"]
+    with pytest.raises(SystemExit):
+        main(["--steps", "1", *TINY_RUN, "--local-crops", "-1"])

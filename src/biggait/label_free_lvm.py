@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.ops import roi_align
 
 from biggait.data_prep.synthetic import SyntheticConfig, background_crop, list_sequences, render_sequence
-from biggait.models.backbone import SYNTHETIC_LVM_FILE, DinoV2Backbone
+from biggait.models.backbone import PATCH_SIZE, SYNTHETIC_LVM_FILE, DinoV2Backbone
 from biggait.models.input import prepare_images
 from biggait.preprocess import normalize_frames
 
@@ -88,18 +88,26 @@ def render_unlabelled_frames(
     return TensorDataset(prepare_images(normalize_frames(x)[0], r, image_size=image_size, crop="left"))
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, *, min_scale: float = 0.5) -> torch.Tensor:
-    """One random view per image [B, 3, H, W] (normalised): resized crop of >= `min_scale` of the area, flip,
-    brightness / contrast jitter, channel shuffle (a hue change), grey with p=0.2. Batched, same size out."""
+def augment(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    min_scale: float = 0.5,
+    max_scale: float = 1.0,
+    out_size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """One random view per image [B, 3, H, W] (normalised): resized crop of `min_scale`-`max_scale` of the
+    area, flip, brightness / contrast jitter, channel shuffle (a hue change), grey with p=0.2. Batched; out
+    at `out_size` (default: the input's)."""
     b, _, h, w = images.shape
     g = dict(generator=generator)
-    area = min_scale + (1 - min_scale) * torch.rand(b, **g)
+    area = min_scale + (max_scale - min_scale) * torch.rand(b, **g)
     aspect = torch.exp((torch.rand(b, **g) - 0.5) * 0.6)
     ch = (h * torch.sqrt(area * aspect)).clamp(max=h)
     cw = (w * torch.sqrt(area / aspect)).clamp(max=w)
     y0, x0 = torch.rand(b, **g) * (h - ch), torch.rand(b, **g) * (w - cw)
     boxes = torch.stack([torch.arange(b, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], 1)
-    out = roi_align(images, boxes, (h, w), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    out = roi_align(images, boxes, out_size or (h, w), spatial_scale=1.0, sampling_ratio=2, aligned=True)
     flip = torch.rand(b, **g) < 0.5
     out = torch.where(flip[:, None, None, None], out.flip(-1), out)
     perm = torch.stack([torch.randperm(3, **g) for _ in range(b)])
@@ -147,6 +155,9 @@ class SelfDistillation(L.LightningModule):
         momentum: tuple[float, float] = (0.99, 1.0),
         max_steps: int = 1500,
         seed: int = 0,
+        local_crops: int = 0,
+        local_size: tuple[int, int] = (98, 56),
+        local_scale: tuple[float, float] = (0.1, 0.4),
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -166,6 +177,10 @@ class SelfDistillation(L.LightningModule):
         )
         for key in ("dino_head", "ibot_head"):
             self.teacher[key].load_state_dict(getattr(self, key).state_dict())
+        if local_crops:  # DINO multi-crop: the student also sees small crops, at their own token grid
+            if local_size[0] % PATCH_SIZE or local_size[1] % PATCH_SIZE:
+                raise ValueError(f"local_size {local_size} must be a multiple of the patch size {PATCH_SIZE}")
+            self.backbone.vit.patch_embed.strict_img_size = False
         self.teacher.requires_grad_(False)
         self.dino_loss = DINOLoss(output_dim=output_dim)
         self.ibot_loss = IBOTPatchLoss(output_dim=output_dim)
@@ -179,7 +194,8 @@ class SelfDistillation(L.LightningModule):
         x = vit.patch_embed(images)
         if mask is not None:
             x = torch.where(mask.flatten(1)[..., None], mask_token.to(x.dtype), x)
-        x = torch.cat([vit.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + backbone.grid_pos_embed()
+        grid = (images.shape[-2] // PATCH_SIZE, images.shape[-1] // PATCH_SIZE)
+        x = torch.cat([vit.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + backbone.grid_pos_embed(grid)
         for block in vit.blocks:
             x = block(x)
         x = vit.norm(x)
@@ -188,10 +204,23 @@ class SelfDistillation(L.LightningModule):
     def _views(self, images: torch.Tensor) -> list[torch.Tensor]:
         if self._generator is None:
             self._generator = torch.Generator().manual_seed(self.hparams.seed)
-        return [augment(images.cpu(), self._generator).to(images.device) for _ in range(2)]
+        views = [augment(images.cpu(), self._generator) for _ in range(2)]
+        lo, hi = self.hparams.local_scale
+        views += [
+            augment(
+                images.cpu(),
+                self._generator,
+                min_scale=lo,
+                max_scale=hi,
+                out_size=tuple(self.hparams.local_size),
+            )
+            for _ in range(self.hparams.local_crops)
+        ]  # after the global views, so that local_crops=0 draws exactly what it always drew
+        return [v.to(images.device) for v in views]
 
     def training_step(self, batch: tuple[torch.Tensor], batch_idx: int) -> torch.Tensor:
         views = self._views(batch[0])
+        views, local_views = views[:2], views[2:]
         b, (h, w) = views[0].shape[0], self.backbone.grid
         # DINOv2's block masks on half the views, 10-50 % of the patches (at least one 4-patch block)
         low = max(0.1, 4 / (h * w))
@@ -202,8 +231,9 @@ class SelfDistillation(L.LightningModule):
         student = [self.tokens(self.backbone, v, m, self.mask_token) for v, m in zip(views, masks)]
         dino = self.dino_loss(
             [self.teacher["dino_head"](cls) for cls, _ in teacher],
-            [self.dino_head(cls) for cls, _ in student],
-        )
+            [self.dino_head(cls) for cls, _ in student]
+            + [self.dino_head(self.tokens(self.backbone, v)[0]) for v in local_views],
+        )  # local views: student only, matched to the teacher's global views (Caron et al. 2021, Sec. 3.1)
         ibot = sum(
             self.ibot_loss(
                 self.teacher["ibot_head"](t_patch[m.flatten(1)]), self.ibot_head(s_patch[m.flatten(1)]), m
@@ -248,6 +278,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--empty-frames", type=int, default=800, help="background crops with no walker")
     p.add_argument("--test-sequences", type=int, default=64, help="test-split sequences for the reported IoU")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--local-crops", type=int, default=0, help="DINO multi-crop: small crops the student also sees"
+    )
     p.add_argument("--image-size", type=int, nargs=2, default=(224, 112), metavar=("H", "W"))
     p.add_argument("--seed", type=int, default=0, help="pretraining seed (frames, augmentations, weights)")
     p.add_argument(
@@ -258,17 +291,41 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _recorded_info(args: argparse.Namespace, *, iou: float, seconds: float) -> dict[str, object]:
+    """What the backbone file records of how it was made: the recipe, every option, the measured IoU."""
+    local = f" + {args.local_crops} local crops (DINO multi-crop)" if args.local_crops else ""
+    return {
+        "recipe": "label-free: DINO (class token) + iBOT (masked patches) self-distillation, lightly 1.6.0 losses"
+        f" and heads, 2 augmented views{local}, momentum teacher; synthetic train-split walker crops + background"
+        " crops with no walker; no silhouette, identity or label (biggait.label_free_lvm)",
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "local_crops": args.local_crops,
+        "seed": args.seed,
+        "test_seed": args.test_seed,
+        "train_sequences": args.train_sequences,
+        "frames": args.frames,
+        "empty_frames": args.empty_frames,
+        "image_size": list(args.image_size),
+        "test_pca1_foreground_iou": round(iou, 4),
+        "trained_seconds": round(seconds),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from biggait.synthetic_lvm import render_foreground_set  # evaluation only: test frames' silhouettes
 
     args = _parse(argv)
-    if args.steps < 1 or args.batch_size < 2:
-        raise SystemExit("--steps must be >= 1 and --batch-size >= 2")
+    if args.steps < 1 or args.batch_size < 2 or args.local_crops < 0:
+        raise SystemExit("--steps must be >= 1, --batch-size >= 2 and --local-crops >= 0")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     L.seed_everything(args.seed, workers=True)
     cfg = SyntheticConfig()  # the default world of conf/data_prep/synthetic.yaml
     size = tuple(args.image_size)
-    module = SelfDistillation(image_size=size, lr=args.lr, max_steps=args.steps, seed=args.seed)
+    module = SelfDistillation(
+        image_size=size, lr=args.lr, max_steps=args.steps, seed=args.seed, local_crops=args.local_crops
+    )
     started = time.perf_counter()
     train = render_unlabelled_frames(
         cfg,
@@ -296,22 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, drop_last=True, generator=generator)
     trainer.fit(module, loader)
-    info = {
-        "recipe": "label-free: DINO (class token) + iBOT (masked patches) self-distillation, lightly 1.6.0 losses"
-        " and heads, 2 augmented views, momentum teacher; synthetic train-split walker crops + background crops"
-        " with no walker; no silhouette, identity or label (biggait.label_free_lvm)",
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "seed": args.seed,
-        "test_seed": args.test_seed,
-        "train_sequences": args.train_sequences,
-        "frames": args.frames,
-        "empty_frames": args.empty_frames,
-        "image_size": list(size),
-        "test_pca1_foreground_iou": round(evaluate_backbone(module.teacher["backbone"], test), 4),
-        "trained_seconds": round(time.perf_counter() - started),
-    }
+    iou = evaluate_backbone(module.teacher["backbone"], test)
+    info = _recorded_info(args, iou=iou, seconds=time.perf_counter() - started)
     path = module.teacher["backbone"].save(args.out, **info)
     log.info("wrote %s: %s", path, info)
     return 0

@@ -316,8 +316,9 @@ class DinoV2Backbone(nn.Module):
         x = torch.cat([self.vit.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return x + self.grid_pos_embed()
 
-    def grid_pos_embed(self) -> torch.Tensor:
-        return _POS_EMBED_INTERPOLATIONS[self.pos_embed_interpolation](self.pos_embed, self.grid)
+    def grid_pos_embed(self, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        """The positional embedding interpolated to `grid` (default: this backbone's token grid)."""
+        return _POS_EMBED_INTERPOLATIONS[self.pos_embed_interpolation](self.pos_embed, grid or self.grid)
 
     def forward_blocks(self, images: torch.Tensor) -> list[torch.Tensor]:
         """images [B, 3, H, W] -> every block's output tokens [B, 1 + h*w, C], class token first, before the
