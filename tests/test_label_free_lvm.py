@@ -119,9 +119,10 @@ def test_cli_writes_a_backbone_file_with_its_recipe_that_biggait_loads(tmp_path:
         BigGait("tiny", 3, image_size=(112, 56), map_size=(32, 16), pretrained=str(out))
 
 
-def test_cli_rejects_bad_sizes() -> None:
-    with pytest.raises(SystemExit):
-        main(["--steps", "0"])
+@pytest.mark.parametrize("bad", [["--steps", "0"], ["--seed", "-1"], ["--test-seed", "-1"]])
+def test_cli_rejects_bad_sizes_and_seeds(bad: list[str]) -> None:
+    with pytest.raises(SystemExit, match=bad[0]):  # before any rendering or training starts
+        main(bad)
 
 
 def test_pretraining_is_reproducible_from_its_seed(tmp_path: Path) -> None:

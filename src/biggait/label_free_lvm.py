@@ -317,8 +317,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from biggait.synthetic_lvm import render_foreground_set  # evaluation only: test frames' silhouettes
 
     args = _parse(argv)
-    if args.steps < 1 or args.batch_size < 2 or args.local_crops < 0:
-        raise SystemExit("--steps must be >= 1, --batch-size >= 2 and --local-crops >= 0")
+    if args.steps < 1 or args.batch_size < 2 or min(args.local_crops, args.seed, args.test_seed) < 0:
+        raise SystemExit(
+            "--steps must be >= 1, --batch-size >= 2, and --local-crops, --seed, --test-seed >= 0"
+        )
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     L.seed_everything(args.seed, workers=True)
     cfg = SyntheticConfig()  # the default world of conf/data_prep/synthetic.yaml
