@@ -218,3 +218,27 @@ def test_saved_backbone_with_other_architecture_is_clear_error(tmp_path: Path) -
     with pytest.raises(BackboneFileError, match="saved for architecture.*depth.: 2") as err:
         _tiny_backbone(pretrained=str(path))
     assert isinstance(err.value, BiggaitError)  # so command-line entry points print one error line
+
+
+@pytest.mark.parametrize("damage", ["truncated", "code"])
+def test_a_broken_or_hostile_backbone_file_is_one_error_naming_it(tmp_path: Path, damage: str) -> None:
+    good = tmp_path / "good.pt"
+    DinoV2Backbone(preset="tiny", image_size=(112, 56), pretrained="random").save(good)
+    bad = tmp_path / f"{damage}.pt"
+    if damage == "truncated":
+        bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    else:  # a pickle whose loading would run code: refused unopened
+        torch.save({"state_dict": _RunsCode(tmp_path / "ran")}, bad)
+    with pytest.raises(BackboneFileError, match=f"backbone weights file {bad}.*DinoV2Backbone.save"):
+        DinoV2Backbone(preset="tiny", image_size=(112, 56), pretrained=str(bad))
+    assert not (tmp_path / "ran").exists()
+
+
+class _RunsCode:
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.target}",))

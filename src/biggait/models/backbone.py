@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import io
 import math
+import pickle
 import warnings
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -78,6 +79,20 @@ class BackboneFileError(CorruptDataError):
 
 class BackboneFileNotFoundError(BiggaitError, FileNotFoundError):
     """The backbone weights file named by `pretrained` does not exist."""
+
+
+def _read_weights(path: Path) -> object:
+    """`torch.load(weights_only=True)` of a backbone file, every failure as one `BackboneFileError` naming it."""
+    fix = "pass a DINOv2 .pth or a file written by DinoV2Backbone.save (make lvm rebuilds the synthetic ones)"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise BackboneFileError(
+            f"backbone weights file {path} is not a tensor-only PyTorch file and was refused unopened; {fix}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise BackboneFileError(f"backbone weights file {path} cannot be read ({first}); {fix}") from None
 
 
 @dataclass(frozen=True)
@@ -271,7 +286,7 @@ class DinoV2Backbone(nn.Module):
                     f"backbone weights file not found: {path} (pass pretrained='hub', a DINOv2 .pth or a "
                     "file written by DinoV2Backbone.save)"
                 )
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            payload = _read_weights(path)
             if isinstance(payload, dict) and payload.get("format") == BACKBONE_FILE_FORMAT:
                 self._load_own(payload, path)
                 return
