@@ -204,18 +204,12 @@ class SelfDistillation(L.LightningModule):
     def _views(self, images: torch.Tensor) -> list[torch.Tensor]:
         if self._generator is None:
             self._generator = torch.Generator().manual_seed(self.hparams.seed)
-        views = [augment(images.cpu(), self._generator) for _ in range(2)]
+        frames = images.cpu()  # the augmentations draw from a CPU generator; moved once, not once per view
+        views = [augment(frames, self._generator) for _ in range(2)]
         lo, hi = self.hparams.local_scale
-        views += [
-            augment(
-                images.cpu(),
-                self._generator,
-                min_scale=lo,
-                max_scale=hi,
-                out_size=tuple(self.hparams.local_size),
-            )
-            for _ in range(self.hparams.local_crops)
-        ]  # after the global views, so that local_crops=0 draws exactly what it always drew
+        local = dict(min_scale=lo, max_scale=hi, out_size=tuple(self.hparams.local_size))
+        views += [augment(frames, self._generator, **local) for _ in range(self.hparams.local_crops)]
+        # local crops after the global views, so that local_crops=0 draws exactly what it always drew
         return [v.to(images.device) for v in views]
 
     def training_step(self, batch: tuple[torch.Tensor], batch_idx: int) -> torch.Tensor:
